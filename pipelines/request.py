@@ -1,0 +1,317 @@
+"""One typed request for every front door (UI tabs, REST API), and what a run gives back.
+
+Validation happens here, once, and raises ``InvalidRequest`` with a message that names the field and the
+allowed range. Names of checkpoints/VAEs are checked later against the registry by the manager.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import math
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from PIL import Image, ImageOps
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+
+from .errors import InvalidRequest
+from .samplers import resolve_sampler
+
+Task = Literal["txt2img", "img2img", "upscale"]
+ResizeMode = Literal["just resize", "crop and resize", "resize and fill"]
+RESIZE_MODES: tuple[str, ...] = ("just resize", "crop and resize", "resize and fill")
+
+# Limits (DESIGN.md "The flow of one image"). Batch limits chosen so that a request at the limits still
+# finishes on the demo model on a 2-core CPU.
+MIN_SIZE, MAX_SIZE = 64, 2048
+MAX_STEPS = 150
+MIN_CFG, MAX_CFG = 1.0, 30.0
+MAX_BATCH_SIZE = 8
+MAX_BATCH_COUNT = 16
+MAX_SEED = 2**32 - 1
+MAX_PROMPT_CHARS = 20_000
+MAX_UPSCALE_INPUT = 1024  # px per side: 1024² in → 4096² out, processed in tiles
+MAX_NOISE_LEVEL = 350
+
+
+def decode_image(value: Any, field_name: str = "init_image") -> Image.Image:
+    """Turn a PIL image, raw bytes, base64 text or a ``data:`` URL into an RGB PIL image.
+
+    16-bit, palette, CMYK and transparent images are converted (transparency over white).
+    Pillow's decompression-bomb limit stays in force. Raises ``InvalidRequest`` for anything undecodable.
+    """
+    if isinstance(value, Image.Image):
+        img = value
+    else:
+        data: bytes
+        if isinstance(value, (bytes, bytearray)):
+            data = bytes(value)
+        elif isinstance(value, str):
+            text = value.strip()
+            if text.startswith("data:"):
+                text = text.split(",", 1)[-1]
+            try:
+                data = base64.b64decode(text + "=" * (-len(text) % 4), validate=False)
+            except (binascii.Error, ValueError) as exc:
+                raise InvalidRequest(f"{field_name} is not valid base64 image data.", field=field_name) from exc
+        else:
+            raise InvalidRequest(f"{field_name} must be an image.", field=field_name)
+        try:
+            img = Image.open(io.BytesIO(data))
+            img.load()
+        except Image.DecompressionBombError as exc:
+            raise InvalidRequest(
+                f"{field_name} is too large to decode safely ({exc}). Use an image under 89 megapixels.",
+                field=field_name,
+            ) from exc
+        except Exception as exc:  # PIL raises many types for truncated/garbage data
+            raise InvalidRequest(
+                f"{field_name} could not be read as an image (PNG, JPEG or WebP expected).", field=field_name
+            ) from exc
+    try:
+        img = ImageOps.exif_transpose(img) or img
+    except Exception:
+        pass
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        img = img.point(lambda v: v / 256).convert("L")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, img)
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    if img.width < 8 or img.height < 8:
+        raise InvalidRequest(f"{field_name} is too small ({img.width}x{img.height}); use at least 8x8 px.", field_name)
+    return img
+
+
+def _check_finite(value: Any, name: str) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number")
+    return value
+
+
+class GenerationRequest(BaseModel):
+    """Everything one generation needs, for txt2img, img2img and upscale alike.
+
+    Build it with ``GenerationRequest.create(**fields)`` to get ``InvalidRequest`` (a person-readable message
+    naming the field) instead of pydantic's ``ValidationError``.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid", validate_assignment=False)
+
+    task: Task = "txt2img"
+    prompt: str = ""
+    negative_prompt: str = ""
+    sampler: str = "Euler a"
+    scheduler: str = "Automatic"
+    steps: int = 20
+    cfg_scale: float = 7.0
+    width: int = 512
+    height: int = 512
+    seed: int = -1
+    batch_count: int = 1
+    batch_size: int = 1
+    checkpoint: str | None = None  # None: the current default checkpoint
+    vae: str | None = None  # None: the current default; "Automatic": the checkpoint's own; else a models/vae file
+    # img2img
+    init_image: Any = None
+    denoising_strength: float = 0.75
+    resize_mode: ResizeMode = "just resize"
+    # upscale
+    image: Any = None
+    noise_level: int = 20
+    upscaler: str | None = None  # None: the first installed SD x4 upscaler
+    # opt-in speed-ups that trade a little fidelity (labelled in the infotext)
+    deep_cache: bool = False
+    token_merging: float = 0.0
+
+    @classmethod
+    def create(cls, **fields: Any) -> GenerationRequest:
+        """Validate ``fields`` and return the request, or raise ``InvalidRequest`` naming the first bad field."""
+        try:
+            return cls(**fields)
+        except ValidationError as exc:
+            raise InvalidRequest(_describe(exc), field=_first_field(exc)) from None
+
+    @field_validator("prompt", "negative_prompt")
+    @classmethod
+    def _prompt_length(cls, v: str) -> str:
+        if len(v) > MAX_PROMPT_CHARS:
+            raise ValueError(f"is {len(v)} characters long; the limit is {MAX_PROMPT_CHARS}")
+        # Control characters other than newline/tab are dropped: they break tokenizers and PNG text.
+        return "".join(ch for ch in v if ch in "\n\t" or ch.isprintable())
+
+    @field_validator("steps")
+    @classmethod
+    def _steps(cls, v: int) -> int:
+        if not 1 <= v <= MAX_STEPS:
+            raise ValueError(f"must be between 1 and {MAX_STEPS} (got {v})")
+        return v
+
+    @field_validator("cfg_scale")
+    @classmethod
+    def _cfg(cls, v: float) -> float:
+        _check_finite(v, "cfg_scale")
+        if not MIN_CFG <= v <= MAX_CFG:
+            raise ValueError(f"must be between {MIN_CFG:g} and {MAX_CFG:g} (got {v:g})")
+        return float(v)
+
+    @field_validator("width", "height")
+    @classmethod
+    def _size(cls, v: int) -> int:
+        if not MIN_SIZE <= v <= MAX_SIZE:
+            raise ValueError(f"must be between {MIN_SIZE} and {MAX_SIZE} px (got {v})")
+        if v % 8:
+            raise ValueError(f"must be a multiple of 8 (got {v}; try {max(MIN_SIZE, v // 8 * 8)})")
+        return v
+
+    @field_validator("seed")
+    @classmethod
+    def _seed(cls, v: int) -> int:
+        if v < -1 or v > MAX_SEED:
+            raise ValueError(f"must be -1 (random) or between 0 and {MAX_SEED} (got {v})")
+        return v
+
+    @field_validator("batch_size")
+    @classmethod
+    def _batch_size(cls, v: int) -> int:
+        if not 1 <= v <= MAX_BATCH_SIZE:
+            raise ValueError(f"must be between 1 and {MAX_BATCH_SIZE} (got {v})")
+        return v
+
+    @field_validator("batch_count")
+    @classmethod
+    def _batch_count(cls, v: int) -> int:
+        if not 1 <= v <= MAX_BATCH_COUNT:
+            raise ValueError(f"must be between 1 and {MAX_BATCH_COUNT} (got {v})")
+        return v
+
+    @field_validator("denoising_strength")
+    @classmethod
+    def _strength(cls, v: float) -> float:
+        _check_finite(v, "denoising_strength")
+        if not 0.0 <= v <= 1.0:
+            raise ValueError(f"must be between 0 and 1 (got {v:g})")
+        return float(v)
+
+    @field_validator("noise_level")
+    @classmethod
+    def _noise(cls, v: int) -> int:
+        if not 0 <= v <= MAX_NOISE_LEVEL:
+            raise ValueError(f"must be between 0 and {MAX_NOISE_LEVEL} (got {v})")
+        return v
+
+    @field_validator("token_merging")
+    @classmethod
+    def _tome(cls, v: float) -> float:
+        _check_finite(v, "token_merging")
+        if not 0.0 <= v <= 0.75:
+            raise ValueError(f"must be between 0 and 0.75 (got {v:g})")
+        return float(v)
+
+    @field_validator("resize_mode", mode="before")
+    @classmethod
+    def _resize_mode(cls, v: Any) -> Any:
+        if isinstance(v, int) and not isinstance(v, bool):  # A1111 sends 0/1/2
+            if 0 <= v < len(RESIZE_MODES):
+                return RESIZE_MODES[v]
+            raise ValueError(f"must be one of {', '.join(RESIZE_MODES)} (or 0-2)")
+        if isinstance(v, str):
+            return v.strip().lower()
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> GenerationRequest:
+        label, sched = resolve_sampler(self.sampler, self.scheduler)
+        object.__setattr__(self, "sampler", label)
+        object.__setattr__(self, "scheduler", sched)
+        if self.task == "img2img":
+            if self.init_image is None:
+                raise InvalidRequest("Image to Image needs an init image: upload, drop or paste one.", "init_image")
+            object.__setattr__(self, "init_image", decode_image(self.init_image, "init_image"))
+        if self.task == "upscale":
+            if self.image is None:
+                raise InvalidRequest("Upscale 4x needs an input image.", field="image")
+            img = decode_image(self.image, "image")
+            if max(img.size) > MAX_UPSCALE_INPUT:
+                raise InvalidRequest(
+                    f"The image to upscale is {img.width}x{img.height}; the limit is {MAX_UPSCALE_INPUT} px per "
+                    f"side (the result would be {img.width * 4}x{img.height * 4}).",
+                    field="image",
+                )
+            object.__setattr__(self, "image", img)
+        return self
+
+    def resolved_seed(self) -> int:
+        """The seed actually used: ``seed`` or, for -1, a fresh random one (call once per run)."""
+        return self.seed if self.seed >= 0 else random.randint(0, MAX_SEED)
+
+    @property
+    def total_images(self) -> int:
+        return self.batch_count * self.batch_size
+
+
+def _first_field(exc: ValidationError) -> str | None:
+    errors = exc.errors()
+    if errors and errors[0].get("loc"):
+        return str(errors[0]["loc"][0])
+    return None
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err.get("loc", ())) or "request"
+        msg = err.get("msg", "is invalid")
+        msg = msg.removeprefix("Value error, ")
+        if err.get("type") == "extra_forbidden":
+            msg = "is not a known field"
+        parts.append(f"{loc} {msg}")
+    return "Invalid request: " + "; ".join(parts) + "."
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """The latest state of a job, for progress bars (UI) and ``/sdapi/v1/progress`` (API)."""
+
+    job_id: str
+    state: str  # "queued", "loading", "running", "saving", "done", "failed", "cancelled"
+    step: int = 0
+    total_steps: int = 0
+    batch_index: int = 0
+    batch_count: int = 1
+    queue_position: int = 0  # 0: running now; n: n jobs ahead
+    eta_s: float | None = None
+    preview: Any = None  # PIL image or None
+    message: str = ""
+
+    @property
+    def fraction(self) -> float:
+        """Overall progress 0..1 across batches."""
+        if self.state == "done":
+            return 1.0
+        if self.total_steps <= 0:
+            return 0.0
+        per_batch = 1.0 / max(1, self.batch_count)
+        return min(1.0, per_batch * (self.batch_index + self.step / self.total_steps))
+
+
+@dataclass
+class Result:
+    """What a run gives back. ``mode`` is the memory-ladder rung that ran; ``notes`` say why, and any fallback."""
+
+    images: list[Any] = field(default_factory=list)  # PIL images
+    seeds: list[int] = field(default_factory=list)
+    infotexts: list[str] = field(default_factory=list)
+    paths: list[Path] = field(default_factory=list)
+    mode: str = ""
+    notes: list[str] = field(default_factory=list)
+    cancelled: bool = False
+    checkpoint: str = ""
+    checkpoint_hash: str = ""
+    request: GenerationRequest | None = None

@@ -1,0 +1,151 @@
+"""A1111 sampler names mapped to diffusers schedulers, as data.
+
+``make_scheduler(label, schedule, pristine_config)`` builds a fresh scheduler for each request: diffusers
+schedulers keep state and are not thread-safe. Unknown names are an error, never a silent fallback.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import InvalidRequest
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """One A1111 sampler label: the diffusers class name and the config overrides it needs."""
+
+    scheduler_class: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+    aliases: tuple[str, ...] = ()
+    needs: str | None = None  # optional Python package the scheduler imports at run time
+
+
+_DPMPP = {"algorithm_type": "dpmsolver++", "solver_order": 2}
+
+SAMPLERS: dict[str, SamplerSpec] = {
+    "Euler a": SamplerSpec("EulerAncestralDiscreteScheduler", {}, ("euler_ancestral", "k_euler_a")),
+    "Euler": SamplerSpec("EulerDiscreteScheduler", {}, ("euler", "k_euler")),
+    "LMS": SamplerSpec("LMSDiscreteScheduler", {}, ("lms", "k_lms"), needs="scipy"),
+    "Heun": SamplerSpec("HeunDiscreteScheduler", {}, ("heun", "k_heun")),
+    "DPM2": SamplerSpec("KDPM2DiscreteScheduler", {}, ("dpm2", "k_dpm_2")),
+    "DPM2 a": SamplerSpec("KDPM2AncestralDiscreteScheduler", {}, ("dpm2_a", "k_dpm_2_a")),
+    "DPM++ 2M": SamplerSpec("DPMSolverMultistepScheduler", dict(_DPMPP), ("dpmpp_2m", "k_dpmpp_2m")),
+    "DPM++ 2M Karras": SamplerSpec(
+        "DPMSolverMultistepScheduler", {**_DPMPP, "use_karras_sigmas": True}, ("dpmpp_2m_karras",)
+    ),
+    "DPM++ SDE Karras": SamplerSpec(
+        "DPMSolverSDEScheduler", {"use_karras_sigmas": True}, ("dpmpp_sde_karras",), needs="torchsde"
+    ),
+    "DPM++ 2M SDE Karras": SamplerSpec(
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "sde-dpmsolver++", "solver_order": 2, "use_karras_sigmas": True},
+        ("dpmpp_2m_sde_karras",),
+    ),
+    "DPM++ 2M SDE": SamplerSpec(
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "sde-dpmsolver++", "solver_order": 2},
+        ("dpmpp_2m_sde",),
+    ),
+    "DDIM": SamplerSpec("DDIMScheduler", {}, ("ddim",)),
+    "PLMS": SamplerSpec("PNDMScheduler", {"skip_prk_steps": True}, ("plms", "pndm")),
+    "UniPC": SamplerSpec("UniPCMultistepScheduler", {}, ("unipc",)),
+    "LCM": SamplerSpec("LCMScheduler", {}, ("lcm",)),
+}
+
+SAMPLER_NAMES: tuple[str, ...] = tuple(SAMPLERS)
+
+# A1111 >= 1.9 writes the schedule separately ("Schedule type: Karras"). Values are config overrides.
+SCHEDULES: dict[str, dict[str, Any]] = {
+    "Automatic": {},
+    "Uniform": {},
+    "Karras": {"use_karras_sigmas": True},
+    "Exponential": {"use_exponential_sigmas": True},
+    "Beta": {"use_beta_sigmas": True},
+}
+SCHEDULE_NAMES: tuple[str, ...] = tuple(SCHEDULES)
+
+_SCHEDULE_CAPABLE = {
+    "EulerDiscreteScheduler",
+    "DPMSolverMultistepScheduler",
+    "DPMSolverSDEScheduler",
+    "HeunDiscreteScheduler",
+    "KDPM2DiscreteScheduler",
+    "KDPM2AncestralDiscreteScheduler",
+    "LMSDiscreteScheduler",
+    "UniPCMultistepScheduler",
+}
+
+
+def _key(name: str) -> str:
+    return " ".join(name.strip().lower().replace("_", " ").split())
+
+
+_LOOKUP: dict[str, str] = {}
+for _label, _spec in SAMPLERS.items():
+    _LOOKUP[_key(_label)] = _label
+    for _alias in _spec.aliases:
+        _LOOKUP[_key(_alias)] = _label
+
+
+def resolve_sampler(name: str, schedule: str | None = None) -> tuple[str, str]:
+    """Return the canonical ``(sampler label, schedule name)`` for what a person or an A1111 client sent.
+
+    Accepts A1111 labels case-insensitively, k-diffusion aliases, and the split form
+    ("DPM++ 2M" + schedule "Karras") which maps onto the combined label when one exists.
+    Raises ``InvalidRequest`` naming the allowed values.
+    """
+    label = _LOOKUP.get(_key(name or ""))
+    if label is None:
+        raise InvalidRequest(
+            f"Unknown sampler '{name}'. Choose one of: {', '.join(SAMPLER_NAMES)}.", field="sampler_name"
+        )
+    sched = "Automatic"
+    if schedule:
+        match = [s for s in SCHEDULE_NAMES if s.lower() == schedule.strip().lower()]
+        if not match:
+            raise InvalidRequest(
+                f"Unknown schedule type '{schedule}'. Choose one of: {', '.join(SCHEDULE_NAMES)}.",
+                field="scheduler",
+            )
+        sched = match[0]
+    if sched == "Karras" and f"{label} Karras" in SAMPLERS:
+        return f"{label} Karras", "Automatic"
+    if sched not in ("Automatic", "Uniform") and SAMPLERS[label].scheduler_class not in _SCHEDULE_CAPABLE:
+        raise InvalidRequest(f"Sampler '{label}' does not support the '{sched}' schedule.", field="scheduler")
+    return label, sched
+
+
+def make_scheduler(label: str, schedule: str, pristine_config: dict[str, Any], seed: int | None = None):
+    """Build a new diffusers scheduler for ``label`` from the checkpoint's own (pristine) scheduler config.
+
+    The pristine config carries ``prediction_type`` (v-prediction for SD 2.x 768-v) and the timestep spacing.
+    Every spec states ``use_karras_sigmas`` explicitly so that overrides never accumulate.
+    """
+    import diffusers
+
+    label, schedule = resolve_sampler(label, schedule)
+    spec = SAMPLERS[label]
+    if spec.needs:
+        try:
+            __import__(spec.needs)
+        except ImportError as exc:  # pragma: no cover - both are in requirements.txt
+            raise InvalidRequest(
+                f"Sampler '{label}' needs the Python package '{spec.needs}'. Run ./launch.sh again to install it.",
+                field="sampler_name",
+            ) from exc
+    cls = getattr(diffusers, spec.scheduler_class)
+    config = {k: v for k, v in dict(pristine_config).items() if not k.startswith("_")}
+    overrides: dict[str, Any] = {}
+    if spec.scheduler_class in _SCHEDULE_CAPABLE:
+        overrides.update(use_karras_sigmas=False)
+        if "use_exponential_sigmas" in cls.__init__.__code__.co_varnames:
+            overrides.update(use_exponential_sigmas=False, use_beta_sigmas=False)
+    overrides.update(spec.overrides)
+    overrides.update(SCHEDULES[schedule])
+    if spec.scheduler_class == "DPMSolverSDEScheduler" and seed is not None:
+        overrides["noise_sampler_seed"] = seed
+    if spec.scheduler_class == "DPMSolverMultistepScheduler" and config.get("prediction_type") == "v_prediction":
+        overrides.setdefault("final_sigmas_type", "zero")
+    return cls.from_config(config, **overrides)

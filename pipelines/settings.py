@@ -1,0 +1,70 @@
+"""Run-time settings: built from app.py flags and the saved ``settings.json``; read by the manager.
+
+A flag given on the command line always wins over a saved value: app.py records which fields came from the
+command line in ``Settings.from_cli`` and never overwrites those from the file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+MEMORY_MODES: tuple[str, ...] = ("auto", "full", "sliced", "offload", "sequential", "cpu")
+DEVICES: tuple[str, ...] = ("auto", "cuda", "mps", "cpu")
+PRECISIONS: tuple[str, ...] = ("auto", "fp16", "bf16", "fp32")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Settings:
+    """Everything the manager and the UI need to know about how to run. Paths are absolute."""
+
+    models_dir: Path = REPO_ROOT / "models"
+    outputs_dir: Path = REPO_ROOT / "outputs"
+    cache_dir: Path = REPO_ROOT / ".cache"  # hashes, demo models, compiled artefacts
+    settings_file: Path | None = None
+    checkpoint: str | None = None  # loaded first / default
+    vae: str = "Automatic"
+    device: str = "auto"
+    precision: str = "auto"
+    memory_mode: str = "auto"  # one of MEMORY_MODES; --medvram → offload, --lowvram → sequential
+    xformers: bool = False
+    fast: bool = False
+    demo: bool = False
+    vram_slots: int = 1  # checkpoints kept on the GPU
+    ram_slots: int = 0  # 0: chosen from total RAM at start-up
+    queue_size: int = 100
+    default_sampler: str = "Euler a"
+    default_steps: int = 20
+    step_delay_s: float = 0.0  # test-only: slows each step so that Stop can be clicked
+    from_cli: set[str] = field(default_factory=set)
+
+    def to_json(self) -> dict[str, Any]:
+        """The fields worth saving to ``settings.json`` (paths as strings)."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            if f.name in ("from_cli", "settings_file", "step_delay_s", "demo"):
+                continue
+            value = getattr(self, f.name)
+            out[f.name] = str(value) if isinstance(value, Path) else value
+        return out
+
+    def update(self, values: dict[str, Any], *, respect_cli: bool = True) -> list[str]:
+        """Apply saved/changed values, skipping fields set on the command line. Returns the names changed."""
+        changed = []
+        known = {f.name: f for f in fields(self)}
+        for name, value in values.items():
+            if name not in known or name == "from_cli" or (respect_cli and name in self.from_cli):
+                continue
+            current = getattr(self, name)
+            if isinstance(current, Path) or name in ("models_dir", "outputs_dir", "cache_dir"):
+                value = Path(value).expanduser().resolve()
+            if value != current:
+                setattr(self, name, value)
+                changed.append(name)
+        return changed
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
