@@ -47,27 +47,29 @@ def tiny_unet(cross_attention_dim: int = 32, in_channels: int = 4, seed: int = 0
     return UNet2DConditionModel(**config)
 
 
-def tiny_vae(seed: int = 0):
-    """A four-level VAE: 8x down-sampling and 4 latent channels, like SD's, with tiny widths."""
+def tiny_vae(seed: int = 0, levels: int = 4, scaling_factor: float = 0.18215):
+    """A VAE with 4 latent channels and tiny widths: four levels = SD's 8x down-sampling, three = the x4's 4x."""
     import torch
     from diffusers import AutoencoderKL
 
     torch.manual_seed(seed)
     return AutoencoderKL(
-        block_out_channels=(8, 16, 16, 16),
+        block_out_channels=(8, 16, 16, 16)[:levels],
         in_channels=3,
         out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
+        down_block_types=("DownEncoderBlock2D",) * levels,
+        up_block_types=("UpDecoderBlock2D",) * levels,
         latent_channels=4,
         layers_per_block=1,
         norm_num_groups=8,
         sample_size=64,
+        scaling_factor=scaling_factor,
     )
 
 
 def tiny_text_encoder(hidden_size: int = 32, num_layers: int = 2, seed: int = 0, with_projection: bool = False,
-                      hidden_act: str = "quick_gelu"):
+                      hidden_act: str = "quick_gelu", intermediate_size: int | None = None,
+                      projection_dim: int | None = None):
     """A small CLIP text model over the real 49,408-token vocabulary."""
     import torch
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
@@ -78,12 +80,12 @@ def tiny_text_encoder(hidden_size: int = 32, num_layers: int = 2, seed: int = 0,
         eos_token_id=49407,
         pad_token_id=49407,
         hidden_size=hidden_size,
-        intermediate_size=hidden_size * 2,
+        intermediate_size=intermediate_size or hidden_size * 2,
         num_attention_heads=4,
         num_hidden_layers=num_layers,
         vocab_size=49408,
         max_position_embeddings=77,
-        projection_dim=hidden_size,
+        projection_dim=projection_dim or hidden_size,
         hidden_act=hidden_act,
         layer_norm_eps=1e-5,
     )
@@ -114,3 +116,139 @@ def tiny_sd15_pipeline(seed: int = 0):
     from diffusers import StableDiffusionPipeline
 
     return StableDiffusionPipeline(**tiny_sd15_components(seed), requires_safety_checker=False)
+
+
+SD2V_SCHEDULER_CONFIG: dict[str, Any] = {
+    **SD15_SCHEDULER_CONFIG,
+    "_class_name": "DDIMScheduler",
+    "prediction_type": "v_prediction",
+}
+SDXL_SCHEDULER_CONFIG: dict[str, Any] = {
+    **SD15_SCHEDULER_CONFIG,
+    "_class_name": "EulerDiscreteScheduler",
+    "interpolation_type": "linear",
+    "use_karras_sigmas": False,
+}
+X4_SCHEDULER_CONFIG: dict[str, Any] = {
+    "_class_name": "DDIMScheduler",
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.0001,
+    "beta_end": 0.02,
+    "clip_sample": False,
+    "num_train_timesteps": 1000,
+    "prediction_type": "v_prediction",
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+}
+X4_LOW_RES_SCHEDULER_CONFIG: dict[str, Any] = {
+    "_class_name": "DDPMScheduler",
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.0001,
+    "beta_end": 0.02,
+    "num_train_timesteps": 1000,
+}
+
+
+def tiny_sd2v_components(seed: int = 0) -> dict[str, Any]:
+    """A tiny SD 2.x v-prediction model: cross-attention and OpenCLIP-style text encoder 1024 wide.
+
+    1024 is what family detection (and diffusers) keys on for SD 2.x, so it cannot shrink; one text layer with a
+    narrow MLP keeps the model at ~55 M parameters, nearly all of them the token embedding.
+    """
+    from diffusers import DDIMScheduler
+
+    from .tokenizers import OPENCLIP_PAD, clip_tokenizer
+
+    return {
+        "unet": tiny_unet(cross_attention_dim=1024, seed=seed, use_linear_projection=True),
+        "vae": tiny_vae(seed=seed),
+        "text_encoder": tiny_text_encoder(hidden_size=1024, num_layers=1, seed=seed, hidden_act="gelu",
+                                          intermediate_size=64),
+        "tokenizer": clip_tokenizer(OPENCLIP_PAD),
+        "scheduler": DDIMScheduler.from_config(SD2V_SCHEDULER_CONFIG),
+        "safety_checker": None,
+        "feature_extractor": None,
+        "image_encoder": None,
+    }
+
+
+def tiny_sdxl_components(seed: int = 0) -> dict[str, Any]:
+    """A tiny SDXL base model (diffusers' SDXL test sizes).
+
+    The second text encoder has 10 layers so that the sentinel key
+    ``conditioner.embedders.1.model.transformer.resblocks.9.mlp.c_proj.bias`` exists in the original layout, and it
+    is wider (64) than the first (32): diffusers tells the two apart by width when loading a single file.
+    Cross-attention width = 32 + 64; added condition = 6 time ids x 8 + pooled projection 32 = 80.
+    """
+    from diffusers import EulerDiscreteScheduler
+
+    from .tokenizers import OPENCLIP_PAD, clip_tokenizer
+
+    unet = tiny_unet(
+        cross_attention_dim=96,
+        seed=seed,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=80,
+    )
+    return {
+        "unet": unet,
+        "vae": tiny_vae(seed=seed, scaling_factor=0.13025),
+        "text_encoder": tiny_text_encoder(hidden_size=32, seed=seed),
+        "text_encoder_2": tiny_text_encoder(hidden_size=64, num_layers=10, seed=seed + 1, with_projection=True,
+                                            hidden_act="gelu", intermediate_size=32, projection_dim=32),
+        "tokenizer": clip_tokenizer(),
+        "tokenizer_2": clip_tokenizer(OPENCLIP_PAD),
+        "scheduler": EulerDiscreteScheduler.from_config(SDXL_SCHEDULER_CONFIG),
+        "image_encoder": None,
+        "feature_extractor": None,
+    }
+
+
+def tiny_x4_components(seed: int = 0) -> dict[str, Any]:
+    """A tiny SD x4 upscaler (diffusers' ``test_stable_diffusion_upscale.py`` shapes).
+
+    7 UNet input channels (4 latent + 3 low-res RGB), a 3-level VAE (the pipeline's ``vae_scale_factor`` is
+    ``2 ** (levels - 1)`` = 4) with the real scaling 0.08333, a DDPM ``low_res_scheduler`` and 1000 noise-level
+    class embeddings like the real model (``max_noise_level`` is 350).
+    """
+    import torch
+    from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+
+    from .tokenizers import clip_tokenizer
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 32, 64),
+        layers_per_block=2,
+        sample_size=32,
+        in_channels=7,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        use_linear_projection=True,
+        only_cross_attention=(True, True, False),
+        num_class_embeds=1000,
+    )
+    return {
+        "unet": unet,
+        "vae": tiny_vae(seed=seed, levels=3, scaling_factor=0.08333),
+        "text_encoder": tiny_text_encoder(hidden_size=32, seed=seed, hidden_act="gelu"),
+        "tokenizer": clip_tokenizer(),
+        "scheduler": DDIMScheduler.from_config(X4_SCHEDULER_CONFIG),
+        "low_res_scheduler": DDPMScheduler.from_config(X4_LOW_RES_SCHEDULER_CONFIG),
+    }
+
+
+def tiny_x4_pipeline(seed: int = 0):
+    """A ready ``StableDiffusionUpscalePipeline`` built from ``tiny_x4_components`` (fp32, CPU)."""
+    from diffusers import StableDiffusionUpscalePipeline
+
+    return StableDiffusionUpscalePipeline(**tiny_x4_components(seed), max_noise_level=350)

@@ -1,0 +1,140 @@
+"""How the ``/sdapi`` routes answer when something goes wrong: always JSON, never an HTML traceback.
+
+The rules (DESIGN.md "REST API"): invalid input is HTTP 422 with a ``detail`` that names the field; an
+``AtelierError`` answers its own ``http_status``; a missing or wrong login is 401 with ``WWW-Authenticate``;
+only a real server fault is a 500, and even then the body is JSON and the traceback goes to the log.
+
+The handling lives in a route class rather than in app-wide exception handlers because the routes are mounted
+on Gradio's app after it has started, when Starlette no longer picks up new handlers or middleware.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Coroutine, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from fastapi import Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException
+
+from pipelines.errors import AtelierError, InvalidRequest
+
+from .auth import BasicAuth
+
+log = logging.getLogger("atelier.api")
+
+
+def error_response(
+    status: int, kind: str, detail: str, field: str | None = None, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    """The one error body of the API: ``{"error": kind, "detail": message, "field": name-or-null}``."""
+    return JSONResponse({"error": kind, "detail": detail, "field": field}, status_code=status, headers=headers)
+
+
+def atelier_error_response(exc: AtelierError) -> JSONResponse:
+    """An ``AtelierError`` as JSON with its own HTTP status (422 for bad input, 429 for a full queue, ...).
+
+    The ``detail`` always names the field at fault, so that a client that prints only the message still knows.
+    """
+    detail = exc.message
+    if exc.field and exc.field.rsplit(".", 1)[-1] not in detail:
+        detail = f"{exc.field}: {detail}"
+    return error_response(exc.http_status, type(exc).__name__, detail, exc.field)
+
+
+def validation_error_response(exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's type errors (wrong JSON, wrong type) as a 422 whose ``detail`` names each field at fault."""
+    problems = [_describe_validation_error(err) for err in exc.errors()]
+    fields = [name for name, _ in problems if name]
+    detail = "Invalid request: " + "; ".join(message for _, message in problems) + "."
+    return error_response(422, "InvalidRequest", detail, fields[0] if fields else None)
+
+
+def unauthorized_response() -> JSONResponse:
+    """401 with the header that makes browsers and HTTP clients ask for (or send) Basic credentials."""
+    return error_response(
+        401,
+        "Unauthorized",
+        "This server needs a login: send HTTP Basic credentials of a user given with --auth or --auth-file.",
+        headers={"WWW-Authenticate": 'Basic realm="Atelier"'},
+    )
+
+
+def make_route_class(auth: BasicAuth | None) -> type[APIRoute]:
+    """A route class that checks the login first, then turns every exception into a JSON answer."""
+
+    class SdApiRoute(APIRoute):
+        def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+            handler = super().get_route_handler()
+
+            async def guarded_handler(request: Request) -> Response:
+                # The login is checked before the body is even parsed, so that a stranger learns nothing.
+                if auth is not None and not auth.is_allowed(request):
+                    return unauthorized_response()
+                try:
+                    return await handler(request)
+                except RequestValidationError as exc:
+                    return validation_error_response(exc)
+                except AtelierError as exc:
+                    log.info("%s %s: %s", request.method, request.url.path, exc.message)
+                    return atelier_error_response(exc)
+                except HTTPException as exc:
+                    return error_response(exc.status_code, "HTTPError", str(exc.detail), headers=exc.headers)
+                except Exception:
+                    log.exception("%s %s failed", request.method, request.url.path)
+                    return error_response(
+                        500, "InternalError", "The server failed while answering; the details are in its log."
+                    )
+
+            return guarded_handler
+
+    return SdApiRoute
+
+
+@contextmanager
+def api_field_names(mapping: Mapping[str, str]) -> Iterator[None]:
+    """Re-raise ``InvalidRequest`` with the client's field names (``batch_count`` → ``n_iter``, ...).
+
+    ``GenerationRequest`` names its fields in Atelier's words; an A1111 client should read the names it sent.
+    """
+    try:
+        yield
+    except InvalidRequest as exc:
+        if exc.field in mapping:
+            exc.field = mapping[exc.field]
+        exc.message = _rename_fields(exc.message, mapping)
+        raise
+
+
+# Only identifiers that never occur in prose are renamed inside messages.
+_RENAMED_IN_TEXT = ("batch_count", "init_image")
+
+
+def _rename_fields(message: str, mapping: Mapping[str, str]) -> str:
+    for name in _RENAMED_IN_TEXT:
+        if name in mapping:
+            message = re.sub(rf"\b{name}\b", mapping[name], message)
+    return message
+
+
+def _describe_validation_error(err: Mapping[str, Any]) -> tuple[str | None, str]:
+    loc = [str(part) for part in err.get("loc", ())]
+    if loc and loc[0] in ("body", "query", "path"):
+        loc = loc[1:]
+    kind = err.get("type", "")
+    if kind == "json_invalid":
+        return None, f"the body is not valid JSON ({err.get('ctx', {}).get('error', 'decode error')})"
+    if kind == "missing" and not loc:
+        return None, "the body is missing: send a JSON object"
+    name = ".".join(loc) or None
+    message = str(err.get("msg", "is invalid"))
+    if name is None:
+        return None, "the body must be a JSON object (sent with Content-Type: application/json)"
+    value = err.get("input")
+    shown = f" (got {value!r})" if isinstance(value, (str, int, float, bool)) and len(repr(value)) <= 60 else ""
+    return name, f"{name}: {message}{shown}"

@@ -1,0 +1,264 @@
+"""Request and response bodies of the ``/sdapi/v1`` routes, in AUTOMATIC1111's field names and shapes.
+
+These models only check types: every field that A1111 clients send is optional (``null`` means "the default"),
+and unknown fields are kept aside (``model_extra``) so that the route can log and ignore them, as A1111 does.
+Ranges, sizes, sampler names and images are checked once, by ``pipelines.request.GenerationRequest``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Lenient(BaseModel):
+    """A1111 clients send many fields Atelier does not use: keep them aside instead of refusing the request."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class GenerationFields(_Lenient):
+    """Fields shared by txt2img and img2img (A1111's ``StableDiffusionProcessingAPI``)."""
+
+    prompt: str | None = Field(None, description="What to draw.")
+    negative_prompt: str | None = Field(None, description="What to avoid.")
+    styles: list[str] | None = Field(None, description="Saved prompt styles: not available in Atelier (must be empty).")
+    seed: int | None = Field(-1, description="-1 for a random seed.")
+    subseed: int | None = Field(-1, description="Variation seed: reported back, used only with subseed_strength.")
+    subseed_strength: float | None = Field(0.0, description="Variation strength: not available (must be 0).")
+    seed_resize_from_h: int | None = None
+    seed_resize_from_w: int | None = None
+    sampler_name: str | None = Field(None, description="A1111 sampler label, e.g. 'Euler a', 'DPM++ 2M Karras'.")
+    sampler_index: str | None = Field(None, description="Old name of sampler_name (used when sampler_name is empty).")
+    scheduler: str | None = Field(None, description="Schedule type: Automatic, Uniform, Karras, Exponential, Beta.")
+    batch_size: int | None = Field(1, description="Images per batch.")
+    n_iter: int | None = Field(1, description="Batch count: batches run one after the other.")
+    steps: int | None = Field(None, description="Sampling steps (1-150). Default: the server's default steps.")
+    cfg_scale: float | None = Field(7.0, description="Classifier-free guidance scale (1-30).")
+    width: int | None = Field(512, description="Image width in px: a multiple of 8 from 64 to 2048.")
+    height: int | None = Field(512, description="Image height in px: a multiple of 8 from 64 to 2048.")
+    restore_faces: bool | None = Field(None, description="Face restoration: not available (must be false).")
+    tiling: bool | None = Field(None, description="Seamless tiling: not available (must be false).")
+    do_not_save_samples: bool | None = False
+    do_not_save_grid: bool | None = False
+    eta: float | None = None
+    denoising_strength: float | None = None
+    s_min_uncond: float | None = None
+    s_churn: float | None = None
+    s_tmax: float | None = None
+    s_tmin: float | None = None
+    s_noise: float | None = None
+    override_settings: dict[str, Any] | None = Field(
+        None, description="Per-request settings: sd_model_checkpoint and sd_vae are honoured, others ignored."
+    )
+    override_settings_restore_afterwards: bool | None = True
+    refiner_checkpoint: str | None = Field(None, description="SDXL refiner: not available (must be empty).")
+    refiner_switch_at: float | None = None
+    disable_extra_networks: bool | None = False
+    comments: dict[str, Any] | None = None
+    script_name: str | None = Field(None, description="A1111 scripts: not available (must be empty).")
+    script_args: list[Any] | None = None
+    send_images: bool | None = Field(True, description="Return the images in the response.")
+    save_images: bool | None = Field(False, description="Atelier always saves images to its outputs folder.")
+    alwayson_scripts: dict[str, Any] | None = Field(
+        None, description="Extension scripts: not available (must be empty or disabled)."
+    )
+    force_task_id: str | None = None
+    infotext: str | None = None
+
+
+class Txt2ImgRequest(GenerationFields):
+    """``POST /sdapi/v1/txt2img`` (A1111's ``StableDiffusionTxt2ImgProcessingAPI``)."""
+
+    enable_hr: bool | None = Field(False, description="Hires. fix: not available (must be false).")
+    firstphase_width: int | None = None
+    firstphase_height: int | None = None
+    hr_scale: float | None = None
+    hr_upscaler: str | None = None
+    hr_second_pass_steps: int | None = None
+    hr_resize_x: int | None = None
+    hr_resize_y: int | None = None
+    hr_checkpoint_name: str | None = None
+    hr_sampler_name: str | None = None
+    hr_scheduler: str | None = None
+    hr_prompt: str | None = None
+    hr_negative_prompt: str | None = None
+    firstpass_image: str | None = None
+
+
+class Img2ImgRequest(GenerationFields):
+    """``POST /sdapi/v1/img2img`` (A1111's ``StableDiffusionImg2ImgProcessingAPI``)."""
+
+    init_images: list[str] | None = Field(
+        None, description="One init image, as raw base64 or a data: URL (PNG, JPEG or WebP)."
+    )
+    resize_mode: int | str | None = Field(
+        0, description="0 just resize, 1 crop and resize, 2 resize and fill (or the names)."
+    )
+    image_cfg_scale: float | None = None
+    mask: str | None = Field(None, description="Inpainting mask: not available (must be empty).")
+    mask_blur: int | None = None
+    mask_blur_x: int | None = None
+    mask_blur_y: int | None = None
+    inpainting_fill: int | None = None
+    inpaint_full_res: bool | int | None = None
+    inpaint_full_res_padding: int | None = None
+    inpainting_mask_invert: int | None = None
+    initial_noise_multiplier: float | None = None
+    latent_mask: str | None = None
+    include_init_images: bool | None = Field(False, description="Echo the init images in `parameters`.")
+
+
+class TextToImageResponse(BaseModel):
+    """A1111's txt2img answer. ``info`` is a JSON *string* (A1111's ``Processed.js()``)."""
+
+    images: list[str] = Field(default_factory=list, description="Base64 PNGs with the A1111 'parameters' chunk.")
+    parameters: dict[str, Any] = Field(default_factory=dict, description="The request, with defaults filled in.")
+    info: str = Field("", description="JSON string: prompt, seed, all_seeds, infotexts, sd_model_name, ...")
+
+
+class ImageToImageResponse(TextToImageResponse):
+    """A1111's img2img answer (same shape as txt2img)."""
+
+
+class ProgressState(BaseModel):
+    """A1111's ``shared.state`` subset that clients read."""
+
+    job: str = ""
+    job_count: int = 0
+    job_no: int = 0
+    job_timestamp: str = "0"
+    sampling_step: int = 0
+    sampling_steps: int = 0
+    interrupted: bool = False
+    skipped: bool = False
+    stopping_generation: bool = False
+    queue_position: int = Field(0, description="Atelier: jobs ahead of the current one (0 = running).")
+
+
+class ProgressResponse(BaseModel):
+    """``GET /sdapi/v1/progress``."""
+
+    progress: float = Field(0.0, description="0..1 across all batches of the current job.")
+    eta_relative: float = Field(0.0, description="Seconds left, estimated.")
+    state: ProgressState = Field(default_factory=ProgressState)
+    current_image: str | None = Field(None, description="Base64 PNG preview of the current step, or null.")
+    textinfo: str | None = None
+    current_task: str | None = None
+
+
+class ExtrasSingleImageRequest(_Lenient):
+    """``POST /sdapi/v1/extra-single-image`` (A1111's ``ExtrasSingleImageRequest``)."""
+
+    image: str | None = Field(None, description="The image, as raw base64 or a data: URL.")
+    resize_mode: int | None = Field(0, description="0: scale by upscaling_resize; 1: to upscaling_resize_w x _h.")
+    show_extras_results: bool | None = True
+    gfpgan_visibility: float | None = Field(0, description="Face restoration: not available (must be 0).")
+    codeformer_visibility: float | None = Field(0, description="Face restoration: not available (must be 0).")
+    codeformer_weight: float | None = 0
+    upscaling_resize: float | None = Field(4, description="Scale factor (1-4); the SD x4 upscaler works at 4x.")
+    upscaling_resize_w: int | None = 512
+    upscaling_resize_h: int | None = 512
+    upscaling_crop: bool | None = True
+    upscaler_1: str | None = Field("None", description="'None' or a name from /sdapi/v1/upscalers.")
+    upscaler_2: str | None = Field("None", description="Second upscaler: not available (must be 'None').")
+    extras_upscaler_2_visibility: float | None = 0
+    upscale_first: bool | None = False
+    # Atelier's own (optional) fields: the SD x4 upscaler is a diffusion model with a prompt and steps.
+    prompt: str | None = Field(None, description="Atelier: prompt for the SD x4 upscaler (default empty).")
+    negative_prompt: str | None = Field(None, description="Atelier: negative prompt for the SD x4 upscaler.")
+    steps: int | None = Field(None, description="Atelier: upscaler steps (default: the server's default steps).")
+    noise_level: int | None = Field(None, description="Atelier: noise added before upscaling (0-350, default 20).")
+    seed: int | None = Field(None, description="Atelier: seed (-1 random).")
+
+
+class ExtrasSingleImageResponse(BaseModel):
+    """A1111's extras answer."""
+
+    image: str = Field(..., description="Base64 PNG.")
+    html_info: str = Field("", description="The A1111 parameters text of the upscale, when one ran.")
+
+
+class PNGInfoRequest(_Lenient):
+    """``POST /sdapi/v1/png-info``."""
+
+    image: str | None = Field(None, description="A PNG, as raw base64 or a data: URL.")
+
+
+class PNGInfoResponse(BaseModel):
+    """The ``parameters`` text of an image, its parsed fields, and its other text chunks."""
+
+    info: str = Field("", description="The A1111 'parameters' text ('' when the image has none).")
+    items: dict[str, Any] = Field(default_factory=dict, description="Other text chunks of the image.")
+    parameters: dict[str, Any] = Field(default_factory=dict, description="'info' parsed as A1111 does.")
+
+
+class Options(_Lenient):
+    """The settings Atelier exposes through ``/sdapi/v1/options``; other A1111 keys are ignored on POST."""
+
+    sd_model_checkpoint: str | None = Field(None, description="Default checkpoint: 'name', 'name [hash]' or file name.")
+    sd_checkpoint_hash: str | None = Field(None, description="sha256 of the default checkpoint (read-only).")
+    sd_vae: str | None = Field(None, description="'Automatic', 'None' or a file of models/vae/.")
+    samples_format: str | None = Field(None, description="Always 'png' (read-only).")
+
+
+class SDModelItem(BaseModel):
+    """One checkpoint in ``/sdapi/v1/sd-models``."""
+
+    title: str = Field(..., description="'name [hash]', as A1111 shows it.")
+    model_name: str
+    hash: str | None = Field(None, description="A1111 short hash (first 10 hex of the sha256).")
+    sha256: str | None = None
+    filename: str
+    config: str | None = None
+
+
+class SDVaeItem(BaseModel):
+    """One VAE in ``/sdapi/v1/sd-vae``."""
+
+    model_name: str
+    filename: str
+
+
+class SamplerItem(BaseModel):
+    """One sampler in ``/sdapi/v1/samplers``."""
+
+    name: str
+    aliases: list[str] = Field(default_factory=list)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class SchedulerItem(BaseModel):
+    """One schedule type in ``/sdapi/v1/schedulers``."""
+
+    name: str
+    label: str
+    aliases: list[str] | None = None
+    default_rho: float = -1
+    need_inner_model: bool = False
+
+
+class UpscalerItem(BaseModel):
+    """One entry of ``/sdapi/v1/upscalers``: 'None' and each installed SD x4 upscaler."""
+
+    name: str
+    model_name: str | None = None
+    model_path: str | None = None
+    model_url: str | None = None
+    scale: float = 4
+
+
+class ScriptsList(BaseModel):
+    """``/sdapi/v1/scripts``: Atelier has no A1111 scripts (clients probe this for extensions)."""
+
+    txt2img: list[str] = Field(default_factory=list)
+    img2img: list[str] = Field(default_factory=list)
+
+
+class ErrorResponse(BaseModel):
+    """Every error of the ``/sdapi`` routes: ``detail`` says what is wrong and names the field."""
+
+    error: str = Field(..., description="Error kind, e.g. InvalidRequest, ModelNotFound, QueueFull.")
+    detail: str = Field(..., description="What went wrong and what to do.")
+    field: str | None = Field(None, description="The request field at fault, when there is one.")

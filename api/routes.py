@@ -1,0 +1,459 @@
+"""The ``/sdapi/v1`` routes: AUTOMATIC1111's REST API over Atelier's pipeline manager.
+
+Generation routes turn the body into a ``GenerationRequest`` and wait on the manager's one FIFO queue (shared
+with the UI). They are ``async`` and wait for the job in a thread of their own pool, so that a hundred queued
+requests never starve the threads that ``/progress`` and ``/interrupt`` need. Every other route is a plain
+``def``: FastAPI runs it in its thread pool, off the event loop.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from PIL import Image
+
+from pipelines.errors import AtelierError, InvalidRequest, ModelNotFound
+from pipelines.request import MAX_UPSCALE_INPUT, GenerationRequest, Result, decode_image
+from pipelines.samplers import SAMPLERS, SCHEDULE_NAMES
+from pipelines.settings import Settings
+
+from . import convert
+from .auth import BasicAuth
+from .errors import api_field_names, make_route_class
+from .models import (
+    ErrorResponse,
+    ExtrasSingleImageRequest,
+    ExtrasSingleImageResponse,
+    ImageToImageResponse,
+    Img2ImgRequest,
+    Options,
+    PNGInfoRequest,
+    PNGInfoResponse,
+    ProgressResponse,
+    ProgressState,
+    SamplerItem,
+    SchedulerItem,
+    ScriptsList,
+    SDModelItem,
+    SDVaeItem,
+    TextToImageResponse,
+    Txt2ImgRequest,
+    UpscalerItem,
+)
+
+log = logging.getLogger("atelier.api")
+
+PREFIX = "/sdapi/v1"
+SD_X4_SCALE = 4
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": text}
+    for code, text in (
+        (401, "Login required (--auth)"),
+        (422, "Invalid request; `detail` names the field"),
+        (429, "The job queue is full"),
+    )
+}
+
+
+class SdApi:
+    """The route handlers, bound to one manager and its settings."""
+
+    def __init__(self, manager: Any, settings: Settings):
+        self.manager = manager
+        self.settings = settings
+        # Threads that only wait for queued jobs: one per job the queue can hold, plus the running one.
+        self._waiters = anyio.CapacityLimiter(max(1, settings.queue_size) + 2)
+
+    # --- generation ----------------------------------------------------------------------------------------
+    async def txt2img(self, body: Txt2ImgRequest) -> TextToImageResponse:
+        """Text to image, as A1111's ``/sdapi/v1/txt2img``."""
+        return await self._generate(convert.txt2img_request, body, TextToImageResponse)
+
+    async def img2img(self, body: Img2ImgRequest) -> ImageToImageResponse:
+        """Image to image, as A1111's ``/sdapi/v1/img2img`` (one init image; no inpainting mask)."""
+        return await self._generate(convert.img2img_request, body, ImageToImageResponse)
+
+    async def _generate(self, build: Any, body: Any, response_type: type[TextToImageResponse]) -> Any:
+        timestamp = convert.job_timestamp()
+        request = await run_in_threadpool(self._build, build, body)
+        result = await self._run(request, convert.GENERATION_FIELD_NAMES)
+        return await run_in_threadpool(self._generation_response, response_type, body, request, result, timestamp)
+
+    async def extra_single_image(self, body: ExtrasSingleImageRequest) -> ExtrasSingleImageResponse:
+        """Upscale one image with the SD x4 upscaler (``upscaler_1``), then resize to the asked scale or size."""
+        convert.log_ignored("extra-single-image", body)
+        image = await run_in_threadpool(_extras_input, body)
+        target = _extras_target(body, image.size)
+        upscaler = body.upscaler_1 or "None"
+        if upscaler == "None":
+            # A1111's "None" upscaler is a plain resize to the target size.
+            resized = await run_in_threadpool(_fit, image, target, bool(body.upscaling_crop))
+            return ExtrasSingleImageResponse(image=await run_in_threadpool(convert.png_base64, resized))
+        request = await run_in_threadpool(self._build_upscale, body, image, upscaler)
+        result = await self._run(request, convert.UPSCALE_FIELD_NAMES)
+        return await run_in_threadpool(_extras_response, result, target, bool(body.upscaling_crop))
+
+    def _build(self, build: Any, body: Any) -> GenerationRequest:
+        with api_field_names(convert.GENERATION_FIELD_NAMES):
+            return build(body, self.settings)
+
+    def _build_upscale(self, body: ExtrasSingleImageRequest, image: Image.Image, upscaler: str) -> GenerationRequest:
+        with api_field_names(convert.UPSCALE_FIELD_NAMES):
+            return convert.upscale_request(body, image, upscaler, self.settings)
+
+    async def _run(self, request: GenerationRequest, field_names: dict[str, str]) -> Result:
+        """Queue the request behind the UI's and other clients' jobs and wait for its result."""
+
+        def submit() -> Any:
+            with api_field_names(field_names):
+                return self.manager.submit(request)
+
+        job = await run_in_threadpool(submit)
+        return await anyio.to_thread.run_sync(job.wait, limiter=self._waiters)
+
+    @staticmethod
+    def _generation_response(
+        response_type: type[TextToImageResponse],
+        body: Txt2ImgRequest | Img2ImgRequest,
+        request: GenerationRequest,
+        result: Result,
+        timestamp: str,
+    ) -> TextToImageResponse:
+        images = convert.result_images_base64(result) if body.send_images is not False else []
+        return response_type(
+            images=images,
+            parameters=convert.echo_parameters(body),
+            info=convert.generation_info(body, request, result, timestamp),
+        )
+
+    # --- progress and interrupt ----------------------------------------------------------------------------
+    def progress(self, skip_current_image: bool = False) -> ProgressResponse:
+        """The running job: fraction done, ETA, step counts and the latest preview (A1111's shape)."""
+        job = self.manager.current_job()
+        if job is None:
+            waiting = self.manager.queue_length()
+            if waiting:  # between two jobs: not idle yet (webuiapi's util_wait_for_ready polls job_count)
+                return ProgressResponse(state=ProgressState(job_count=waiting), textinfo=f"{waiting} job(s) queued")
+            return ProgressResponse()
+        event = job.progress
+        if event is None:
+            return ProgressResponse(state=ProgressState(job=job.id, job_count=1), current_task=job.id)
+        preview = None
+        if not skip_current_image and event.preview is not None:
+            preview = convert.png_base64(event.preview)
+        state = ProgressState(
+            job=job.id,
+            job_count=max(1, event.batch_count),
+            job_no=event.batch_index,
+            sampling_step=event.step,
+            sampling_steps=event.total_steps,
+            interrupted=event.state == "cancelled" or job.state == "cancelled",
+            queue_position=event.queue_position,
+        )
+        textinfo = event.message or (f"Step {event.step}/{event.total_steps}" if event.total_steps else event.state)
+        return ProgressResponse(
+            progress=event.fraction,
+            eta_relative=event.eta_s or 0.0,
+            state=state,
+            current_image=preview,
+            textinfo=textinfo,
+            current_task=job.id,
+        )
+
+    def interrupt(self) -> dict[str, Any]:
+        """Stop the running job within a step; images already finished are kept and returned to its caller."""
+        self.manager.interrupt()
+        return {}
+
+    # --- models and options --------------------------------------------------------------------------------
+    def sd_models(self) -> list[SDModelItem]:
+        """Installed checkpoints, titled "name [hash]" as A1111 lists them."""
+        registry = self.manager.registry
+        return [
+            SDModelItem(
+                title=info.title,
+                model_name=info.name,
+                hash=registry.short_hash(info),
+                sha256=_sha256(registry, info),
+                filename=str(info.path),
+                config=None,
+            )
+            for info in self.manager.checkpoints()
+        ]
+
+    def sd_vae(self) -> list[SDVaeItem]:
+        """VAE files of models/vae/ (A1111's ``/sd-vae``)."""
+        return [SDVaeItem(model_name=info.name, filename=str(info.path)) for info in self.manager.vaes()]
+
+    def refresh_checkpoints(self) -> None:
+        """Scan the models folders again."""
+        self.manager.refresh_models()
+
+    def get_options(self) -> Options:
+        """The options Atelier shares with A1111: the default checkpoint and VAE."""
+        default = self.manager.default_checkpoint()
+        return Options(
+            sd_model_checkpoint=default.title if default is not None else None,
+            sd_checkpoint_hash=_sha256(self.manager.registry, default) if default is not None else None,
+            sd_vae=self.settings.vae or "Automatic",  # the manager keeps the default VAE in the shared settings
+            samples_format="png",
+        )
+
+    def set_options(self, options: Options) -> None:
+        """Switch the default checkpoint (``sd_model_checkpoint``) and/or VAE (``sd_vae``); other keys are ignored.
+
+        Both names are checked before either is applied; an unknown name is a 422 that lists the valid ones.
+        """
+        ignored = sorted(
+            set(options.model_extra or {}) | ({"sd_checkpoint_hash", "samples_format"} & options.model_fields_set)
+        )
+        if ignored:
+            log.debug("options: ignoring keys Atelier does not set: %s", ", ".join(ignored))
+        checkpoint = _option_text(options.sd_model_checkpoint, "sd_model_checkpoint")
+        vae = _option_text(options.sd_vae, "sd_vae")
+        if checkpoint is not None:
+            self._check_checkpoint(checkpoint)
+        if vae is not None:
+            vae = "Automatic" if vae == "None" else vae
+            self._check_vae(vae)
+        if checkpoint is not None:
+            self.manager.set_default_checkpoint(checkpoint)
+        if vae is not None:
+            self.manager.set_default_vae(vae)
+
+    def _check_checkpoint(self, name: str) -> None:
+        try:
+            self.manager.registry.find_checkpoint(name)
+        except ModelNotFound as exc:
+            titles = [info.title for info in self.manager.checkpoints()]
+            raise _with_choices(exc, "sd_model_checkpoint", titles) from None
+
+    def _check_vae(self, name: str) -> None:
+        try:
+            self.manager.registry.find_vae(name)
+        except ModelNotFound as exc:
+            names = ["Automatic", "None", *(info.name for info in self.manager.vaes())]
+            raise _with_choices(exc, "sd_vae", names) from None
+
+    # --- lists ---------------------------------------------------------------------------------------------
+    def samplers(self) -> list[SamplerItem]:
+        """A1111 sampler labels Atelier runs (those whose optional package is installed)."""
+        return [
+            SamplerItem(name=label, aliases=list(spec.aliases), options={})
+            for label, spec in SAMPLERS.items()
+            if spec.needs is None or importlib.util.find_spec(spec.needs) is not None
+        ]
+
+    def schedulers(self) -> list[SchedulerItem]:
+        """Schedule types (A1111 >= 1.9's separate "Schedule type")."""
+        return [SchedulerItem(name=name.lower(), label=name) for name in SCHEDULE_NAMES]
+
+    def upscalers(self) -> list[UpscalerItem]:
+        """'None' (plain resize) and each installed SD x4 upscaler."""
+        items = [UpscalerItem(name="None", scale=SD_X4_SCALE)]
+        items += [
+            UpscalerItem(name=info.name, model_name=info.name, model_path=str(info.path), scale=SD_X4_SCALE)
+            for info in self.manager.upscalers()
+        ]
+        return items
+
+    def scripts(self) -> ScriptsList:
+        """No A1111 scripts: clients such as webuiapi probe this to decide which extension fields to send."""
+        return ScriptsList()
+
+    # --- PNG info ------------------------------------------------------------------------------------------
+    def png_info(self, body: PNGInfoRequest) -> PNGInfoResponse:
+        """The A1111 ``parameters`` text of an image, parsed, plus its other text chunks."""
+        from pipelines.infotext import parse_infotext
+        from pipelines.outputs import read_png_parameters
+
+        image = convert.open_image_keeping_text(body.image, "image")
+        text = read_png_parameters(image) or ""
+        chunks = {**image.info, **(getattr(image, "text", None) or {})}
+        items = {key: value for key, value in chunks.items() if key != "parameters" and isinstance(value, str)}
+        return PNGInfoResponse(info=text, items=items, parameters=parse_infotext(text) if text else {})
+
+    # --- anything else under /sdapi ------------------------------------------------------------------------
+    def unknown_route(self, request: Request, path: str) -> None:
+        """A JSON 404 (or 405) for paths under /sdapi/v1 that Atelier does not serve."""
+        methods = [route.method for route in _ROUTES if route.path == f"{PREFIX}/{path}"]
+        if methods:
+            raise _MethodNotAllowed(f"{request.method} is not allowed on {PREFIX}/{path}; use {' or '.join(methods)}.")
+        raise _NotFound(
+            f"{PREFIX}/{path} is not an Atelier API route. Available: "
+            + ", ".join(f"{r.method} {r.path}" for r in _ROUTES)
+            + "."
+        )
+
+
+class _NotFound(AtelierError):
+    """A path under /sdapi/v1 that Atelier does not serve."""
+
+    http_status = 404
+
+
+class _MethodNotAllowed(AtelierError):
+    """A known /sdapi/v1 path asked with the wrong HTTP method."""
+
+    http_status = 405
+
+
+@dataclass(frozen=True)
+class _Route:
+    """One documented route: method, path under /sdapi/v1, handler name on ``SdApi``, response model, summary."""
+
+    method: str
+    suffix: str
+    handler: str
+    response_model: Any
+    summary: str
+
+    @property
+    def path(self) -> str:
+        return PREFIX + self.suffix
+
+
+_ROUTES: tuple[_Route, ...] = (
+    _Route("POST", "/txt2img", "txt2img", TextToImageResponse, "Text to image"),
+    _Route("POST", "/img2img", "img2img", ImageToImageResponse, "Image to image"),
+    _Route("POST", "/extra-single-image", "extra_single_image", ExtrasSingleImageResponse, "Upscale one image"),
+    _Route("POST", "/png-info", "png_info", PNGInfoResponse, "Read the generation parameters of a PNG"),
+    _Route("GET", "/progress", "progress", ProgressResponse, "Progress of the running job"),
+    _Route("POST", "/interrupt", "interrupt", dict[str, Any], "Stop the running job"),
+    _Route("GET", "/options", "get_options", Options, "Current default checkpoint and VAE"),
+    _Route("POST", "/options", "set_options", None, "Switch the default checkpoint and/or VAE"),
+    _Route("GET", "/sd-models", "sd_models", list[SDModelItem], "Installed checkpoints"),
+    _Route("GET", "/sd-vae", "sd_vae", list[SDVaeItem], "Installed VAEs"),
+    _Route("POST", "/refresh-checkpoints", "refresh_checkpoints", None, "Rescan the models folders"),
+    _Route("GET", "/samplers", "samplers", list[SamplerItem], "Sampler names"),
+    _Route("GET", "/schedulers", "schedulers", list[SchedulerItem], "Schedule types"),
+    _Route("GET", "/upscalers", "upscalers", list[UpscalerItem], "Upscalers"),
+    _Route("GET", "/scripts", "scripts", ScriptsList, "A1111 scripts (none)"),
+)
+
+
+def build_router(manager: Any, settings: Settings, auth: BasicAuth | None = None) -> APIRouter:
+    """An APIRouter with every ``/sdapi/v1`` route bound to ``manager``; login checked first when ``auth``."""
+    api = SdApi(manager, settings)
+    router = APIRouter(route_class=make_route_class(auth), tags=["sdapi"], responses=_ERRORS)
+    for route in _ROUTES:
+        router.add_api_route(
+            route.path,
+            getattr(api, route.handler),
+            methods=[route.method],
+            response_model=route.response_model,
+            summary=route.summary,
+            name=f"sdapi_{route.handler}",
+        )
+    router.add_api_route(
+        PREFIX + "/{path:path}",
+        api.unknown_route,
+        methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+        include_in_schema=False,
+    )
+    return router
+
+
+# --- helpers ---------------------------------------------------------------------------------------------------
+def _sha256(registry: Any, info: Any) -> str | None:
+    """The full sha256 when the registry has it (A1111 lists it), else None."""
+    getter = getattr(registry, "sha256", None)
+    if getter is None:
+        return None
+    try:
+        return getter(info)
+    except (AtelierError, OSError):
+        return None
+
+
+def _option_text(value: str | None, key: str) -> str | None:
+    if value is None:
+        return None
+    if not value.strip():
+        raise InvalidRequest(f"{key} must be a model name; got an empty text.", key)
+    return value.strip()
+
+
+def _with_choices(exc: ModelNotFound, field: str, choices: list[str]) -> ModelNotFound:
+    message = exc.message
+    missing = [choice for choice in choices if choice.split(" [", 1)[0] not in message]
+    if choices and missing:
+        message = f"{message.rstrip('.')}. Valid names: {', '.join(choices)}."
+    elif not choices:
+        message = f"{message.rstrip('.')}. No models are installed."
+    return ModelNotFound(message, field)
+
+
+def _extras_input(body: ExtrasSingleImageRequest) -> Image.Image:
+    if body.gfpgan_visibility or body.codeformer_visibility:
+        raise InvalidRequest(
+            "gfpgan_visibility/codeformer_visibility: face restoration is not available; send 0.",
+            "gfpgan_visibility" if body.gfpgan_visibility else "codeformer_visibility",
+        )
+    if body.upscaler_2 not in (None, "", "None") and body.extras_upscaler_2_visibility:
+        raise InvalidRequest("upscaler_2: a second upscaler is not available; send 'None'.", "upscaler_2")
+    if not body.image:
+        raise InvalidRequest("image: send the image to upscale as base64 (raw or a data: URL).", "image")
+    image = decode_image(body.image, "image")
+    if max(image.size) > MAX_UPSCALE_INPUT:
+        raise InvalidRequest(
+            f"image is {image.width}x{image.height}; the limit is {MAX_UPSCALE_INPUT} px per side.", "image"
+        )
+    return image
+
+
+def _extras_target(body: ExtrasSingleImageRequest, size: tuple[int, int]) -> tuple[int, int]:
+    """The output size A1111 would produce: ``upscaling_resize`` x the input, or ``upscaling_resize_w`` x ``_h``."""
+    width, height = size
+    if body.resize_mode == 1:
+        target_w, target_h = body.upscaling_resize_w or 0, body.upscaling_resize_h or 0
+        if not (1 <= target_w <= width * SD_X4_SCALE and 1 <= target_h <= height * SD_X4_SCALE):
+            raise InvalidRequest(
+                f"upscaling_resize_w/upscaling_resize_h must be between 1 and 4x the input "
+                f"({width * SD_X4_SCALE}x{height * SD_X4_SCALE}); got {target_w}x{target_h}.",
+                "upscaling_resize_w",
+            )
+        return target_w, target_h
+    if body.resize_mode not in (None, 0):
+        raise InvalidRequest(f"resize_mode must be 0 (scale) or 1 (size), got {body.resize_mode}.", "resize_mode")
+    scale = 4.0 if body.upscaling_resize is None else float(body.upscaling_resize)
+    if not 1.0 <= scale <= SD_X4_SCALE:
+        raise InvalidRequest(
+            f"upscaling_resize must be between 1 and {SD_X4_SCALE} (the SD x4 upscaler's factor), got {scale:g}.",
+            "upscaling_resize",
+        )
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _fit(image: Image.Image, target: tuple[int, int], crop: bool) -> Image.Image:
+    """Resize to ``target``: covering it and cropping the middle when ``crop`` (A1111's upscaling_crop)."""
+    if image.size == target:
+        return image
+    if not crop:
+        return image.resize(target, Image.Resampling.LANCZOS)
+    scale = max(target[0] / image.width, target[1] / image.height)
+    covered = image.resize(
+        (max(target[0], round(image.width * scale)), max(target[1], round(image.height * scale))),
+        Image.Resampling.LANCZOS,
+    )
+    left = (covered.width - target[0]) // 2
+    top = (covered.height - target[1]) // 2
+    return covered.crop((left, top, left + target[0], top + target[1]))
+
+
+def _extras_response(result: Result, target: tuple[int, int], crop: bool) -> ExtrasSingleImageResponse:
+    if not result.images:
+        raise AtelierError("The upscaler returned no image; see the server log.")
+    infotext = result.infotexts[0] if result.infotexts else ""
+    image = result.images[0]
+    if image.size == target:
+        encoded = convert.image_base64(result, 0)  # the saved file: same metadata as on disk
+    else:
+        encoded = convert.png_base64(_fit(image, target, crop), infotext or None)
+    return ExtrasSingleImageResponse(image=encoded, html_info=infotext)

@@ -1,0 +1,710 @@
+"""Atelier vs plain diffusers, in one process and one run: prints one JSON line per (family, size, mode).
+
+    .venv/bin/python bench/run.py --tiny                      # CI-sized: tiny models, 64 px, 4 steps (~1 min)
+    .venv/bin/python bench/run.py --sizes 256,512 --steps 20  # the full CPU table (see bench/README.md)
+
+Modes: ``diffusers`` (plain ``StableDiffusionPipeline.from_single_file`` on the same file: fp32, SDPA, Euler, the
+same seed) and Atelier's manager (``PipelineManager.run``, the path every front door takes) in ``default``,
+``fast`` (Settings ``fast``), ``deep_cache``, ``token_merging`` and ``deep_cache+token_merging``.
+
+The model is SD1.5-shaped with random weights (shapes decide speed; no hub), built once from the bundled
+diffusers configs, written as an original-layout single file (``pipelines/convert.py``) and cached under
+``--work-dir``; Atelier loads it through its own registry and loaders. ``--tiny`` uses the tiny test model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import math
+import os
+import platform
+import resource
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may download anything
+
+ALL_MODES = ("diffusers", "default", "fast", "deep_cache", "token_merging", "deep_cache+token_merging")
+ATELIER_SETTINGS_MODES = {"fast": {"fast": True}}  # modes that need their own manager (different Settings)
+FAMILIES = ("sd15",)
+PROMPT = "a watercolor painting of a lighthouse at dusk, soft light"
+NEGATIVE = "blurry"
+SEED = 1234
+CHECKPOINT_NAME = {"sd15": "bench-sd15", "tiny": "bench-tiny-sd15"}
+
+
+# --- measuring ------------------------------------------------------------------------------------------------
+class RssSampler:
+    """Peak resident memory of this process within a window, sampled every ``interval`` seconds.
+
+    ``ru_maxrss`` only grows over the life of the process, so per-mode peaks are sampled from /proc instead.
+    """
+
+    def __init__(self, interval: float = 0.02, pid: int | str = "self"):
+        self.interval = interval
+        self.pid = pid
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def current(self) -> int:
+        """Resident bytes now (Linux /proc; falls back to ru_maxrss elsewhere)."""
+        try:
+            pages = int(Path(f"/proc/{self.pid}/statm").read_text().split()[1])
+            return pages * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    def __enter__(self) -> RssSampler:
+        self.peak = self.current()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.peak = max(self.peak, self.current())
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, self.current())
+
+
+@dataclass
+class StepClock:
+    """Wall-clock time of each finished denoising step (from the step callback / progress events)."""
+
+    times: list[float] = field(default_factory=list)
+    last_step: int = -1
+
+    def tick(self, step: int) -> None:
+        if step != self.last_step:
+            self.last_step = step
+            self.times.append(time.perf_counter())
+
+    def seconds_per_step(self, start: float) -> float | None:
+        """Mean seconds per step: from the call's start to the last step callback, over the steps seen."""
+        if not self.times:
+            return None
+        return (self.times[-1] - start) / len(self.times)
+
+
+@dataclass
+class Measurement:
+    """One mode at one size."""
+
+    mode: str
+    image: Any = None  # PIL image of the timed (cached) run
+    image_s: float | None = None
+    first_image_s: float | None = None
+    load_s: float | None = None
+    s_per_it: float | None = None
+    peak_rss: int = 0
+    notes: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+def pixel_difference(a: Any, b: Any) -> tuple[int | None, float | None]:
+    """Max absolute 8-bit pixel difference and PSNR (dB; inf when identical) between two PIL images."""
+    import numpy as np
+
+    if a is None or b is None:
+        return None, None
+    x = np.asarray(a.convert("RGB"), dtype=np.int16)
+    y = np.asarray(b.convert("RGB"), dtype=np.int16)
+    if x.shape != y.shape:
+        return None, None
+    diff = np.abs(x - y)
+    mse = float((diff.astype(np.float64) ** 2).mean())
+    psnr = math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
+    return int(diff.max()), psnr
+
+
+# --- the model file -------------------------------------------------------------------------------------------
+def build_components(family: str, tiny: bool) -> dict[str, Any]:
+    """Random-weight diffusers components with the real shapes of ``family`` (or the tiny test model)."""
+    import torch
+
+    from pipelines.tiny import tiny_sd15_components
+
+    if tiny:
+        return tiny_sd15_components(seed=0)
+    if family != "sd15":
+        raise SystemExit(f"bench: family {family!r} is not built on CPU yet (only sd15)")
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    config_dir = REPO_ROOT / "pipelines" / "configs" / family
+    torch.manual_seed(0)
+    with torch.no_grad():
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(config_dir / "unet"))
+        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(config_dir / "vae"))
+        text_config = CLIPTextConfig.from_pretrained(config_dir / "text_encoder")
+        text_encoder = CLIPTextModel(text_config)
+    return {"unet": unet.eval(), "vae": vae.eval(), "text_encoder": text_encoder.eval()}
+
+
+def write_config_folder(components: dict[str, Any], folder: Path) -> None:
+    """A diffusers config folder (JSON only) describing ``components``: what plain diffusers needs for tiny."""
+    from pipelines.tiny import SD15_SCHEDULER_CONFIG
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("unet", "vae"):
+        components[name].save_config(folder / name)
+    (folder / "text_encoder").mkdir(exist_ok=True)
+    components["text_encoder"].config.to_json_file(folder / "text_encoder" / "config.json")
+    (folder / "scheduler").mkdir(exist_ok=True)
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(SD15_SCHEDULER_CONFIG, indent=2))
+    model_index = {
+        "_class_name": "StableDiffusionPipeline",
+        "_diffusers_version": "0.42.1",
+        "feature_extractor": [None, None],
+        "image_encoder": [None, None],
+        "requires_safety_checker": False,
+        "safety_checker": [None, None],
+        "scheduler": ["diffusers", "PNDMScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    }
+    (folder / "model_index.json").write_text(json.dumps(model_index, indent=2))
+
+
+@dataclass
+class BenchModel:
+    """The checkpoint file under test, the models folder that holds it, and the config folder for diffusers."""
+
+    name: str
+    path: Path
+    models_dir: Path
+    config_dir: Path
+
+
+def ensure_checkpoint(family: str, tiny: bool, work_dir: Path, log: Callable[[str], None]) -> BenchModel:
+    """Build the random-weight single file once (original layout, safetensors) and reuse it afterwards."""
+    from safetensors.torch import save_file
+
+    from pipelines.convert import pipeline_to_original
+
+    name = CHECKPOINT_NAME["tiny" if tiny else family]
+    models_dir = work_dir / "models"
+    path = models_dir / "checkpoints" / f"{name}.safetensors"
+    # The tiny model's configs go in a sidecar folder, which Atelier's loader reads first and plain diffusers
+    # gets as ``config=``; the full-size one uses the bundled configs of its family, as a real file would.
+    config_dir = path.with_name(f"{name}.config") if tiny else REPO_ROOT / "pipelines" / "configs" / family
+    if path.exists() and (not tiny or (config_dir / "model_index.json").exists()):
+        return BenchModel(name, path, models_dir, config_dir)
+    log(f"building {name} (random weights, original layout) -> {path}")
+    started = time.perf_counter()
+    components = build_components(family, tiny)
+    state_dict = pipeline_to_original(components)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    save_file(state_dict, str(partial), metadata={"format": "pt"})
+    partial.replace(path)  # a killed build never leaves a half file under the real name
+    if tiny:
+        write_config_folder(components, config_dir)
+    del components, state_dict
+    gc.collect()
+    log(f"built {name} in {time.perf_counter() - started:.1f} s")
+    return BenchModel(name, path, models_dir, config_dir)
+
+
+# --- plain diffusers ------------------------------------------------------------------------------------------
+def run_plain_diffusers(model: BenchModel, size: int, steps: int, cfg: float, repeats: int) -> Measurement:
+    """``from_single_file`` (fp32, SDPA, Euler) and two images: the first includes the checkpoint load."""
+    import torch
+    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
+
+    from pipelines.tokenizers import clip_tokenizer
+
+    m = Measurement("diffusers")
+    with RssSampler() as rss:
+        started = time.perf_counter()
+        pipe = StableDiffusionPipeline.from_single_file(
+            str(model.path), config=str(model.config_dir), local_files_only=True, torch_dtype=torch.float32,
+            tokenizer=clip_tokenizer(), safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        )
+        pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+        pipe.set_progress_bar_config(disable=True)
+        m.load_s = time.perf_counter() - started
+
+        def generate() -> tuple[Any, float, float | None]:
+            clock = StepClock()
+
+            def on_step(_pipe: Any, step: int, _t: Any, kwargs: dict) -> dict:
+                clock.tick(step)
+                return kwargs
+
+            t0 = time.perf_counter()
+            image = pipe(PROMPT, negative_prompt=NEGATIVE, num_inference_steps=steps, guidance_scale=cfg,
+                         height=size, width=size, generator=torch.Generator("cpu").manual_seed(SEED),
+                         callback_on_step_end=on_step).images[0]
+            return image, time.perf_counter() - t0, clock.seconds_per_step(t0)
+
+        _, first, _ = generate()
+        m.first_image_s = m.load_s + first
+        m.image, m.image_s, m.s_per_it = _best_of(generate, repeats)
+    m.peak_rss = rss.peak
+    pipe = None  # noqa: F841 - drop the weights before the next mode loads its own
+    gc.collect()
+    return m
+
+
+def in_worker_thread(fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` in a fresh thread, as Atelier's manager runs every job in its worker thread.
+
+    On a busy 2-core machine, small ops on the main thread were measured 10-60x slower than the same ops on a
+    worker thread (OpenMP spin-waits losing the core to other processes); running both sides the same way keeps
+    the comparison about the code path, not the thread it happens to run on.
+    """
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # re-raised in the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name="bench-diffusers")
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def _best_of(generate: Callable[[], tuple[Any, float, float | None]], repeats: int) -> tuple[Any, float, Any]:
+    """The fastest of ``repeats`` cached runs (the machine's noise only ever adds time)."""
+    best = None
+    for _ in range(max(1, repeats)):
+        run = generate()
+        if best is None or run[1] < best[1]:
+            best = run
+    return best
+
+
+# --- Atelier --------------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def atelier_manager(model: BenchModel, work_dir: Path, settings_changes: dict[str, Any]) -> Iterator[Any]:
+    """A ``PipelineManager`` over the bench's models folder, on CPU in fp32 (as app.py builds it)."""
+    from pipelines.manager import PipelineManager
+    from pipelines.registry import ModelRegistry
+    from pipelines.settings import Settings
+
+    settings = Settings(models_dir=model.models_dir, outputs_dir=work_dir / "outputs", cache_dir=work_dir / "cache",
+                        device="cpu", precision="fp32", checkpoint=model.name)
+    settings.update(settings_changes, respect_cli=False)
+    registry = ModelRegistry(model.models_dir, work_dir / "cache")
+    registry.refresh()
+    manager = PipelineManager(settings, registry)
+    manager.start()
+    try:
+        yield manager
+    finally:
+        manager.close()
+        del manager, registry
+        gc.collect()
+
+
+def atelier_request(model: BenchModel, size: int, steps: int, cfg: float, mode: str) -> Any:
+    """The GenerationRequest a user would send for ``mode`` (speed-up switches from the mode's name)."""
+    from pipelines.request import GenerationRequest
+
+    parts = set(mode.split("+"))
+    return GenerationRequest.create(
+        prompt=PROMPT, negative_prompt=NEGATIVE, sampler="Euler", steps=steps, cfg_scale=cfg, width=size,
+        height=size, seed=SEED, checkpoint=model.name, deep_cache="deep_cache" in parts,
+        token_merging=0.5 if "token_merging" in parts else 0.0,
+    )
+
+
+def run_atelier_mode(manager: Any, model: BenchModel, size: int, steps: int, cfg: float, mode: str,
+                     repeats: int, first: bool) -> Measurement:
+    """One mode through ``manager.run``; when ``first``, the first call (checkpoint load included) is timed too."""
+    m = Measurement(mode)
+    request = atelier_request(model, size, steps, cfg, mode)
+
+    def generate() -> tuple[Any, float, float | None]:
+        clock = StepClock()
+
+        def on_progress(event: Any) -> None:
+            if event.state == "running" and event.step > 0:
+                clock.tick(event.step)
+
+        t0 = time.perf_counter()
+        result = manager.run(request, on_progress=on_progress)
+        elapsed = time.perf_counter() - t0
+        for note in result.notes:
+            if note not in m.notes:
+                m.notes.append(note)
+        return result.images[0], elapsed, clock.seconds_per_step(t0)
+
+    with RssSampler() as rss:
+        if first:
+            _, m.first_image_s, _ = generate()
+        m.image, m.image_s, m.s_per_it = _best_of(generate, repeats)
+    m.peak_rss = rss.peak
+    return m
+
+
+# --- Atelier through its REST API (the path a user's client takes) ---------------------------------------------
+class AtelierServer:
+    """``app.py`` started as a user would, on a free port, with the bench's models folder; stopped on exit."""
+
+    def __init__(self, model: BenchModel, work_dir: Path, fast: bool, log: Callable[[str], None],
+                 start_timeout: float = 600.0):
+        import socket
+        import subprocess
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        command = [sys.executable, str(REPO_ROOT / "app.py"), "--port", str(port), "--no-browser",
+                   "--models-dir", str(model.models_dir), "--outputs-dir", str(work_dir / "outputs"),
+                   "--settings-file", str(work_dir / "settings.json"), "--device", "cpu", "--precision", "fp32",
+                   "--checkpoint", model.name]
+        if fast:
+            command.append("--fast")
+        log(" ".join(command[1:]))
+        started = time.perf_counter()
+        self.proc = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True)
+        self.url: str | None = None
+        self.output: list[str] = []
+        ready = threading.Event()
+        threading.Thread(target=self._read, args=(ready,), daemon=True).start()
+        if not ready.wait(start_timeout) or self.url is None:
+            self.stop()
+            raise RuntimeError("app.py did not start: " + " | ".join(self.output[-5:]))
+        self.start_s = time.perf_counter() - started  # launch until the URL is printed
+
+    def _read(self, ready: threading.Event) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.output.append(line.rstrip())
+            if self.url is None and line.startswith("Running on local URL: "):
+                self.url = line.split(": ", 1)[1].strip().rstrip("/")
+                ready.set()
+        ready.set()  # the process ended
+
+    def post(self, route: str, body: dict[str, Any], timeout: float = 3600.0) -> dict[str, Any]:
+        import urllib.request
+
+        request = urllib.request.Request(f"{self.url}{route}", data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"}, method="POST")
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.loads(response.read())
+
+    def get(self, route: str, timeout: float = 10.0) -> dict[str, Any]:
+        import urllib.request
+
+        with urllib.request.urlopen(f"{self.url}{route}", timeout=timeout) as response:
+            return json.loads(response.read())
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except Exception:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def api_body(size: int, steps: int, cfg: float, mode: str) -> dict[str, Any]:
+    """An A1111-style txt2img body; the speed-up switches go in ``override_settings`` (A1111's ToMe key)."""
+    parts = set(mode.split("+"))
+    overrides: dict[str, Any] = {}
+    if "deep_cache" in parts:
+        overrides["deep_cache"] = True
+    if "token_merging" in parts:
+        overrides["token_merging_ratio"] = 0.5
+    return {"prompt": PROMPT, "negative_prompt": NEGATIVE, "sampler_name": "Euler", "steps": steps,
+            "cfg_scale": cfg, "width": size, "height": size, "seed": SEED, "override_settings": overrides}
+
+
+def run_api_mode(server: AtelierServer, size: int, steps: int, cfg: float, mode: str, repeats: int,
+                 first: bool) -> Measurement:
+    """One mode through ``POST /sdapi/v1/txt2img``; steps timed by polling ``/sdapi/v1/progress``."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    m = Measurement(mode)
+    body = api_body(size, steps, cfg, mode)
+
+    def generate() -> tuple[Any, float, float | None]:
+        clock = StepClock()
+        done = threading.Event()
+
+        def poll() -> None:
+            while not done.wait(0.05):
+                try:
+                    step = int(server.get("/sdapi/v1/progress?skip_current_image=true")["state"]["sampling_step"])
+                except Exception:
+                    continue
+                if step > 0:
+                    clock.tick(step)
+
+        poller = threading.Thread(target=poll, daemon=True)
+        t0 = time.perf_counter()
+        poller.start()
+        try:
+            answer = server.post("/sdapi/v1/txt2img", body)
+        finally:
+            done.set()
+            poller.join()
+        elapsed = time.perf_counter() - t0
+        info = json.loads(answer.get("info") or "{}")
+        infotext = (info.get("infotexts") or [""])[0]
+        m.notes = [line for line in _speedup_words(mode) if line not in infotext]
+        m.notes = [f"not applied through the API: {word}" for word in m.notes]
+        image = Image.open(io.BytesIO(base64.b64decode(answer["images"][0])))
+        image.load()
+        return image, elapsed, clock.seconds_per_step(t0)
+
+    with RssSampler(pid=server.proc.pid) as rss:
+        if first:
+            m.load_s = server.start_s  # server start (--checkpoint given): the first image adds the rest
+            _, first_s, _ = generate()
+            m.first_image_s = server.start_s + first_s
+        m.image, m.image_s, m.s_per_it = _best_of(generate, repeats)
+    m.peak_rss = rss.peak
+    return m
+
+
+def _speedup_words(mode: str) -> list[str]:
+    """What the infotext must mention when ``mode``'s speed-ups were applied."""
+    parts = set(mode.split("+"))
+    return [word for key, word in (("deep_cache", "DeepCache"), ("token_merging", "Token merging ratio"))
+            if key in parts]
+
+
+# --- the run --------------------------------------------------------------------------------------------------
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--families", default="sd15", help="comma-separated; CPU: sd15 (default: sd15)")
+    parser.add_argument("--sizes", default="256,512", help="comma-separated square sizes in px (default: 256,512)")
+    parser.add_argument("--modes", default=",".join(ALL_MODES),
+                        help=f"comma-separated, from: {', '.join(ALL_MODES)} (default: all)")
+    parser.add_argument("--steps", type=int, default=20, help="denoising steps (default: 20)")
+    parser.add_argument("--cfg", type=float, default=7.0, help="CFG scale (default: 7)")
+    parser.add_argument("--repeats", type=int, default=1, help="cached runs per mode, fastest kept (default: 1)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    parser.add_argument("--via", choices=("manager", "api"), default="manager",
+                        help="Atelier modes through PipelineManager.run in this process (default), or through "
+                             "POST /sdapi/v1/txt2img to app.py started by the bench")
+    parser.add_argument("--tiny", action="store_true",
+                        help="CI-sized: the tiny test model, 64 px, 4 steps unless --sizes/--steps are given")
+    parser.add_argument("--work-dir", type=Path, default=None,
+                        help="where the model file, outputs and caches go (default: .cache/bench; --tiny: a temp dir)")
+    parser.add_argument("--out", type=Path, default=None, help="also append the JSON lines to this file")
+    args = parser.parse_args(argv)
+    given = set(argv if argv is not None else sys.argv[1:])
+    if args.tiny:
+        if not any(a.startswith("--sizes") for a in given):
+            args.sizes = "64"
+        if not any(a.startswith("--steps") for a in given):
+            args.steps = 4
+    args.families = [f.strip() for f in args.families.split(",") if f.strip()]
+    args.sizes = [int(s) for s in str(args.sizes).split(",") if s.strip()]
+    args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = [m for m in args.modes if m not in ALL_MODES]
+    if unknown:
+        parser.error(f"unknown mode(s) {', '.join(unknown)}; choose from {', '.join(ALL_MODES)}")
+    bad_sizes = [s for s in args.sizes if s % 8 or not 64 <= s <= 2048]
+    if bad_sizes:
+        parser.error(f"sizes must be multiples of 8 between 64 and 2048 (got {bad_sizes})")
+    return args
+
+
+class Printer:
+    """Writes JSON lines to stdout (and ``--out``); progress text goes to stderr."""
+
+    def __init__(self, out: Path | None):
+        self.out = out
+
+    def emit(self, record: dict[str, Any]) -> None:
+        line = json.dumps(record, default=_json_default)
+        print(line, flush=True)
+        if self.out is not None:
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+            with self.out.open("a") as fh:
+                fh.write(line + "\n")
+
+    @staticmethod
+    def log(text: str) -> None:
+        print(f"[bench {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, float) and math.isinf(value):
+        return None
+    return str(value)
+
+
+def _round(value: float | None, digits: int = 3) -> float | None:
+    if value is None:
+        return None
+    if math.isinf(value):
+        return 999.0  # PSNR of identical images; JSON has no infinity
+    return round(value, digits)
+
+
+def _ratio(value: float | None, base: float | None) -> float | None:
+    if value is None or not base:
+        return None
+    return round(value / base, 3)
+
+
+def record_for(m: Measurement, family: str, size: int, args: argparse.Namespace, base: Measurement | None,
+               reference: Measurement | None, reference_name: str) -> dict[str, Any]:
+    """The JSON line for one measurement; ratios are to plain diffusers, pixel differences to ``reference``."""
+    max_diff, psnr = pixel_difference(m.image, reference.image if reference else None)
+    gib = 1024**3
+    return {
+        "kind": "result",
+        "family": family,
+        "size": size,
+        "mode": m.mode,
+        "steps": args.steps,
+        "s_per_it": _round(m.s_per_it),
+        "image_s": _round(m.image_s, 2),
+        "first_image_s": _round(m.first_image_s, 2),
+        "load_s": _round(m.load_s, 2),
+        "peak_rss_gib": round(m.peak_rss / gib, 3) if m.peak_rss else None,
+        "ratio_image": _ratio(m.image_s, base.image_s if base else None),
+        "ratio_first": _ratio(m.first_image_s, base.first_image_s if base else None),
+        "ratio_rss": _ratio(m.peak_rss, base.peak_rss if base else None),
+        "max_pixel_diff": max_diff,
+        "psnr_db": _round(psnr, 2),
+        "pixels_vs": reference_name if reference is not None else None,
+        "notes": m.notes,
+        "error": m.error,
+    }
+
+
+@contextlib.contextmanager
+def atelier_session(via: str, model: BenchModel, work_dir: Path, changes: dict[str, Any], size: int,
+                    args: argparse.Namespace, log: Callable[[str], None]) -> Iterator[Callable[[str, bool], Any]]:
+    """Atelier with ``changes`` to its Settings; yields ``run_mode(mode, first) -> Measurement``."""
+    if via == "api":
+        server = AtelierServer(model, work_dir, fast=bool(changes.get("fast")), log=log)
+        try:
+            yield lambda mode, first: run_api_mode(server, size, args.steps, args.cfg, mode, args.repeats, first)
+        finally:
+            server.stop()
+        return
+    with atelier_manager(model, work_dir, changes) as manager:
+        yield lambda mode, first: run_atelier_mode(manager, model, size, args.steps, args.cfg, mode,
+                                                   args.repeats, first)
+
+
+def bench_size(family: str, size: int, model: BenchModel, args: argparse.Namespace, work_dir: Path,
+               printer: Printer) -> list[dict[str, Any]]:
+    """All requested modes at one size; returns the records (also printed as they finish)."""
+    import torch
+
+    results: dict[str, Measurement] = {}
+    records: list[dict[str, Any]] = []
+    order = [m for m in ALL_MODES if m in args.modes]
+
+    def measure(mode: str, fn: Callable[[], Measurement]) -> None:
+        printer.log(f"{family} {size}px {mode} ...")
+        try:
+            results[mode] = fn()
+        except Exception as exc:  # one failing mode must not lose the rest of a long run
+            results[mode] = Measurement(mode, error=f"{type(exc).__name__}: {exc}")
+        gc.collect()
+
+    if "diffusers" in order:
+        measure("diffusers", lambda: in_worker_thread(
+            lambda: run_plain_diffusers(model, size, args.steps, args.cfg, args.repeats)))
+    groups = [({}, [m for m in order if m not in ("diffusers", *ATELIER_SETTINGS_MODES)])]
+    groups += [(changes, [mode]) for mode, changes in ATELIER_SETTINGS_MODES.items() if mode in order]
+    for changes, modes in groups:
+        if not modes:
+            continue
+        try:
+            with atelier_session(args.via, model, work_dir, changes, size, args, printer.log) as run_mode:
+                for i, mode in enumerate(modes):
+                    measure(mode, lambda mode=mode, i=i: run_mode(mode, i == 0))
+        except Exception as exc:  # the server or manager did not come up: say so on each of its lines
+            for mode in modes:
+                results.setdefault(mode, Measurement(mode, error=f"{type(exc).__name__}: {exc}"))
+
+    base = results.get("diffusers")
+    reference_name = "default" if "default" in results else "diffusers"
+    reference = results.get(reference_name)
+    for mode in order:
+        m = results[mode]
+        ref, ref_name = (reference, reference_name) if mode != reference_name else (base, "diffusers")
+        record = record_for(m, family, size, args, base, ref, ref_name)
+        record["threads"] = torch.get_num_threads()
+        printer.emit(record)
+        records.append(record)
+    return records
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    printer = Printer(args.out)
+    if args.threads:
+        # Before torch loads: OpenMP reads it for every thread, the manager's worker thread included.
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    import diffusers.utils.logging as diffusers_logging
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    diffusers_logging.set_verbosity_error()  # keep stderr to the bench's own progress lines
+    diffusers_logging.disable_progress_bar()
+    with contextlib.ExitStack() as stack:
+        if args.work_dir is not None:
+            work_dir = args.work_dir.resolve()
+        elif args.tiny:
+            work_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="atelier-bench-")))
+        else:
+            work_dir = REPO_ROOT / ".cache" / "bench"
+        work_dir.mkdir(parents=True, exist_ok=True)
+        printer.emit({
+            "kind": "env", "tiny": args.tiny, "torch": torch.__version__, "diffusers": _version("diffusers"),
+            "device": "cpu", "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(), "sizes": args.sizes, "modes": args.modes, "steps": args.steps, "cfg": args.cfg,
+            "sampler": "Euler", "dtype": "fp32", "families": args.families, "via": args.via,
+        })
+        started = time.perf_counter()
+        for family in args.families:
+            model = ensure_checkpoint(family, args.tiny, work_dir, printer.log)
+            for size in args.sizes:
+                bench_size(family, size, model, args, work_dir, printer)
+        printer.log(f"done in {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import version
+
+    return version(package)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

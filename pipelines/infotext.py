@@ -1,0 +1,135 @@
+"""Generation parameters as text, in AUTOMATIC1111's "infotext" format (PNG ``parameters`` chunk, API ``info``).
+
+Format (A1111 ``processing.create_infotext`` / ``infotext_utils.parse_generation_parameters``)::
+
+    <prompt>
+    Negative prompt: <negative>
+    Steps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1234, Size: 512x512, Model hash: 0123456789, Model: name, ...
+
+``k: v`` pairs joined by ", "; a value that contains ``,``, ``:`` or a newline is JSON-quoted. Parsing mirrors
+A1111's regular expression, so "Size: 512x512" reads back as ``Size-1``/``Size-2`` like A1111's PNG Info.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+ATELIER_VERSION = "0.1.0"
+
+_RE_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+_RE_IMAGESIZE = re.compile(r"^(\d+)x(\d+)$")
+
+
+def quote(value: Any) -> str:
+    """A1111's ``infotext_utils.quote``: JSON-quote values that would break the ``k: v, k: v`` line."""
+    text = str(value)
+    if "," not in text and "\n" not in text and ":" not in text:
+        return text
+    return json.dumps(text, ensure_ascii=False)
+
+
+def unquote(text: str) -> str:
+    """A1111's ``infotext_utils.unquote``."""
+    if len(text) == 0 or text[0] != '"' or text[-1] != '"':
+        return text
+    try:
+        return json.loads(text)
+    except Exception:
+        return text
+
+
+def _fmt_number(value: float) -> str:
+    """7.0 -> "7", 7.5 -> "7.5" (A1111 writes CFG scale and strength this way)."""
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def build_infotext(
+    prompt: str,
+    negative_prompt: str,
+    params: dict[str, Any],
+) -> str:
+    """Join ``prompt``, ``negative_prompt`` and the ordered ``params`` (None values skipped) into A1111 text."""
+    pairs = []
+    for key, value in params.items():
+        if value is None or value == "":
+            continue
+        value = _fmt_number(value) if isinstance(value, float) else value
+        pairs.append(key if key == value else f"{key}: {quote(value)}")
+    negative = f"\nNegative prompt: {negative_prompt}" if negative_prompt else ""
+    return f"{prompt}{negative}\n{', '.join(pairs)}".strip()
+
+
+def generation_params(
+    *,
+    steps: int,
+    sampler: str,
+    schedule: str = "Automatic",
+    cfg_scale: float | None,
+    seed: int,
+    width: int,
+    height: int,
+    model_hash: str | None = None,
+    model: str | None = None,
+    vae: str | None = None,
+    vae_hash: str | None = None,
+    denoising_strength: float | None = None,
+    noise_level: int | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The ordered parameter dict for ``build_infotext``, in A1111's key order and spelling."""
+    params: dict[str, Any] = {
+        "Steps": steps,
+        "Sampler": sampler,
+        "Schedule type": schedule if schedule and schedule != "Automatic" else None,
+        "CFG scale": cfg_scale,
+        "Seed": seed,
+        "Size": f"{width}x{height}",
+        "Model hash": model_hash,
+        "Model": model,
+        "VAE hash": vae_hash,
+        "VAE": vae,
+        "Denoising strength": denoising_strength,
+        "Noise level": noise_level,
+    }
+    params.update(extra or {})
+    params["Version"] = f"atelier-{ATELIER_VERSION}"
+    return params
+
+
+def parse_infotext(text: str) -> dict[str, Any]:
+    """Parse A1111 infotext into a dict: ``Prompt``, ``Negative prompt`` and every ``k: v`` of the last line.
+
+    ``Size: WxH`` becomes ``Size-1``/``Size-2`` (as A1111 does, for its "send to txt2img" buttons).
+    Text without a parameter line (fewer than 3 pairs) is all prompt.
+    """
+    res: dict[str, Any] = {}
+    prompt = ""
+    negative_prompt = ""
+    done_with_prompt = False
+    *lines, lastline = (text or "").strip().split("\n")
+    if len(_RE_PARAM.findall(lastline)) < 3:
+        lines.append(lastline)
+        lastline = ""
+    for line in lines:
+        line = line.strip()
+        if line.startswith("Negative prompt:"):
+            done_with_prompt = True
+            line = line[16:].strip()
+        if done_with_prompt:
+            negative_prompt += ("" if negative_prompt == "" else "\n") + line
+        else:
+            prompt += ("" if prompt == "" else "\n") + line
+    res["Prompt"] = prompt
+    res["Negative prompt"] = negative_prompt
+    for key, value in _RE_PARAM.findall(lastline):
+        if value and value[0] == '"' and value[-1] == '"':
+            value = unquote(value)
+        match = _RE_IMAGESIZE.match(value)
+        if match is not None:
+            res[f"{key}-1"] = match.group(1)
+            res[f"{key}-2"] = match.group(2)
+        else:
+            res[key] = value
+    return res

@@ -1,0 +1,702 @@
+"""The models folder as artists have it: checkpoints, VAEs, LoRAs and upscalers, their families and hashes.
+
+Folders read (first match wins for a name; A1111 and ComfyUI names work, so ``--models-dir`` may point at either
+program's ``models`` folder):
+
+=================  ===========================================================
+checkpoints        ``checkpoints/``, ``Stable-diffusion/`` (A1111), ``diffusers/`` (ComfyUI)
+VAEs               ``vae/``, ``VAE/``
+LoRAs              ``loras/``, ``Lora/``, ``LyCORIS/``
+upscalers          ``upscale_models/``, ``ESRGAN/`` (only SD x4 diffusers folders run)
+=================  ===========================================================
+
+Single files are ``.safetensors``, ``.ckpt`` and ``.pt``; a folder holding ``model_index.json`` anywhere under a
+checkpoints folder is a diffusers model. Symlinked files and folders are followed. A checkpoint's name is its
+path below the checkpoints folder without the extension (``sub/name`` in a sub-folder).
+
+Family detection reads only a safetensors file's JSON header (names and shapes), a ``.ckpt``'s pickle through
+memory-mapped safe unpickling (no tensor data is read), or a diffusers folder's JSON configs; results are cached in
+``cache_dir`` by path, size and mtime, like the A1111 short hash (first 10 hex digits of the file's sha256), which
+is computed only when first asked for.
+
+SD 2.x files cannot be told apart by their keys (512 epsilon vs 768 v-prediction). In order: a user override
+(``set_family``), a ``<stem>.yaml`` beside the file (A1111's convention; ``parameterization: "v"`` means
+v-prediction), a name hint (``768``, ``-v``, ``v-pred`` / ``512``, ``base``), else 768-v, as diffusers does for
+"v2" files. ``ModelInfo.family_source`` says which one decided.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import struct
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ModelLoadError, ModelNotFound
+from .families import FAMILIES
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_DIRS = ("checkpoints", "Stable-diffusion", "diffusers")
+VAE_DIRS = ("vae", "VAE")
+LORA_DIRS = ("loras", "Lora", "LyCORIS")
+UPSCALER_DIRS = ("upscale_models", "ESRGAN")
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt")
+VAE_SUFFIXES = SINGLE_FILE_SUFFIXES + (".bin",)
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors refuses larger headers too
+CACHE_FILE = "model_cache.json"
+CACHE_VERSION = 1
+
+UNET_KEY = "model.diffusion_model."
+KEY_INPUT = "model.diffusion_model.input_blocks.0.0.weight"
+KEY_CROSS_ATTENTION = "model.diffusion_model.input_blocks.2.1.transformer_blocks.0.attn2.to_k.weight"
+KEY_SDXL = "conditioner.embedders.1.model.transformer.resblocks.9.mlp.c_proj.bias"
+KEY_SDXL_OPENCLIP = "conditioner.embedders.1.model.positional_embedding"
+KEY_SDXL_REFINER = "conditioner.embedders.0.model.positional_embedding"
+
+
+def empty_models_message(models_dir: Path) -> str:
+    """What to tell a person whose models folder holds no checkpoint."""
+    return (
+        f"No checkpoint found. Put a Stable Diffusion model (.safetensors, .ckpt or a diffusers folder) into "
+        f"{Path(models_dir) / 'checkpoints'}, or point --models-dir at an AUTOMATIC1111 or ComfyUI 'models' "
+        f"folder, or start with --demo to try Atelier with tiny random-weight models."
+    )
+
+
+@dataclass(eq=False)
+class ModelInfo:
+    """One model found on disk (or a hub id). ``family`` is a ``FAMILIES`` key, or None with ``problem`` set."""
+
+    name: str
+    path: Path
+    kind: str  # checkpoint | vae | lora | upscaler
+    format: str  # safetensors | ckpt | diffusers | hub
+    size: int
+    family: str | None
+    family_source: str  # keys | config | yaml | name | default | override | sidecar | hub | none
+    mtime_ns: int = 0
+    problem: str | None = None  # why this entry cannot be loaded, said to the person
+    notes: list[str] = field(default_factory=list)
+    _hasher: Callable[[ModelInfo], str] | None = field(default=None, repr=False)
+
+    @property
+    def filename(self) -> str:
+        """File (or folder) name as shown in lists."""
+        return self.path.name
+
+    @property
+    def short_hash(self) -> str:
+        """A1111 short hash (sha256[:10]); computed on first use, then cached on disk."""
+        return self._hasher(self) if self._hasher else ""
+
+    @property
+    def title(self) -> str:
+        """``name [hash10]`` as A1111 shows checkpoints (just ``name`` when no hash can be had)."""
+        h = self.short_hash
+        return f"{self.name} [{h}]" if h else self.name
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Full sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading names and shapes without reading tensors
+
+
+def read_safetensors_header(path: Path) -> tuple[dict[str, list[int]], dict[str, str]]:
+    """Tensor name -> shape and the ``__metadata__`` dict, from the JSON header only.
+
+    Raises ``ModelLoadError`` for a file that is not safetensors or is cut short (its header points past the end).
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise ModelLoadError(f"{path.name} is empty or cut short ({size} bytes): download it again.")
+        (n,) = struct.unpack("<Q", head)
+        if n > MAX_HEADER_BYTES or n + 8 > size:
+            raise ModelLoadError(f"{path.name} is not a valid .safetensors file (corrupt or cut short): "
+                                 "download it again.")
+        raw = f.read(n)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ModelLoadError(f"{path.name} has a corrupt .safetensors header: download it again.") from None
+    metadata = header.pop("__metadata__", None) or {}
+    end = max((int(t["data_offsets"][1]) for t in header.values() if isinstance(t, dict)), default=0)
+    if 8 + n + end > size:
+        raise ModelLoadError(
+            f"{path.name} is cut short ({size} of {8 + n + end} bytes): the download did not finish. "
+            "Download it again."
+        )
+    return {k: list(v.get("shape", [])) for k, v in header.items() if isinstance(v, dict)}, metadata
+
+
+def read_ckpt_shapes(path: Path) -> dict[str, list[int]]:
+    """Tensor name -> shape of a ``.ckpt``/``.pt`` through safe, memory-mapped unpickling (see ``safe_torch_load``)."""
+    from .loaders import safe_torch_load, unwrap_state_dict
+
+    sd = unwrap_state_dict(safe_torch_load(path, mmap=True))
+    return {k: list(getattr(v, "shape", [])) for k, v in sd.items()}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Family detection
+
+
+@dataclass
+class Detection:
+    """What the keys say: a family (or a family group like "sd2"), or a problem for the person."""
+
+    family: str | None
+    problem: str | None = None
+
+
+def detect_checkpoint_family(shapes: dict[str, list[int]], filename: str) -> Detection:
+    """Family from original-layout tensor names/shapes. ``sd2`` here means "SD 2.x, prediction type unknown"."""
+    keys = shapes.keys()
+    if not any(k.startswith(UNET_KEY) for k in keys):
+        return Detection(None, _not_a_checkpoint(keys, filename))
+    if "model.diffusion_model.joint_blocks.0.context_block.adaLN_modulation.1.bias" in shapes or any(
+        k.startswith("model.diffusion_model.double_blocks.") for k in keys
+    ):
+        return Detection(None, f"{filename} is an SD3/Flux-type model, which Atelier does not run "
+                               "(SD 1.x, SD 2.x and SDXL are supported).")
+    in_channels = shapes.get(KEY_INPUT, [0, 4])[1] if len(shapes.get(KEY_INPUT, [])) > 1 else 4
+    inpaint = in_channels == 9
+    if in_channels not in (4, 9):
+        if in_channels == 7:
+            return Detection(None, f"{filename} is an SD x4 upscaler single file; put the x4 upscaler's diffusers "
+                                   "folder into models/upscale_models/ instead.")
+        return Detection(None, f"{filename} has a UNet with {in_channels} input channels, which matches no model "
+                               "family Atelier knows (SD 1.x, SD 2.x, SDXL, their inpainting variants).")
+    if KEY_SDXL_REFINER in shapes and KEY_SDXL_OPENCLIP not in shapes:
+        return Detection(None, f"{filename} is an SDXL refiner, which Atelier does not run yet: use an SDXL base "
+                               "checkpoint.")
+    if KEY_SDXL in shapes or KEY_SDXL_OPENCLIP in shapes:
+        return Detection("sdxl-inpaint" if inpaint else "sdxl")
+    cross = shapes.get(KEY_CROSS_ATTENTION)
+    if cross and cross[-1] == 1024:
+        return Detection("sd2-inpaint" if inpaint else "sd2")
+    return Detection("sd15-inpaint" if inpaint else "sd15")
+
+
+def _not_a_checkpoint(keys, filename: str) -> str:
+    keys = list(keys)
+    if any("lora_down" in k or "lora_up" in k or ".lora_A." in k or k.startswith("lora_") for k in keys):
+        return (f"{filename} is a LoRA, not a checkpoint: move it to models/loras/ and pick a full checkpoint "
+                "(SD 1.x, SD 2.x or SDXL) here.")
+    if keys and all(k.startswith(("encoder.", "decoder.", "quant_conv.", "post_quant_conv.", "first_stage_model."))
+                    for k in keys):
+        return f"{filename} is a VAE, not a checkpoint: move it to models/vae/ and choose it in the VAE list."
+    if any(k.startswith(("emb_params", "string_to_param")) for k in keys):
+        return f"{filename} is a textual-inversion embedding, not a checkpoint."
+    if any(k.startswith(("down_blocks.", "unet.")) for k in keys):
+        return (f"{filename} holds diffusers-layout weights of a single component, not a whole checkpoint: "
+                "use the complete diffusers folder (with model_index.json) or an original-layout single file.")
+    return (f"{filename} does not look like a Stable Diffusion checkpoint (no UNet weights found): unknown model "
+            "family. Atelier runs SD 1.x, SD 2.x and SDXL checkpoints.")
+
+
+def detect_vae_group(shapes: dict[str, list[int]], filename: str) -> Detection:
+    """VAE compatibility group ("sd", "sdxl", "x4") from its keys.
+
+    SD and SDXL VAEs have identical shapes, so the name decides between them ("xl" in it means SDXL).
+    """
+    def shape(name: str) -> list[int] | None:
+        return shapes.get(name) or shapes.get("first_stage_model." + name)
+
+    if any(k.startswith(UNET_KEY) for k in shapes):
+        return Detection(None, f"{filename} is a whole checkpoint, not a VAE: move it to models/checkpoints/.")
+    post = shape("post_quant_conv.weight") or shape("decoder.conv_in.weight")
+    if post is None:
+        return Detection(None, f"{filename} does not look like a VAE (no decoder weights).")
+    latent = post[1] if len(post) > 1 else 0
+    if latent != 4:
+        return Detection(None, f"{filename} is a VAE with {latent} latent channels (SD3/Flux type); SD 1.x/2.x/SDXL "
+                               "need a 4-channel VAE.")
+    levels = {int(m[1]) for k in shapes if (m := re.match(r"(?:first_stage_model\.)?decoder\.up\.(\d+)\.", k))}
+    levels |= {int(m[1]) for k in shapes if (m := re.match(r"decoder\.up_blocks\.(\d+)\.", k))}
+    if levels and len(levels) == 3:
+        return Detection("x4")
+    return Detection("sdxl" if "xl" in filename.lower() else "sd")
+
+
+def sd2_prediction(path: Path, name: str) -> tuple[str, str]:
+    """(family, source) for an SD 2.x non-inpainting file: yaml beside it, name hint, else diffusers' v2 default."""
+    yaml = path.with_suffix(".yaml")
+    try:
+        text = yaml.read_text(errors="replace") if yaml.is_file() else None
+    except OSError:
+        text = None
+    if text is not None:
+        v = re.search(r"""^\s*parameterization\s*:\s*["']?v["']?\s*$""", text, re.MULTILINE)
+        return ("sd2-v" if v else "sd2"), "yaml"
+    lowered = name.lower()
+    if re.search(r"768|v[-_]?pred|(^|[-_ ])v($|[-_ ])", lowered):
+        return "sd2-v", "name"
+    if re.search(r"512|base|eps", lowered):
+        return "sd2", "name"
+    return "sd2-v", "default"
+
+
+def detect_diffusers_folder(folder: Path) -> Detection:
+    """Family of a diffusers folder from its model_index.json and component configs."""
+    try:
+        index = json.loads((folder / "model_index.json").read_text())
+        unet = json.loads((folder / "unet" / "config.json").read_text()) if (folder / "unet").is_dir() else {}
+        sched_file = folder / "scheduler" / "scheduler_config.json"
+        scheduler = json.loads(sched_file.read_text()) if sched_file.is_file() else {}
+    except PermissionError:
+        return Detection(None, f"{folder.name}: permission denied reading its configs; check the file permissions.")
+    except (OSError, ValueError) as exc:
+        return Detection(None, f"{folder.name} is a broken diffusers folder ({exc}).")
+    cls = str(index.get("_class_name", ""))
+    in_channels = unet.get("in_channels", 4)
+    if cls == "StableDiffusionUpscalePipeline" or in_channels == 7:
+        return Detection("x4-upscaler")
+    if not unet or "UNet2DConditionModel" not in str(index.get("unet", "")):
+        return Detection(None, f"{folder.name} is a {cls or 'diffusers'} model, which Atelier does not run "
+                               "(SD 1.x, SD 2.x, SDXL and the SD x4 upscaler are supported).")
+    if "Refiner" in cls or ("text_encoder_2" in index and index.get("text_encoder") in (None, [None, None])):
+        return Detection(None, f"{folder.name} is an SDXL refiner, which Atelier does not run yet.")
+    inpaint = in_channels == 9
+    if "text_encoder_2" in index or unet.get("addition_embed_type") == "text_time":
+        return Detection("sdxl-inpaint" if inpaint else "sdxl")
+    if unet.get("cross_attention_dim") == 1024:
+        if inpaint:
+            return Detection("sd2-inpaint")
+        return Detection("sd2-v" if scheduler.get("prediction_type") == "v_prediction" else "sd2")
+    return Detection("sd15-inpaint" if inpaint else "sd15")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The on-disk cache (hashes and detections), keyed by real path + size + mtime
+
+
+class _DiskCache:
+    """A JSON file of per-file facts, valid while the file's size and mtime are unchanged."""
+
+    def __init__(self, cache_dir: Path):
+        self.path = Path(cache_dir) / CACHE_FILE
+        self._lock = threading.Lock()
+        self._data: dict[str, dict[str, Any]] = {}
+        self._dirty = False
+        try:
+            loaded = json.loads(self.path.read_text())
+            if loaded.get("version") == CACHE_VERSION:
+                self._data = loaded.get("files", {})
+        except (OSError, ValueError, AttributeError):
+            pass  # no cache yet, or unreadable: start empty (it is only a cache)
+
+    def get(self, real: str, size: int, mtime_ns: int, key: str) -> Any:
+        with self._lock:
+            entry = self._data.get(real)
+            if entry and entry.get("size") == size and entry.get("mtime_ns") == mtime_ns:
+                return entry.get(key)
+            return None
+
+    def put(self, real: str, size: int, mtime_ns: int, key: str, value: Any) -> None:
+        with self._lock:
+            entry = self._data.get(real)
+            if not entry or entry.get("size") != size or entry.get("mtime_ns") != mtime_ns:
+                entry = self._data[real] = {"size": size, "mtime_ns": mtime_ns}
+            entry[key] = value
+            self._dirty = True
+
+    def save(self) -> None:
+        """Write atomically (temp file + rename); a read-only cache dir only costs re-hashing later."""
+        with self._lock:
+            if not self._dirty:
+                return
+            payload = json.dumps({"version": CACHE_VERSION, "files": self._data})
+            self._dirty = False
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".model_cache.", dir=self.path.parent)
+            with os.fdopen(fd, "w") as f:
+                f.write(payload)
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            logger.warning("could not write the model cache %s: %s", self.path, exc)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class ModelRegistry:
+    """Scans a models folder (plus extra folders laid out the same way, e.g. the demo models) and answers lookups."""
+
+    def __init__(self, models_dir: Path, cache_dir: Path, extra_dirs=()):
+        self.models_dir = Path(models_dir)
+        self.cache_dir = Path(cache_dir)
+        self.extra_dirs = [Path(d) for d in extra_dirs]
+        self._cache = _DiskCache(self.cache_dir)
+        self._lock = threading.RLock()
+        self._overrides: dict[str, str] = self._load_overrides()
+        self._entries: dict[str, list[ModelInfo]] = {"checkpoint": [], "vae": [], "lora": [], "upscaler": []}
+        self.problems: list[str] = []  # folders that could not be read, for the log/status
+        self._scanned = False
+
+    # -- scanning ------------------------------------------------------------------------------------------------
+
+    def refresh(self) -> None:
+        """Rescan every models folder. Cheap: headers and detections come from the cache when files are unchanged."""
+        found: dict[str, list[ModelInfo]] = {"checkpoint": [], "vae": [], "lora": [], "upscaler": []}
+        self.problems = []
+        for root in [self.models_dir, *self.extra_dirs]:
+            for sub in CHECKPOINT_DIRS:
+                for info in self._scan_checkpoints(root / sub):
+                    if info.family == "x4-upscaler":
+                        info.kind = "upscaler"
+                    found[info.kind].append(info)
+            for sub in VAE_DIRS:
+                found["vae"].extend(self._scan_files(root / sub, "vae", VAE_SUFFIXES))
+            for sub in LORA_DIRS:
+                found["lora"].extend(self._scan_files(root / sub, "lora", SINGLE_FILE_SUFFIXES))
+            for sub in UPSCALER_DIRS:
+                for info in self._scan_checkpoints(root / sub):
+                    if info.format == "diffusers":
+                        info.kind = "upscaler"
+                        found["upscaler"].append(info)
+        with self._lock:
+            self._entries = {kind: _dedupe(items) for kind, items in found.items()}
+            self._scanned = True
+        self._cache.save()
+
+    def _ensure_scanned(self) -> None:
+        if not self._scanned:
+            self.refresh()
+
+    def _scan_checkpoints(self, folder: Path) -> Iterator[ModelInfo]:
+        for path, is_diffusers in self._walk(folder, SINGLE_FILE_SUFFIXES):
+            rel = path.relative_to(folder).as_posix()
+            name = rel if is_diffusers else rel.rsplit(".", 1)[0]
+            info = self._diffusers_info(path, name) if is_diffusers else self._file_info(path, name, "checkpoint")
+            if info is not None:
+                yield info
+
+    def _scan_files(self, folder: Path, kind: str, suffixes) -> Iterator[ModelInfo]:
+        marker = "config.json" if kind == "vae" else None
+        for path, is_diffusers in self._walk(folder, suffixes, diffusers_marker=marker):
+            rel = path.relative_to(folder).as_posix()
+            name = rel if is_diffusers else rel.rsplit(".", 1)[0]
+            if is_diffusers:
+                info = ModelInfo(name, path, kind, "diffusers", _folder_size(path), "sd" if kind == "vae" else None,
+                                 "config", _hasher=self.short_hash)
+                yield info
+            elif (info := self._file_info(path, name, kind)) is not None:
+                yield info
+
+    def _walk(self, folder: Path, suffixes, diffusers_marker: str | None = "model_index.json"):
+        """(path, is_diffusers_folder) under ``folder``, following symlinks, skipping loops and unreadable dirs."""
+        if not folder.is_dir():
+            return
+        seen: set[str] = set()
+        for dirpath, dirnames, filenames in os.walk(folder, followlinks=True, onerror=self._walk_error):
+            real = os.path.realpath(dirpath)
+            if real in seen:  # a symlink loop
+                dirnames[:] = []
+                continue
+            seen.add(real)
+            here = Path(dirpath)
+            if diffusers_marker and diffusers_marker in filenames and here != folder:
+                dirnames[:] = []
+                yield here, True
+                continue
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not d.endswith(".config"))
+            # .safetensors first, so that it keeps the plain name when a .ckpt of the same name sits beside it
+            for fn in sorted(filenames, key=lambda n: (n.rsplit(".", 1)[0], not n.endswith(".safetensors"), n)):
+                if fn.lower().endswith(suffixes) and not fn.startswith("."):
+                    yield here / fn, False
+
+    def _walk_error(self, exc: OSError) -> None:
+        message = f"cannot read {exc.filename}: {exc.strerror or exc}"
+        logger.warning(message)
+        self.problems.append(message)
+
+    def _stat(self, path: Path) -> tuple[str, int, int] | None:
+        try:
+            st = path.stat()  # follows symlinks
+        except FileNotFoundError:
+            logger.warning("skipping %s: broken symlink or file vanished", path)
+            return None
+        except OSError as exc:
+            self.problems.append(f"cannot read {path}: {exc}")
+            return None
+        return os.path.realpath(path), st.st_size, st.st_mtime_ns
+
+    def _file_info(self, path: Path, name: str, kind: str) -> ModelInfo | None:
+        stat = self._stat(path)
+        if stat is None:
+            return None
+        real, size, mtime = stat
+        fmt = "safetensors" if path.suffix.lower() == ".safetensors" else "ckpt"
+        info = ModelInfo(name, path, kind, fmt, size, None, "none", mtime, _hasher=self.short_hash)
+        if kind == "lora":
+            return info  # LoRAs are listed, not inspected
+        detection = self._cached_detection(path, real, size, mtime, kind)
+        info.family, info.problem = detection.family, detection.problem
+        if info.family:
+            info.family_source = "keys"
+        if kind == "checkpoint":
+            self._resolve_sd2(info)
+        return info
+
+    def _cached_detection(self, path: Path, real: str, size: int, mtime: int, kind: str) -> Detection:
+        cached = self._cache.get(real, size, mtime, "detect:" + kind)
+        if cached is not None:
+            return Detection(cached.get("family"), cached.get("problem"))
+        try:
+            if path.suffix.lower() == ".safetensors":
+                shapes, _ = read_safetensors_header(path)
+            elif path.suffix.lower() == ".bin":
+                shapes = read_ckpt_shapes(path)
+            else:
+                shapes = read_ckpt_shapes(path)
+        except ModelLoadError as exc:
+            detection = Detection(None, exc.message)
+        except PermissionError:
+            # Not cached: the person may fix the permissions and refresh.
+            return Detection(None, f"{path.name}: permission denied. Make the file readable for the user running "
+                                   "Atelier, then refresh the model list.")
+        except OSError as exc:
+            return Detection(None, f"{path.name} could not be read ({exc.strerror or exc}).")
+        else:
+            detect = detect_checkpoint_family if kind == "checkpoint" else detect_vae_group
+            detection = detect(shapes, path.name)
+        self._cache.put(real, size, mtime, "detect:" + kind, {"family": detection.family, "problem": detection.problem})
+        return detection
+
+    def _resolve_sd2(self, info: ModelInfo) -> None:
+        override = self._overrides.get(info.name)
+        if info.family in ("sd2", "sd2-v") and override in ("sd2", "sd2-v"):
+            info.family, info.family_source = override, "override"
+        elif info.family == "sd2":
+            info.family, info.family_source = sd2_prediction(info.path, info.path.stem)
+        if info.family in ("sd2", "sd2-v"):
+            pred = FAMILIES[info.family].prediction_type
+            info.notes.append(f"SD 2.x prediction type {pred} chosen by {info.family_source}"
+                              + (" (diffusers' default for SD 2.x files; override it if images look wrong)"
+                                 if info.family_source == "default" else ""))
+
+    def _diffusers_info(self, folder: Path, name: str) -> ModelInfo:
+        detection = detect_diffusers_folder(folder)
+        try:
+            mtime = (folder / "model_index.json").stat().st_mtime_ns
+        except OSError:
+            mtime = 0
+        info = ModelInfo(name, folder, "checkpoint", "diffusers", _folder_size(folder), detection.family,
+                         "config" if detection.family else "none", mtime, detection.problem, _hasher=self.short_hash)
+        override = self._overrides.get(name)
+        if info.family in ("sd2", "sd2-v") and override in ("sd2", "sd2-v"):
+            info.family, info.family_source = override, "override"
+        return info
+
+    # -- overrides -----------------------------------------------------------------------------------------------
+
+    def _overrides_path(self) -> Path:
+        return self.cache_dir / "family_overrides.json"
+
+    def _load_overrides(self) -> dict[str, str]:
+        try:
+            data = json.loads(self._overrides_path().read_text())
+            return {str(k): str(v) for k, v in data.items()}
+        except (OSError, ValueError, AttributeError):
+            return {}
+
+    def set_family(self, name: str, family_key: str | None) -> ModelInfo:
+        """Override an SD 2.x checkpoint's prediction type ("sd2" = 512 epsilon, "sd2-v" = 768 v); None clears it.
+
+        Saved in the cache dir; applies from the next lookup.
+        """
+        info = self.find_checkpoint(name)
+        if family_key is not None and family_key not in ("sd2", "sd2-v"):
+            raise ModelLoadError(f"Only SD 2.x checkpoints can be switched between 'sd2' and 'sd2-v', not to "
+                                 f"{family_key!r}.")
+        if family_key is not None and info.family not in ("sd2", "sd2-v"):
+            raise ModelLoadError(f"{info.name} is not an SD 2.x checkpoint ({info.family}); its family is fixed.")
+        if family_key is None:
+            self._overrides.pop(info.name, None)
+        else:
+            self._overrides[info.name] = family_key
+        try:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            self._overrides_path().write_text(json.dumps(self._overrides, indent=1))
+        except OSError as exc:
+            logger.warning("could not save the family override: %s", exc)
+        self.refresh()
+        return self.find_checkpoint(info.name)
+
+    # -- hashes --------------------------------------------------------------------------------------------------
+
+    def short_hash(self, info: ModelInfo) -> str:
+        """A1111 short hash (first 10 hex of sha256), cached on disk by real path, size and mtime.
+
+        For a diffusers folder, the hash of its UNet weights file (A1111 has no rule for folders). Hub ids and
+        unreadable files have no hash ("").
+        """
+        target = _hash_target(info)
+        if target is None:
+            return ""
+        stat = self._stat(target)
+        if stat is None:
+            return ""
+        real, size, mtime = stat
+        cached = self._cache.get(real, size, mtime, "sha256")
+        if cached:
+            return cached[:10]
+        try:
+            digest = sha256_file(target)
+        except OSError as exc:
+            logger.warning("cannot hash %s: %s", target, exc)
+            return ""
+        self._cache.put(real, size, mtime, "sha256", digest)
+        self._cache.save()
+        return digest[:10]
+
+    def cached_short_hash(self, info: ModelInfo) -> str | None:
+        """The short hash if it is already known (never reads the file): for lists that must stay instant."""
+        target = _hash_target(info)
+        stat = self._stat(target) if target is not None else None
+        if stat is None:
+            return None
+        cached = self._cache.get(*stat, "sha256")
+        return cached[:10] if cached else None
+
+    # -- listing and lookup --------------------------------------------------------------------------------------
+
+    def checkpoints(self) -> list[ModelInfo]:
+        """Checkpoints found (including ones with a ``problem``, so a person sees why they do not load)."""
+        self._ensure_scanned()
+        return list(self._entries["checkpoint"])
+
+    def vaes(self) -> list[ModelInfo]:
+        """VAE files and folders found."""
+        self._ensure_scanned()
+        return list(self._entries["vae"])
+
+    def loras(self) -> list[ModelInfo]:
+        """LoRA files found (listed only)."""
+        self._ensure_scanned()
+        return list(self._entries["lora"])
+
+    def upscalers(self) -> list[ModelInfo]:
+        """SD x4 upscaler diffusers folders (from upscale_models/ and checkpoints/)."""
+        self._ensure_scanned()
+        return list(self._entries["upscaler"])
+
+    def empty_message(self) -> str:
+        """The message for an empty models folder (where to put a file, and ``--demo``)."""
+        return empty_models_message(self.models_dir)
+
+    def find_checkpoint(self, name: str) -> ModelInfo:
+        """By "name", "name [hash]", "name.safetensors" (file name), A1111 title or a hub id ("owner/repo")."""
+        self._ensure_scanned()
+        found = _lookup(self._entries["checkpoint"], name)
+        if found is not None:
+            return found
+        if HUB_ID.match(name.strip()) and not name.strip().lower().endswith(SINGLE_FILE_SUFFIXES):
+            return ModelInfo(name.strip(), Path(name.strip()), "checkpoint", "hub", 0, None, "hub")
+        if not self._entries["checkpoint"]:
+            raise ModelNotFound(self.empty_message(), field="checkpoint")
+        known = ", ".join(i.name for i in self._entries["checkpoint"][:10])
+        raise ModelNotFound(f"No checkpoint named {name!r} in {self.models_dir}. Known: {known}. "
+                            "Press refresh after adding files.", field="checkpoint")
+
+    def find_vae(self, name: str | None) -> ModelInfo | None:
+        """A VAE by name; "Automatic", "None" or empty mean the checkpoint's own VAE (None)."""
+        if name is None or name.strip() in ("", "Automatic", "None", "auto"):
+            return None
+        self._ensure_scanned()
+        found = _lookup(self._entries["vae"], name)
+        if found is None:
+            raise ModelNotFound(f"No VAE named {name!r} in {self.models_dir / 'vae'}. Choose 'Automatic' or put "
+                                "the VAE file there and refresh.", field="vae")
+        return found
+
+    def find_upscaler(self, name: str) -> ModelInfo:
+        """An SD x4 upscaler by name."""
+        self._ensure_scanned()
+        found = _lookup(self._entries["upscaler"], name)
+        if found is None:
+            raise ModelNotFound(
+                f"No upscaler named {name!r}. Put the SD x4 upscaler's diffusers folder (stabilityai/"
+                f"stable-diffusion-x4-upscaler, with model_index.json) into {self.models_dir / 'upscale_models'}.",
+                field="upscaler",
+            )
+        return found
+
+
+def _lookup(items: list[ModelInfo], name: str) -> ModelInfo | None:
+    wanted = name.strip()
+    bare = re.sub(r"\s*\[[0-9a-fA-F]{8,64}\]$", "", wanted)
+    for info in items:
+        if wanted in (info.name, info.path.name) or bare in (info.name, info.path.name):
+            return info
+    for info in items:
+        stem = bare.rsplit(".", 1)[0] if bare.lower().endswith(VAE_SUFFIXES) else bare
+        if stem == info.name or stem == Path(info.name).name:
+            return info
+    return None
+
+
+def _dedupe(items: list[ModelInfo]) -> list[ModelInfo]:
+    """One entry per real file; on a name clash (``m.safetensors`` beside ``m.ckpt``) the later file is listed
+    with its extension (``m.ckpt``), as A1111 tells them apart; models dir entries come before extra dirs."""
+    out, names, reals = [], set(), set()
+    for info in items:
+        real = os.path.realpath(info.path)
+        if real in reals:
+            continue
+        if info.name in names:
+            alternative = info.name + info.path.suffix if info.format != "diffusers" else ""
+            if not alternative or alternative in names:
+                logger.warning("two models are named %r; using the first one found, not %s", info.name, info.path)
+                continue
+            info.name = alternative
+        names.add(info.name)
+        reals.add(real)
+        out.append(info)
+    return out
+
+
+def _folder_size(folder: Path) -> int:
+    total = 0
+    for dirpath, _dirs, files in os.walk(folder, followlinks=True):
+        for fn in files:
+            with contextlib.suppress(OSError):
+                total += os.stat(os.path.join(dirpath, fn)).st_size
+    return total
+
+
+def _hash_target(info: ModelInfo) -> Path | None:
+    if info.format == "hub":
+        return None
+    if info.format != "diffusers":
+        return info.path
+    for sub in ("unet", "vae", ""):
+        for fn in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors",
+                   "diffusion_pytorch_model.bin"):
+            candidate = info.path / sub / fn
+            if candidate.is_file():
+                return candidate
+    index = info.path / "model_index.json"
+    return index if index.is_file() else None

@@ -1,0 +1,713 @@
+"""The A1111-compatible REST API (api/) in-process, on a small stand-in for the pipeline manager.
+
+These tests pin what an A1111 client sees: field names and response shapes, errors as JSON that name the
+field (never a 5xx or an HTML page for anything a client sends), auth, the full-queue answer and the OpenAPI
+schema. The same behaviour against the real server and the real demo models: tests/test_api_webuiapi.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from PIL import Image, PngImagePlugin
+
+from api import mount
+from pipelines.errors import ModelNotFound, OutputWriteError, QueueFull
+from pipelines.infotext import parse_infotext
+from pipelines.outputs import encode_png
+from pipelines.request import GenerationRequest, ProgressEvent, Result
+from pipelines.settings import Settings
+
+API = "/sdapi/v1"
+
+
+# --- a stand-in manager with the interface of docs/ARCHITECTURE.md --------------------------------------------
+@dataclass
+class FakeInfo:
+    name: str
+    path: Path
+    hash10: str
+
+    @property
+    def title(self) -> str:
+        return f"{self.name} [{self.hash10}]"
+
+
+class FakeRegistry:
+    def __init__(self, root: Path):
+        self.checkpoint_list = [
+            FakeInfo("demo", root / "demo.safetensors", "0123456789"),
+            FakeInfo("other", root / "other.safetensors", "abcdefabcd"),
+        ]
+        self.vae_list = [FakeInfo("vae-ft", root / "vae-ft.safetensors", "1111111111")]
+        self.upscaler_list = [FakeInfo("x4-demo", root / "x4-demo", "2222222222")]
+
+    def short_hash(self, info: FakeInfo) -> str:
+        return info.hash10
+
+    def find_checkpoint(self, name: str) -> FakeInfo:
+        for info in self.checkpoint_list:
+            if name in (info.name, info.title, info.path.name):
+                return info
+        raise ModelNotFound(f"No checkpoint named '{name}'.", field="checkpoint")
+
+    def find_vae(self, name: str) -> FakeInfo | None:
+        if name in ("Automatic", "None"):
+            return None
+        for info in self.vae_list:
+            if name in (info.name, info.path.name):
+                return info
+        raise ModelNotFound(f"No VAE named '{name}'.", field="vae")
+
+    def find_upscaler(self, name: str) -> FakeInfo:
+        for info in self.upscaler_list:
+            if name == info.name:
+                return info
+        raise ModelNotFound(f"No upscaler named '{name}'.", field="upscaler")
+
+
+@dataclass
+class FakeJob:
+    id: str
+    request: GenerationRequest
+    result: Result | None = None
+    error: Exception | None = None
+    state: str = "done"
+    progress: ProgressEvent | None = None
+    released: threading.Event = field(default_factory=threading.Event)
+
+    def wait(self, timeout: float | None = None) -> Result:
+        self.released.wait(timeout)
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return self.result
+
+
+class FakeManager:
+    """Runs a request instantly: one flat-colour image per seed, saved as a PNG with an infotext."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.registry = FakeRegistry(root)
+        self.requests: list[GenerationRequest] = []
+        self.queue_full = False
+        self.fail_with: Exception | None = None
+        self.hold_jobs = False
+        self.running: FakeJob | None = None
+        self.interrupted = 0
+        self.waiting = 0
+        self.default = self.registry.checkpoint_list[0]
+        self.settings = Settings(queue_size=4, default_steps=20)
+
+    # queue
+    def submit(self, request: GenerationRequest) -> FakeJob:
+        if self.queue_full:
+            raise QueueFull("The queue is full (100 jobs). Try again when some have finished.")
+        if request.checkpoint is not None:
+            self.registry.find_checkpoint(request.checkpoint)
+        if request.task == "upscale" and request.upscaler is not None:
+            self.registry.find_upscaler(request.upscaler)
+        self.requests.append(request)
+        job = FakeJob(id=f"job-{len(self.requests)}", request=request)
+        if self.fail_with is not None:
+            job.error = self.fail_with
+        else:
+            job.result = self._run(request)
+        if not self.hold_jobs:
+            job.released.set()
+        self.running = job
+        return job
+
+    def _run(self, request: GenerationRequest) -> Result:
+        folder = self.root / "outputs" / request.task
+        folder.mkdir(parents=True, exist_ok=True)
+        result = Result(checkpoint=self.default.name, checkpoint_hash=self.default.hash10, mode="cpu", request=request)
+        if request.task == "upscale":
+            source = request.image
+            sizes_and_seeds = [((source.width * 4, source.height * 4), 7)]
+        else:
+            base = request.seed if request.seed >= 0 else 1000
+            sizes_and_seeds = [((request.width, request.height), base + i) for i in range(request.total_images)]
+        for index, (size, seed) in enumerate(sizes_and_seeds):
+            image = Image.new("RGB", size, (10 * index, 100, 200))
+            infotext = (
+                f"{request.prompt}\nSteps: {request.steps}, Sampler: {request.sampler}, Seed: {seed}, Model: demo"
+            )
+            path = folder / f"{len(self.requests):05d}-{index}-{seed}.png"
+            path.write_bytes(encode_png(image, infotext))
+            result.images.append(image)
+            result.seeds.append(seed)
+            result.infotexts.append(infotext)
+            result.paths.append(path)
+        return result
+
+    def current_job(self) -> FakeJob | None:
+        return self.running if self.running is not None and self.running.state == "running" else None
+
+    def interrupt(self) -> None:
+        self.interrupted += 1
+
+    def queue_length(self) -> int:
+        return self.waiting
+
+    # models
+    def checkpoints(self) -> list[FakeInfo]:
+        return list(self.registry.checkpoint_list)
+
+    def vaes(self) -> list[FakeInfo]:
+        return list(self.registry.vae_list)
+
+    def upscalers(self) -> list[FakeInfo]:
+        return list(self.registry.upscaler_list)
+
+    def refresh_models(self) -> None:
+        pass
+
+    def default_checkpoint(self) -> FakeInfo:
+        return self.default
+
+    def set_default_checkpoint(self, name: str) -> None:
+        self.default = self.registry.find_checkpoint(name)
+
+    def set_default_vae(self, name: str) -> None:
+        self.registry.find_vae(name)
+        self.settings.vae = name  # as the real manager: the default VAE lives in the shared settings
+
+
+# --- fixtures ------------------------------------------------------------------------------------------------
+@pytest.fixture
+def manager(tmp_path: Path) -> FakeManager:
+    return FakeManager(tmp_path)
+
+
+def make_client(manager: FakeManager, auth: dict[str, str] | None = None, **app_kwargs: Any) -> TestClient:
+    app = FastAPI(**app_kwargs)
+    mount(app, manager, manager.settings, auth)
+    return TestClient(app, raise_server_exceptions=False)
+
+
+@pytest.fixture
+def client(manager: FakeManager) -> TestClient:
+    return make_client(manager)
+
+
+def png_b64(size: tuple[int, int] = (64, 64), parameters: str | None = None, data_url: bool = False) -> str:
+    image = Image.new("RGB", size, (200, 50, 50))
+    buffer = io.BytesIO()
+    info = PngImagePlugin.PngInfo()
+    if parameters:
+        info.add_text("parameters", parameters)
+    image.save(buffer, format="PNG", pnginfo=info)
+    raw = base64.b64encode(buffer.getvalue()).decode()
+    return f"data:image/png;base64,{raw}" if data_url else raw
+
+
+def decode_png(b64: str) -> Image.Image:
+    image = Image.open(io.BytesIO(base64.b64decode(b64)))
+    image.load()
+    return image
+
+
+# What webuiapi 0.9 sends for txt2img with its defaults: many fields Atelier does not use.
+WEBUIAPI_TXT2IMG = {
+    "enable_hr": False,
+    "hr_scale": 2,
+    "hr_upscaler": "Latent",
+    "hr_second_pass_steps": 0,
+    "hr_resize_x": 0,
+    "hr_resize_y": 0,
+    "hr_checkpoint_name": None,
+    "hr_sampler_name": None,
+    "hr_scheduler": None,
+    "hr_prompt": "",
+    "hr_negative_prompt": "",
+    "denoising_strength": 0.7,
+    "firstphase_width": 0,
+    "firstphase_height": 0,
+    "prompt": "a red fox",
+    "styles": [],
+    "seed": 42,
+    "subseed": -1,
+    "subseed_strength": 0.0,
+    "seed_resize_from_h": 0,
+    "seed_resize_from_w": 0,
+    "batch_size": 1,
+    "n_iter": 2,
+    "steps": 2,
+    "cfg_scale": 7.0,
+    "width": 64,
+    "height": 64,
+    "restore_faces": False,
+    "tiling": False,
+    "do_not_save_samples": False,
+    "do_not_save_grid": False,
+    "negative_prompt": "blurry",
+    "eta": 1.0,
+    "s_churn": 0,
+    "s_tmax": 0,
+    "s_tmin": 0,
+    "s_noise": 1,
+    "override_settings": {},
+    "override_settings_restore_afterwards": True,
+    "sampler_name": "Euler a",
+    "scheduler": "automatic",
+    "sampler_index": "Euler a",
+    "script_name": None,
+    "script_args": [],
+    "send_images": True,
+    "save_images": False,
+    "alwayson_scripts": {},
+    "some_future_field": {"nested": True},
+}
+
+
+# --- txt2img / img2img ---------------------------------------------------------------------------------------
+def test_txt2img_answers_in_a1111_shape(client: TestClient, manager: FakeManager) -> None:
+    resp = client.post(f"{API}/txt2img", json=WEBUIAPI_TXT2IMG)
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert len(body["images"]) == 2
+    assert body["parameters"]["prompt"] == "a red fox"
+    assert body["parameters"]["n_iter"] == 2
+    info = json.loads(body["info"])
+    for key in (
+        "prompt",
+        "all_prompts",
+        "negative_prompt",
+        "seed",
+        "all_seeds",
+        "subseed",
+        "all_subseeds",
+        "width",
+        "height",
+        "sampler_name",
+        "cfg_scale",
+        "steps",
+        "batch_size",
+        "sd_model_name",
+        "sd_model_hash",
+        "infotexts",
+        "job_timestamp",
+    ):
+        assert key in info, key
+    assert info["all_seeds"] == [42, 43]
+    assert info["seed"] == 42
+    assert info["sd_model_name"] == "demo" and info["sd_model_hash"] == "0123456789"
+    assert info["width"] == 64 and info["sampler_name"] == "Euler a"
+    # The request the manager saw: A1111 names mapped onto GenerationRequest.
+    request = manager.requests[-1]
+    assert (request.task, request.batch_count, request.steps, request.negative_prompt) == ("txt2img", 2, 2, "blurry")
+
+
+def test_returned_pngs_carry_the_same_parameters_as_the_saved_files(client: TestClient, manager: FakeManager) -> None:
+    resp = client.post(f"{API}/txt2img", json={"prompt": "cat", "steps": 2, "width": 64, "height": 64})
+    body = resp.json()
+    info = json.loads(body["info"])
+    image = decode_png(body["images"][0])
+    assert image.size == (64, 64)
+    assert image.text["parameters"] == info["infotexts"][0]
+    saved = sorted((manager.root / "outputs" / "txt2img").iterdir())[0]
+    assert Image.open(saved).text["parameters"] == image.text["parameters"]
+
+
+def test_sampler_index_is_an_alias_and_scheduler_automatic_is_accepted(client: TestClient, manager) -> None:
+    resp = client.post(
+        f"{API}/txt2img",
+        json={"sampler_index": "DPM++ 2M Karras", "scheduler": "automatic", "steps": 2, "width": 64, "height": 64},
+    )
+    assert resp.status_code == 200, resp.text
+    assert manager.requests[-1].sampler == "DPM++ 2M Karras"
+    # sampler_name wins over sampler_index, as in A1111.
+    client.post(
+        f"{API}/txt2img",
+        json={"sampler_name": "DDIM", "sampler_index": "Euler a", "steps": 2, "width": 64, "height": 64},
+    )
+    assert manager.requests[-1].sampler == "DDIM"
+
+
+def test_defaults_come_from_the_server_settings(client: TestClient, manager: FakeManager) -> None:
+    resp = client.post(f"{API}/txt2img", json={"prompt": "x", "width": 64, "height": 64, "steps": None})
+    assert resp.status_code == 200, resp.text
+    request = manager.requests[-1]
+    assert (request.steps, request.sampler, request.checkpoint) == (20, "Euler a", None)
+
+
+def test_send_images_false_returns_no_images(client: TestClient) -> None:
+    resp = client.post(f"{API}/txt2img", json={"steps": 2, "width": 64, "height": 64, "send_images": False})
+    assert resp.status_code == 200
+    assert resp.json()["images"] == []
+
+
+@pytest.mark.parametrize("data_url", [False, True], ids=["raw-base64", "data-url"])
+def test_img2img_takes_raw_base64_or_data_urls(client: TestClient, manager: FakeManager, data_url: bool) -> None:
+    payload = {
+        "init_images": [png_b64((96, 64), data_url=data_url)],
+        "denoising_strength": 0.5,
+        "steps": 2,
+        "width": 64,
+        "height": 64,
+        "resize_mode": 1,
+        "prompt": "fox",
+        "include_init_images": False,
+    }
+    resp = client.post(f"{API}/img2img", json=payload)
+    assert resp.status_code == 200, resp.text
+    request = manager.requests[-1]
+    assert request.task == "img2img"
+    assert request.init_image.size == (96, 64)
+    assert request.denoising_strength == 0.5 and request.resize_mode == "crop and resize"
+    body = resp.json()
+    assert body["parameters"]["init_images"] is None  # not echoed unless include_init_images
+    assert json.loads(body["info"])["denoising_strength"] == 0.5
+
+
+def test_override_settings_switch_checkpoint_and_vae_for_one_request(client: TestClient, manager) -> None:
+    payload = {
+        "steps": 2,
+        "width": 64,
+        "height": 64,
+        "override_settings": {"sd_model_checkpoint": "other [abcdefabcd]", "sd_vae": "None", "CLIP_stop": 2},
+    }
+    resp = client.post(f"{API}/txt2img", json=payload)
+    assert resp.status_code == 200, resp.text
+    request = manager.requests[-1]
+    assert (request.checkpoint, request.vae) == ("other [abcdefabcd]", "Automatic")
+    assert manager.default.name == "demo"  # the default did not change
+
+
+def test_unknown_checkpoint_override_names_the_field(client: TestClient) -> None:
+    resp = client.post(
+        f"{API}/txt2img",
+        json={"override_settings": {"sd_model_checkpoint": "nope"}, "steps": 2, "width": 64, "height": 64},
+    )
+    assert resp.status_code == 422
+    assert resp.json()["field"] == "override_settings.sd_model_checkpoint"
+    assert "nope" in resp.json()["detail"]
+
+
+# --- invalid input: 422 naming the field, and the server still answers ----------------------------------------
+BASE = {"prompt": "x", "steps": 2, "width": 64, "height": 64}
+INVALID = [
+    ("txt2img", {**BASE, "steps": -1}, "steps"),
+    ("txt2img", {**BASE, "width": 7}, "width"),
+    ("txt2img", {**BASE, "height": 100}, "height"),
+    ("txt2img", {**BASE, "cfg_scale": 99}, "cfg_scale"),
+    ("txt2img", {**BASE, "sampler_name": "Warp Drive"}, "sampler_name"),
+    ("txt2img", {**BASE, "scheduler": "sideways"}, "scheduler"),
+    ("txt2img", {**BASE, "n_iter": 500}, "n_iter"),
+    ("txt2img", {**BASE, "steps": "many"}, "steps"),
+    ("txt2img", {**BASE, "enable_hr": True}, "enable_hr"),
+    (
+        "txt2img",
+        {**BASE, "alwayson_scripts": {"ControlNet": {"args": [{"enabled": True, "model": "x"}]}}},
+        "alwayson_scripts",
+    ),
+    ("txt2img", {**BASE, "script_name": "x/y/z plot"}, "script_name"),
+    ("txt2img", {**BASE, "restore_faces": True}, "restore_faces"),
+    ("txt2img", {**BASE, "styles": ["cinematic"]}, "styles"),
+    ("txt2img", {**BASE, "override_settings": {"sd_model_checkpoint": 5}}, "override_settings.sd_model_checkpoint"),
+    ("img2img", {**BASE, "init_images": [png_b64()], "denoising_strength": 2}, "denoising_strength"),
+    ("img2img", {**BASE, "init_images": [base64.b64encode(b"not an image at all").decode()]}, "init_images"),
+    ("img2img", {**BASE, "init_images": ["@@@ not base64 @@@"]}, "init_images"),
+    ("img2img", {**BASE, "init_images": []}, "init_images"),
+    ("img2img", {**BASE, "init_images": [png_b64(), png_b64()]}, "init_images"),
+    ("img2img", {**BASE, "init_images": [png_b64()], "mask": png_b64()}, "mask"),
+    ("img2img", {**BASE, "init_images": [png_b64()], "resize_mode": 9}, "resize_mode"),
+]
+
+
+@pytest.mark.parametrize(("route", "payload", "field_name"), INVALID, ids=[f"{r}-{f}" for r, _, f in INVALID])
+def test_invalid_input_is_422_naming_the_field(client: TestClient, route: str, payload: dict, field_name: str) -> None:
+    resp = client.post(f"{API}/{route}", json=payload)
+    assert resp.status_code == 422, resp.text
+    body = resp.json()
+    assert body["field"] == field_name
+    assert field_name.split(".")[-1] in body["detail"]
+    assert client.get(f"{API}/samplers").status_code == 200  # the server still answers
+
+
+def test_disabled_extension_entries_are_accepted(client: TestClient) -> None:
+    scripts = {"ControlNet": {"args": []}, "ADetailer": {"args": [False]}, "x": {"args": [{"enabled": False}]}}
+    resp = client.post(f"{API}/txt2img", json={**BASE, "alwayson_scripts": scripts})
+    assert resp.status_code == 200, resp.text
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"{not json", b"[1, 2, 3]", b"", b'"just a string"'],
+    ids=["broken-json", "a-list", "empty", "a-string"],
+)
+def test_malformed_bodies_are_422_json(client: TestClient, raw: bytes) -> None:
+    resp = client.post(f"{API}/txt2img", content=raw, headers={"content-type": "application/json"})
+    assert resp.status_code == 422, resp.text
+    assert resp.headers["content-type"].startswith("application/json")
+    assert resp.json()["detail"].startswith("Invalid request")
+
+
+def test_non_finite_numbers_never_break_the_answer(client: TestClient) -> None:
+    # Python's JSON reader accepts NaN/Infinity; echoing them back must not turn into a server error.
+    raw = b'{"prompt": "x", "steps": 2, "width": 64, "height": 64, "eta": NaN, "s_noise": Infinity}'
+    resp = client.post(f"{API}/txt2img", content=raw, headers={"content-type": "application/json"})
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["parameters"]["eta"] is None
+    raw = b'{"prompt": "x", "steps": 2, "width": 64, "height": 64, "cfg_scale": NaN}'
+    resp = client.post(f"{API}/txt2img", content=raw, headers={"content-type": "application/json"})
+    assert resp.status_code == 422 and resp.json()["field"] == "cfg_scale"
+
+
+def test_queue_full_is_429(client: TestClient, manager: FakeManager) -> None:
+    manager.queue_full = True
+    resp = client.post(f"{API}/txt2img", json=BASE)
+    assert resp.status_code == 429
+    assert resp.json()["error"] == "QueueFull"
+    assert "queue is full" in resp.json()["detail"]
+
+
+def test_engine_errors_keep_their_status_and_a_server_fault_is_json(client: TestClient, manager) -> None:
+    manager.fail_with = OutputWriteError("The outputs folder is full: free some disk space.")
+    resp = client.post(f"{API}/txt2img", json=BASE)
+    assert resp.status_code == 507
+    assert resp.json() == {
+        "error": "OutputWriteError",
+        "detail": "The outputs folder is full: free some disk space.",
+        "field": None,
+    }
+    manager.fail_with = RuntimeError("a bug")
+    resp = client.post(f"{API}/txt2img", json=BASE)
+    assert resp.status_code == 500
+    assert resp.headers["content-type"].startswith("application/json")
+    assert "a bug" not in resp.text and "Traceback" not in resp.text
+
+
+def test_unknown_routes_and_methods_answer_json(client: TestClient) -> None:
+    resp = client.get(f"{API}/no-such-thing")
+    assert resp.status_code == 404 and "txt2img" in resp.json()["detail"]
+    resp = client.get(f"{API}/txt2img")
+    assert resp.status_code == 405 and "POST" in resp.json()["detail"]
+
+
+# --- models, options, lists ----------------------------------------------------------------------------------
+def test_sd_models_lists_checkpoints_as_a1111(client: TestClient) -> None:
+    models = client.get(f"{API}/sd-models").json()
+    assert [m["title"] for m in models] == ["demo [0123456789]", "other [abcdefabcd]"]
+    first = models[0]
+    assert set(first) == {"title", "model_name", "hash", "sha256", "filename", "config"}
+    assert (first["model_name"], first["hash"], first["config"]) == ("demo", "0123456789", None)
+    assert first["filename"].endswith("demo.safetensors")
+
+
+@pytest.mark.parametrize("name", ["other", "other [abcdefabcd]", "other.safetensors"])
+def test_options_switch_the_default_checkpoint(client: TestClient, manager: FakeManager, name: str) -> None:
+    assert client.get(f"{API}/options").json()["sd_model_checkpoint"] == "demo [0123456789]"
+    resp = client.post(f"{API}/options", json={"sd_model_checkpoint": name, "unrelated_a1111_option": 1})
+    assert resp.status_code == 200, resp.text
+    assert manager.default.name == "other"
+    assert client.get(f"{API}/options").json()["sd_model_checkpoint"] == "other [abcdefabcd]"
+
+
+def test_options_unknown_names_are_422_listing_valid_names(client: TestClient, manager: FakeManager) -> None:
+    resp = client.post(f"{API}/options", json={"sd_model_checkpoint": "missing", "sd_vae": "Automatic"})
+    assert resp.status_code == 422
+    body = resp.json()
+    assert body["field"] == "sd_model_checkpoint"
+    assert "demo [0123456789]" in body["detail"] and "other [abcdefabcd]" in body["detail"]
+    resp = client.post(f"{API}/options", json={"sd_model_checkpoint": "other", "sd_vae": "nope"})
+    assert resp.status_code == 422 and resp.json()["field"] == "sd_vae" and "vae-ft" in resp.json()["detail"]
+    assert manager.default.name == "demo"  # nothing applied when one name is wrong
+    assert client.get(f"{API}/options").json()["sd_vae"] == "Automatic"
+    assert client.post(f"{API}/options", json={"sd_vae": "vae-ft"}).status_code == 200
+    assert client.get(f"{API}/options").json()["sd_vae"] == "vae-ft"
+
+
+def test_samplers_schedulers_upscalers_scripts(client: TestClient) -> None:
+    samplers = client.get(f"{API}/samplers").json()
+    assert {"name": "Euler a", "aliases": ["euler_ancestral", "k_euler_a"], "options": {}} in samplers
+    schedulers = client.get(f"{API}/schedulers").json()
+    assert "automatic" in [s["name"] for s in schedulers]
+    upscalers = client.get(f"{API}/upscalers").json()
+    assert [u["name"] for u in upscalers] == ["None", "x4-demo"]
+    assert upscalers[1]["scale"] == 4 and upscalers[1]["model_url"] is None
+    assert client.get(f"{API}/scripts").json() == {"txt2img": [], "img2img": []}
+
+
+# --- progress / interrupt ------------------------------------------------------------------------------------
+def test_progress_idle_matches_what_clients_poll_for(client: TestClient, manager: FakeManager) -> None:
+    body = client.get(f"{API}/progress").json()
+    assert body["progress"] == 0 and body["state"]["job_count"] == 0  # webuiapi's util_wait_for_ready
+    assert body["current_image"] is None
+    manager.waiting = 2  # jobs queued but none picked up yet: not idle
+    assert client.get(f"{API}/progress").json()["state"]["job_count"] == 2
+
+
+def test_progress_reports_the_running_job_with_a_preview(client: TestClient, manager: FakeManager) -> None:
+    manager.hold_jobs = True
+    results: list = []
+    worker = threading.Thread(target=lambda: results.append(client.post(f"{API}/txt2img", json=BASE)))
+    worker.start()
+    try:
+        for _ in range(200):
+            if manager.running is not None:
+                break
+            threading.Event().wait(0.02)
+        job = manager.running
+        job.state = "running"
+        job.progress = ProgressEvent(
+            job_id=job.id,
+            state="running",
+            step=1,
+            total_steps=4,
+            batch_index=0,
+            batch_count=2,
+            eta_s=3.5,
+            preview=Image.new("RGB", (8, 8), "blue"),
+        )
+        body = client.get(f"{API}/progress").json()
+        assert body["progress"] == pytest.approx(0.125)
+        assert body["eta_relative"] == 3.5
+        assert body["state"]["sampling_step"] == 1 and body["state"]["sampling_steps"] == 4
+        assert body["state"]["job_count"] == 2 and body["state"]["job"] == job.id
+        assert decode_png(body["current_image"]).size == (8, 8)
+        assert client.get(f"{API}/progress", params={"skip_current_image": True}).json()["current_image"] is None
+        assert client.post(f"{API}/interrupt").status_code == 200
+        assert manager.interrupted == 1
+    finally:
+        manager.running.released.set()
+        worker.join(10)
+    assert results[0].status_code == 200
+
+
+# --- png-info / extras ---------------------------------------------------------------------------------------
+def test_png_info_reads_back_a1111_parameters(client: TestClient) -> None:
+    text = "a fox\nNegative prompt: blur\nSteps: 2, Sampler: Euler a, CFG scale: 7, Seed: 5, Size: 64x64"
+    resp = client.post(f"{API}/png-info", json={"image": png_b64(parameters=text, data_url=True)})
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["info"] == text
+    assert body["parameters"] == parse_infotext(text)
+    assert body["parameters"]["Steps"] == "2" and body["parameters"]["Size-1"] == "64"
+    assert client.post(f"{API}/png-info", json={"image": png_b64()}).json()["info"] == ""
+    bad = client.post(f"{API}/png-info", json={"image": "bm90IGFuIGltYWdl"})
+    assert bad.status_code == 422 and bad.json()["field"] == "image"
+
+
+def test_extra_single_image_runs_the_x4_upscaler(client: TestClient, manager: FakeManager) -> None:
+    payload = {
+        "image": png_b64((32, 24), data_url=True),
+        "upscaler_1": "x4-demo",
+        "upscaling_resize": 4,
+        "gfpgan_visibility": 0,
+        "codeformer_visibility": 0,
+        "upscaler_2": "None",
+    }
+    resp = client.post(f"{API}/extra-single-image", json=payload)
+    assert resp.status_code == 200, resp.text
+    image = decode_png(resp.json()["image"])
+    assert image.size == (128, 96)
+    assert image.text["parameters"] == resp.json()["html_info"] != ""
+    assert manager.requests[-1].task == "upscale" and manager.requests[-1].upscaler == "x4-demo"
+    assert manager.requests[-1].steps == 20  # the server's default steps
+    # Atelier's optional upscaler fields
+    client.post(f"{API}/extra-single-image", json={**payload, "steps": 3, "prompt": "crisp", "noise_level": 50})
+    assert (manager.requests[-1].steps, manager.requests[-1].prompt, manager.requests[-1].noise_level) == (
+        3,
+        "crisp",
+        50,
+    )
+    # scale 2: the x4 result resized, keeping its parameters
+    half = decode_png(client.post(f"{API}/extra-single-image", json={**payload, "upscaling_resize": 2}).json()["image"])
+    assert half.size == (64, 48) and half.text["parameters"]
+    # "None": a plain resize, no job
+    count = len(manager.requests)
+    plain = client.post(f"{API}/extra-single-image", json={**payload, "upscaler_1": "None", "upscaling_resize": 2})
+    assert decode_png(plain.json()["image"]).size == (64, 48) and len(manager.requests) == count
+
+
+@pytest.mark.parametrize(
+    ("changes", "field_name"),
+    [
+        ({"upscaler_1": "R-ESRGAN 4x+"}, "upscaler_1"),
+        ({"upscaling_resize": 8}, "upscaling_resize"),
+        ({"gfpgan_visibility": 1}, "gfpgan_visibility"),
+        ({"steps": 0}, "steps"),
+        ({"image": "bm90IGFuIGltYWdl"}, "image"),
+    ],
+)
+def test_extra_single_image_refuses_what_it_cannot_do(client: TestClient, changes: dict, field_name: str) -> None:
+    payload = {"image": png_b64((32, 32)), "upscaler_1": "x4-demo", **changes}
+    resp = client.post(f"{API}/extra-single-image", json=payload)
+    assert resp.status_code == 422, resp.text
+    assert resp.json()["field"] == field_name
+
+
+# --- auth ----------------------------------------------------------------------------------------------------
+def test_auth_is_required_on_every_route(manager: FakeManager) -> None:
+    client = make_client(manager, auth={"u": "p", "ünï": "cödé"})
+    for method, path in [
+        ("get", "sd-models"),
+        ("get", "progress"),
+        ("post", "txt2img"),
+        ("get", "options"),
+        ("post", "interrupt"),
+        ("get", "nowhere"),
+    ]:
+        resp = client.request(method, f"{API}/{path}", json=BASE if method == "post" else None)
+        assert resp.status_code == 401, path
+        assert resp.headers["www-authenticate"].startswith("Basic")
+        assert resp.headers["content-type"].startswith("application/json")
+    assert client.get(f"{API}/sd-models", auth=("u", "wrong")).status_code == 401
+    assert client.get(f"{API}/sd-models", auth=("x", "p")).status_code == 401
+    assert client.get(f"{API}/sd-models", auth=("u", "p")).status_code == 200
+    assert client.get(f"{API}/sd-models", auth=("ünï", "cödé")).status_code == 200
+    # the login is checked before the body: a stranger gets 401, not a validation message
+    resp = client.post(f"{API}/txt2img", content=b"{broken", headers={"content-type": "application/json"})
+    assert resp.status_code == 401
+    assert client.post(f"{API}/txt2img", json=BASE, auth=("u", "p")).status_code == 200
+
+
+# --- OpenAPI -------------------------------------------------------------------------------------------------
+ROUTES = [
+    ("post", "txt2img"),
+    ("post", "img2img"),
+    ("get", "sd-models"),
+    ("get", "options"),
+    ("post", "options"),
+    ("get", "samplers"),
+    ("get", "progress"),
+    ("post", "interrupt"),
+    ("post", "png-info"),
+    ("get", "upscalers"),
+    ("post", "extra-single-image"),
+]
+
+
+@pytest.mark.parametrize("openapi_url", ["/openapi.json", None], ids=["fastapi-default", "app-without-openapi"])
+def test_openapi_documents_every_route(manager: FakeManager, openapi_url: str | None) -> None:
+    client = make_client(manager, openapi_url=openapi_url)
+    resp = client.get("/openapi.json")
+    assert resp.status_code == 200
+    schema = resp.json()
+    for method, path in ROUTES:
+        assert method in schema["paths"][f"{API}/{path}"], (method, path)
+    components = schema["components"]["schemas"]
+    for model in (
+        "Txt2ImgRequest",
+        "Img2ImgRequest",
+        "TextToImageResponse",
+        "ProgressResponse",
+        "SDModelItem",
+        "ExtrasSingleImageRequest",
+        "PNGInfoResponse",
+        "UpscalerItem",
+        "Options",
+    ):
+        assert model in components, model

@@ -1,0 +1,310 @@
+"""The studio in a real browser: headless Chromium driving ``app.py --demo`` through DESIGN.md's element ids.
+
+Each test does what an artist would: type a prompt, generate, look at the image and its infotext, stop a long
+run, send an image to another tab, read a PNG's parameters back. Screenshots of every tab land in
+``tests/artifacts/`` for a person to look at. Images are 64 px with 2-3 steps on the tiny demo model.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from conftest import AppProcess, spawn_app
+
+pytestmark = pytest.mark.browser
+
+VIEWPORT = {"width": 1280, "height": 800}
+GENERATE_TIMEOUT_MS = 90_000
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+def open_studio(page, url: str) -> None:
+    page.set_viewport_size(VIEWPORT)
+    page.goto(url)
+    page.wait_for_selector("#txt2img-generate")
+    # The page-load event adds our stylesheet; wait for it so that screenshots show the real look.
+    page.wait_for_selector("#atelier-style", state="attached")
+
+
+def set_number(page, elem_id: str, value: float | int) -> None:
+    """Type into a slider's or number field's box, as a person does, and commit it."""
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def set_prompt(page, tab: str, prompt: str, negative: str = "") -> None:
+    page.locator(f"#{tab}-prompt textarea").fill(prompt)
+    page.locator(f"#{tab}-negative textarea").fill(negative)
+
+
+def select_tab(page, label: str) -> None:
+    page.get_by_role("tab", name=label, exact=True).click()
+
+
+def gallery_sizes(page, gallery_id: str) -> list[tuple[int, int]]:
+    """Natural sizes of the loaded images in a gallery."""
+    sizes = page.eval_on_selector_all(
+        f"#{gallery_id} img", "els => els.filter(e => e.complete).map(e => [e.naturalWidth, e.naturalHeight])"
+    )
+    return [tuple(s) for s in sizes if s[0] > 0]
+
+
+def wait_for_gallery_image(page, gallery_id: str, size: tuple[int, int], timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if size in gallery_sizes(page, gallery_id):
+            return
+        time.sleep(0.2)
+    pytest.fail(f"no {size[0]}x{size[1]} image in #{gallery_id}; found {gallery_sizes(page, gallery_id)}")
+
+
+def wait_for_infotext(page, info_id: str) -> str:
+    page.wait_for_selector(f"#{info_id} .infotext", timeout=GENERATE_TIMEOUT_MS)
+    return page.inner_text(f"#{info_id} .infotext")
+
+
+def generate_txt2img(
+    page, prompt: str, *, seed: int, steps: int = 2, size=(64, 64), sampler: str | None = None, cfg: float | None = None
+) -> str:
+    """Fill txt2img, press Ctrl+Enter in the prompt box, wait for the image; returns the infotext."""
+    set_prompt(page, "txt2img", prompt, "blurry")
+    set_number(page, "txt2img-width", size[0])
+    set_number(page, "txt2img-height", size[1])
+    set_number(page, "txt2img-steps", steps)
+    if cfg is not None:
+        set_number(page, "txt2img-cfg", cfg)
+    if sampler is not None:
+        choose(page, "txt2img-sampler", sampler)
+    page.locator("#txt2img-seed input").fill(str(seed))
+    page.locator("#txt2img-prompt textarea").press("Control+Enter")
+    page.wait_for_function(
+        "seed => (document.querySelector('#txt2img-info .infotext') || {}).innerText?.includes('Seed: ' + seed)",
+        arg=seed,
+        timeout=GENERATE_TIMEOUT_MS,
+    )
+    wait_for_gallery_image(page, "txt2img-gallery", size)
+    return page.inner_text("#txt2img-info .infotext")
+
+
+def choose(page, elem_id: str, option: str) -> None:
+    page.locator(f"#{elem_id} input").click()
+    page.get_by_role("option", name=option, exact=True).click()
+
+
+def input_value(page, selector: str) -> str:
+    return page.locator(selector).input_value()
+
+
+def shot(page, artifacts_dir: Path, name: str) -> None:
+    page.screenshot(path=str(artifacts_dir / f"ui-{name}.png"), full_page=True)
+
+
+def newest_output(app: AppProcess, task: str) -> Path:
+    files = sorted((app.workdir / "outputs" / task).rglob("*.png"), key=lambda p: p.stat().st_mtime)
+    assert files, f"no PNG in outputs/{task}"
+    return files[-1]
+
+
+@pytest.fixture(scope="module")
+def slow_app(tmp_path_factory: pytest.TempPathFactory):
+    """A demo app whose steps take 0.2 s each, so that Stop can be pressed and pages can queue."""
+    app = spawn_app(tmp_path_factory.mktemp("slow_app"), "--demo", "--step-delay", "0.2")
+    yield app
+    app.stop()
+
+
+# --------------------------------------------------------------------------------------------- tests
+
+
+def test_txt2img_makes_an_image_of_the_requested_size_with_its_seed(demo_app, page, artifacts_dir) -> None:
+    open_studio(page, demo_app.url)
+    shot(page, artifacts_dir, "txt2img-empty")
+    assert "DEMO: random weights, images are noise" in page.inner_text("#status-bar")
+    assert page.inner_text("#txt2img-prompt-tokens") == "0/75"
+    info = generate_txt2img(page, "a lighthouse at dusk, oil painting", seed=12345, size=(64, 96))
+    assert "Seed: 12345" in info and "Size: 64x96" in info and "Steps: 2" in info
+    assert page.inner_text("#txt2img-prompt-tokens") == "7/75"
+    assert "Done" in page.inner_text("#txt2img-progress")
+    assert newest_output(demo_app, "txt2img").name.endswith("-12345.png")
+    shot(page, artifacts_dir, "txt2img")
+
+
+def test_send_to_image_to_image_carries_the_image_and_img2img_generates(demo_app, page, artifacts_dir) -> None:
+    open_studio(page, demo_app.url)
+    generate_txt2img(page, "a castle on a hill", seed=777, size=(64, 64))
+    page.click("#txt2img-send-img2img")
+    page.wait_for_function("() => document.querySelector('#img2img-init img')?.naturalWidth === 64")
+    assert page.get_by_role("tab", name="Image to Image", exact=True).get_attribute("aria-selected") == "true"
+    assert input_value(page, "#img2img-prompt textarea") == "a castle on a hill"
+    set_number(page, "img2img-steps", 4)
+    set_number(page, "img2img-strength", 0.5)
+    page.locator("#img2img-seed input").fill("31337")
+    page.click("#img2img-generate")
+    info = wait_for_infotext(page, "img2img-info")
+    assert "Seed: 31337" in info and "Denoising strength: 0.5" in info
+    wait_for_gallery_image(page, "img2img-gallery", (64, 64))
+    shot(page, artifacts_dir, "img2img")
+
+
+def test_upscale_4x_makes_an_image_four_times_larger(demo_app, page, artifacts_dir) -> None:
+    open_studio(page, demo_app.url)
+    generate_txt2img(page, "a small house", seed=99, size=(64, 64))
+    page.click("#txt2img-send-upscale")
+    page.wait_for_function("() => document.querySelector('#upscale-input img')?.naturalWidth === 64")
+    set_number(page, "upscale-steps", 2)
+    page.click("#upscale-generate")
+    info = wait_for_infotext(page, "upscale-info")
+    assert "Steps: 2" in info
+    wait_for_gallery_image(page, "upscale-output", (256, 256))
+    page.wait_for_selector("#upscale-compare img")
+    shot(page, artifacts_dir, "upscale")
+
+
+def test_png_info_round_trips_our_image_into_txt2img_fields(demo_app, page, artifacts_dir) -> None:
+    open_studio(page, demo_app.url)
+    generate_txt2img(page, 'round trip, "quoted" words', seed=4242, steps=3, size=(64, 72), sampler="DDIM", cfg=5.5)
+    made = newest_output(demo_app, "txt2img")
+    # Change the form so that the round trip has something to restore.
+    set_prompt(page, "txt2img", "something else")
+    set_number(page, "txt2img-width", 128)
+    set_number(page, "txt2img-steps", 9)
+    page.locator("#txt2img-seed input").fill("-1")
+    select_tab(page, "PNG Info")
+    page.locator("#png-info-input input[type=file]").set_input_files(str(made))
+    page.wait_for_function("() => document.querySelector('#png-info-output textarea')?.value.includes('Seed: 4242')")
+    shot(page, artifacts_dir, "png-info")
+    page.click("#png-info-send-txt2img")
+    page.wait_for_function("() => document.querySelector('#txt2img-prompt textarea')?.value.startsWith('round trip')")
+    assert input_value(page, "#txt2img-prompt textarea") == 'round trip, "quoted" words'
+    assert input_value(page, "#txt2img-negative textarea") == "blurry"
+    assert input_value(page, "#txt2img-seed input") == "4242"
+    assert input_value(page, "#txt2img-width input[type=number]") == "64"
+    assert input_value(page, "#txt2img-height input[type=number]") == "72"
+    assert input_value(page, "#txt2img-steps input[type=number]") == "3"
+    assert input_value(page, "#txt2img-cfg input[type=number]") == "5.5"
+    assert input_value(page, "#txt2img-sampler input") == "DDIM"
+
+
+def test_invalid_size_shows_a_toast_and_keeps_the_form(demo_app, page, artifacts_dir) -> None:
+    open_studio(page, demo_app.url)
+    set_prompt(page, "txt2img", "keep me")
+    set_number(page, "txt2img-width", 100)
+    page.click("#txt2img-generate")
+    toast = page.locator(".toast-body").first
+    toast.wait_for()
+    text = toast.inner_text()
+    assert "width" in text and "multiple of 8" in text
+    page.wait_for_timeout(800)  # let the toast finish sliding in before the screenshot
+    shot(page, artifacts_dir, "invalid-size-toast")
+    assert "Traceback" not in page.content()
+    assert input_value(page, "#txt2img-prompt textarea") == "keep me"
+    assert input_value(page, "#txt2img-width input[type=number]") == "100"
+
+
+def test_other_tabs_render(demo_app, page, artifacts_dir) -> None:
+    open_studio(page, demo_app.url)
+    for label, probe, name in (
+        ("Image to Image", "#img2img-init", "img2img-empty"),
+        ("Upscale 4x", "#upscale-input", "upscale-empty"),
+        ("PNG Info", "#png-info-input", "png-info-empty"),
+        ("Settings", "#settings-memory-mode", "settings"),
+    ):
+        select_tab(page, label)
+        page.wait_for_selector(probe, state="visible")
+        shot(page, artifacts_dir, name)
+    choices = page.locator("#settings-memory-mode input")
+    assert choices.input_value() == "auto"
+    page.click("#model-refresh")
+    page.get_by_text("Found 1 checkpoint(s), 0 VAE(s), 1 upscaler(s).").wait_for()
+    assert input_value(page, "#model-select input").startswith("demo-tiny-sd15")
+    assert input_value(page, "#vae-select input") == "Automatic"
+
+
+def test_stop_ends_a_long_run_early(slow_app, page, artifacts_dir) -> None:
+    open_studio(page, slow_app.url)
+    set_prompt(page, "txt2img", "a very long run")
+    set_number(page, "txt2img-steps", 30)  # 30 steps x 0.2 s = 6 s without Stop
+    set_number(page, "txt2img-width", 64)
+    set_number(page, "txt2img-height", 64)
+    page.click("#txt2img-generate")
+    page.wait_for_function(
+        "() => /Step [1-9]/.test(document.querySelector('#txt2img-progress')?.innerText || '')", timeout=60_000
+    )
+    shot(page, artifacts_dir, "txt2img-running")
+    page.click("#txt2img-interrupt")
+    page.wait_for_function(
+        "() => /Stopped/.test(document.querySelector('#txt2img-progress')?.innerText || '')", timeout=30_000
+    )
+    # Had Stop not worked, the run would have finished its 30 steps and saved an image.
+    assert "Stopped before the first image was finished" in page.inner_text("#txt2img-progress")
+    assert not list((slow_app.workdir / "outputs").rglob("*.png"))
+    assert not page.locator("#txt2img-info .infotext").count()
+
+
+def test_two_pages_queue_at_once_and_both_get_their_images(slow_app, browser, artifacts_dir) -> None:
+    contexts = [browser.new_context(viewport=VIEWPORT) for _ in range(2)]
+    pages = [context.new_page() for context in contexts]
+    try:
+        for index, pg in enumerate(pages):
+            pg.set_default_timeout(60_000)
+            open_studio(pg, slow_app.url)
+            set_prompt(pg, "txt2img", f"page {index}")
+            set_number(pg, "txt2img-steps", 8)
+            set_number(pg, "txt2img-width", 64)
+            set_number(pg, "txt2img-height", 64)
+            pg.locator("#txt2img-seed input").fill(str(1000 + index))
+        for pg in pages:
+            pg.click("#txt2img-generate")
+        pages[1].wait_for_function(
+            "() => /Queued: 1 job ahead/.test(document.querySelector('#txt2img-progress')?.innerText || '')"
+        )
+        shot(pages[1], artifacts_dir, "txt2img-queued")
+        for index, pg in enumerate(pages):
+            info = wait_for_infotext(pg, "txt2img-info")
+            assert f"Seed: {1000 + index}" in info and f"page {index}" in info
+            wait_for_gallery_image(pg, "txt2img-gallery", (64, 64))
+    finally:
+        for context in contexts:
+            context.close()
+
+
+def test_settings_are_saved_without_the_command_line_flags(slow_app, page, artifacts_dir) -> None:
+    open_studio(page, slow_app.url)
+    select_tab(page, "Settings")
+    choose(page, "settings-memory-mode", "sliced")
+    set_number(page, "settings-default-steps", 12)
+    page.click("#settings-save")
+    page.wait_for_function("() => /Saved to/.test(document.querySelector('#settings-result')?.innerText || '')")
+    shot(page, artifacts_dir, "settings-saved")
+    saved = json.loads((slow_app.workdir / "settings.json").read_text())
+    assert saved["memory_mode"] == "sliced" and saved["default_steps"] == 12
+    assert "outputs_dir" not in saved and "models_dir" not in saved  # given on the command line: never saved
+    assert "sliced" in page.inner_text("#status-bar")
+
+
+def test_stop_between_batches_keeps_the_finished_images(slow_app, page, artifacts_dir) -> None:
+    open_studio(page, slow_app.url)
+    set_prompt(page, "txt2img", "three in a row")
+    set_number(page, "txt2img-steps", 5)
+    set_number(page, "txt2img-width", 64)
+    set_number(page, "txt2img-height", 64)
+    set_number(page, "txt2img-batch-count", 3)
+    page.locator("#txt2img-seed input").fill("500")
+    page.click("#txt2img-generate")
+    page.wait_for_function(
+        "() => /batch 2\\/3/.test(document.querySelector('#txt2img-progress')?.innerText || '')", timeout=60_000
+    )
+    page.click("#txt2img-interrupt")
+    page.wait_for_function(
+        "() => /Stopped: kept/.test(document.querySelector('#txt2img-progress')?.innerText || '')", timeout=30_000
+    )
+    assert "Stopped: kept 1 finished image" in page.inner_text("#txt2img-progress")
+    assert "Seed: 500" in wait_for_infotext(page, "txt2img-info")
+    wait_for_gallery_image(page, "txt2img-gallery", (64, 64))
+    shot(page, artifacts_dir, "txt2img-stopped")

@@ -1,0 +1,668 @@
+"""Controls shared by the generation tabs: prompt boxes, sampler, size, seed, batch, the result panel, and
+``wire_generate`` that connects a tab's form to the manager (the job loop itself is in ``ui.jobs``).
+
+Every tab builds its form from these functions with its own id prefix (``txt2img-…``, ``img2img-…``), so the
+element ids of DESIGN.md come out of one place and img2img reuses txt2img's controls instead of copying them.
+Nothing here touches torch: a tab builds a ``GenerationRequest`` and hands it to the manager.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import re
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from pipelines.errors import AtelierError
+from pipelines.request import (
+    MAX_BATCH_COUNT,
+    MAX_BATCH_SIZE,
+    MAX_CFG,
+    MAX_SEED,
+    MAX_SIZE,
+    MAX_STEPS,
+    MIN_CFG,
+    MIN_SIZE,
+    GenerationRequest,
+)
+from pipelines.samplers import SAMPLER_NAMES
+from pipelines.settings import Settings
+
+from .jobs import (
+    FINISHED_STATES,
+    SessionJobs,
+    follow_job,
+    gallery_items,
+    info_html,
+    unexpected_error,
+    user_error,
+)
+from .persist import SettingsFile
+from .status import status_html
+
+log = logging.getLogger(__name__)
+
+TOKENS_PER_CHUNK = 75  # CLIP's 77 minus start/end markers; longer prompts are processed in chunks of 75
+GENERATE_CONCURRENCY_ID = "generate"
+LOCAL_HOSTS = ("127.0.0.1", "::1", "localhost")
+
+
+@dataclass
+class UiContext:
+    """What every tab needs while it is being built: the engine, settings, the saved-values file and the
+    components shared across tabs (session state, model pickers, the tab strip)."""
+
+    manager: Any
+    settings: Settings
+    store: SettingsFile
+    session: gr.State
+    model_select: gr.Dropdown
+    vae_select: gr.Dropdown
+    status_bar: gr.HTML | None = None
+    tabs: gr.Tabs | None = None
+    local_only_buttons: list[gr.Button] = field(default_factory=list)
+
+    @property
+    def concurrency_limit(self) -> int:
+        """Gradio lets this many Generate events run at once: at least the manager's queue size, so that
+        the manager's FIFO (shared with REST jobs) decides the order, not Gradio's queue."""
+        return max(1, int(self.settings.queue_size)) + 1
+
+
+# --------------------------------------------------------------------------------------------- requests
+
+
+def create_request(**fields: Any) -> GenerationRequest:
+    """``GenerationRequest.create`` with its ``InvalidRequest`` turned into a toast; the form keeps its values."""
+    try:
+        return GenerationRequest.create(**fields)
+    except AtelierError as exc:
+        raise user_error(exc) from None
+
+
+# --------------------------------------------------------------------------------------------- token counter
+
+
+def count_tokens(text: str, manager: Any = None) -> int:
+    """CLIP tokens in ``text``: the manager's tokenizer when it offers one, else the bundled CLIP tokenizer,
+    else a word/punctuation estimate (never an error while someone types)."""
+    if not text:
+        return 0
+    counter = getattr(manager, "count_tokens", None)
+    try:
+        if callable(counter):
+            return int(counter(text))
+        from pipelines.tokenizers import count_tokens as clip_count
+
+        return int(clip_count(text))
+    except Exception:  # tokenizer files missing or broken: the estimate is good enough for a counter
+        return len(re.findall(r"\w+|[^\w\s]", text))
+
+
+def token_label(count: int) -> str:
+    """A1111's counter: "n/75", then "n/150" once a second chunk starts."""
+    limit = max(1, math.ceil(count / TOKENS_PER_CHUNK)) * TOKENS_PER_CHUNK
+    over = " over" if count > TOKENS_PER_CHUNK else ""
+    return f'<span class="token-count{over}" title="CLIP tokens (75 per chunk)">{count}/{limit}</span>'
+
+
+# --------------------------------------------------------------------------------------------- control groups
+
+
+@dataclass
+class PromptControls:
+    prompt: gr.Textbox
+    negative: gr.Textbox
+    prompt_tokens: gr.HTML
+    negative_tokens: gr.HTML
+
+
+@dataclass
+class SamplerControls:
+    sampler: gr.Dropdown | None
+    steps: gr.Slider
+    cfg: gr.Slider | None
+
+
+@dataclass
+class SizeControls:
+    width: gr.Slider
+    height: gr.Slider
+    swap: gr.Button
+    presets: dict[str, gr.Button]
+
+
+@dataclass
+class SeedControls:
+    seed: gr.Number
+    random: gr.Button
+    reuse: gr.Button
+
+
+@dataclass
+class BatchControls:
+    batch_count: gr.Slider
+    batch_size: gr.Slider
+
+
+@dataclass
+class ActionButtons:
+    generate: gr.Button
+    stop: gr.Button
+
+
+@dataclass
+class ResultPanel:
+    progress: gr.HTML
+    gallery: gr.Gallery
+    info: gr.HTML
+    send_buttons: dict[str, gr.Button]
+    open_outputs: gr.Button
+
+
+def build_prompt_controls(prefix: str, values: dict[str, Any], ctx: UiContext) -> PromptControls:
+    """Prompt and negative prompt (multi-line, with a live "n/75" token counter each)."""
+    with gr.Column(elem_classes="prompt-box"):
+        prompt = gr.Textbox(
+            value=str(values.get("prompt", "")),
+            label="Prompt",
+            placeholder="What to draw (Ctrl+Enter generates)",
+            lines=3,
+            max_lines=12,
+            elem_id=f"{prefix}-prompt",
+        )
+        prompt_tokens = gr.HTML(
+            token_label(count_tokens(prompt.value, ctx.manager)),
+            elem_id=f"{prefix}-prompt-tokens",
+            elem_classes="token-counter",
+            js_on_load=None,
+        )
+    with gr.Column(elem_classes="prompt-box"):
+        negative = gr.Textbox(
+            value=str(values.get("negative", "")),
+            label="Negative prompt",
+            placeholder="What to avoid",
+            lines=2,
+            max_lines=8,
+            elem_id=f"{prefix}-negative",
+        )
+        negative_tokens = gr.HTML(
+            token_label(count_tokens(negative.value, ctx.manager)),
+            elem_id=f"{prefix}-negative-tokens",
+            elem_classes="token-counter",
+            js_on_load=None,
+        )
+    controls = PromptControls(prompt, negative, prompt_tokens, negative_tokens)
+    for box, counter in ((prompt, prompt_tokens), (negative, negative_tokens)):
+        box.change(
+            lambda text: token_label(count_tokens(text, ctx.manager)),
+            inputs=box,
+            outputs=counter,
+            queue=False,
+            show_progress="hidden",
+            trigger_mode="always_last",
+        )
+    return controls
+
+
+def build_action_buttons(prefix: str) -> ActionButtons:
+    """Generate and Stop side by side, at the top of the result column."""
+    with gr.Row(elem_classes="action-row"):
+        generate = gr.Button("Generate", variant="primary", elem_id=f"{prefix}-generate", size="lg", scale=4)
+        stop = gr.Button("Stop", variant="stop", elem_id=f"{prefix}-interrupt", size="lg", scale=1, min_width=90)
+    return ActionButtons(generate, stop)
+
+
+def build_sampler_dropdown(prefix: str, values: dict[str, Any], settings: Settings) -> gr.Dropdown:
+    """The sampler picker (A1111 names), defaulting to the last used or the Settings default."""
+    default_sampler = values.get("sampler", settings.default_sampler)
+    if default_sampler not in SAMPLER_NAMES:
+        default_sampler = SAMPLER_NAMES[0]
+    return gr.Dropdown(
+        list(SAMPLER_NAMES),
+        value=default_sampler,
+        label="Sampler",
+        elem_id=f"{prefix}-sampler",
+        scale=2,
+        min_width=150,
+    )
+
+
+def build_steps_slider(prefix: str, values: dict[str, Any], settings: Settings) -> gr.Slider:
+    return gr.Slider(
+        1,
+        MAX_STEPS,
+        value=int_or(values.get("steps"), settings.default_steps),
+        step=1,
+        label="Steps",
+        elem_id=f"{prefix}-steps",
+    )
+
+
+def build_cfg_slider(prefix: str, values: dict[str, Any]) -> gr.Slider:
+    return gr.Slider(
+        MIN_CFG,
+        MAX_CFG,
+        value=float_or(values.get("cfg"), 7.0),
+        step=0.5,
+        label="CFG scale",
+        elem_id=f"{prefix}-cfg",
+    )
+
+
+def build_generation_controls(
+    prefix: str, values: dict[str, Any], ctx: UiContext
+) -> tuple[SamplerControls, SeedControls, SizeControls, BatchControls]:
+    """The sampler/seed/steps/CFG/size/batch block shared by Text to Image and Image to Image.
+
+    Ordered so that what changes most (sampler, seed, steps, CFG, size) fits a 1280x800 screen.
+    """
+    with gr.Row(equal_height=True):
+        sampler = build_sampler_dropdown(prefix, values, ctx.settings)
+        with gr.Column(scale=3, min_width=220):
+            seed = build_seed_controls(prefix, values, ctx, prefix)
+    with gr.Row():
+        steps = build_steps_slider(prefix, values, ctx.settings)
+        cfg = build_cfg_slider(prefix, values)
+    size = build_size_controls(prefix, values)
+    batch = build_batch_controls(prefix, values)
+    return SamplerControls(sampler, steps, cfg), seed, size, batch
+
+
+SIZE_PRESETS: dict[str, str] = {"512²": "512", "768²": "768", "1024²": "1024", "2:3": "2:3", "3:2": "3:2"}
+
+
+def preset_size(preset: str, width: float, height: float) -> tuple[int, int]:
+    """The size a preset button picks: a square side, or an aspect ratio that keeps the shorter side."""
+    if ":" not in preset:
+        side = int(preset)
+        return side, side
+    a, b = (int(x) for x in preset.split(":"))
+    short = max(MIN_SIZE, min(int(width or 512), int(height or 512)))
+    long = _round8(short * max(a, b) / min(a, b))
+    long = min(MAX_SIZE, long)
+    return (short, long) if a < b else (long, short)
+
+
+def build_size_controls(prefix: str, values: dict[str, Any]) -> SizeControls:
+    """Width and height sliders, a swap button and the common size presets."""
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=5, min_width=220):
+            width = gr.Slider(
+                MIN_SIZE,
+                MAX_SIZE,
+                value=int_or(values.get("width"), 512),
+                step=8,
+                label="Width",
+                elem_id=f"{prefix}-width",
+            )
+            height = gr.Slider(
+                MIN_SIZE,
+                MAX_SIZE,
+                value=int_or(values.get("height"), 512),
+                step=8,
+                label="Height",
+                elem_id=f"{prefix}-height",
+            )
+        with gr.Column(scale=1, min_width=110, elem_classes="size-tools"):
+            swap = gr.Button("⇅ Swap", size="sm", elem_id=f"{prefix}-swap-size")
+            presets = {}
+            with gr.Row(elem_classes="size-presets"):
+                for label in SIZE_PRESETS:
+                    presets[label] = gr.Button(
+                        label, size="sm", min_width=40, elem_id=f"{prefix}-size-{label.replace(':', 'x')[:4]}"
+                    )
+    swap.click(lambda w, h: (h, w), inputs=[width, height], outputs=[width, height], queue=False)
+    for label, button in presets.items():
+        button.click(
+            lambda w, h, _p=SIZE_PRESETS[label]: preset_size(_p, w, h),
+            inputs=[width, height],
+            outputs=[width, height],
+            queue=False,
+        )
+    return SizeControls(width, height, swap, presets)
+
+
+def build_seed_controls(prefix: str, values: dict[str, Any], ctx: UiContext, tab: str) -> SeedControls:
+    """Seed field with 🎲 (random: -1) and ♻ (reuse the seed of the selected last image)."""
+    with gr.Row(equal_height=True, elem_classes="seed-row"):
+        seed = gr.Number(
+            value=int_or(values.get("seed"), -1),
+            label="Seed (-1: random)",
+            precision=0,
+            minimum=-1,
+            maximum=MAX_SEED,
+            elem_id=f"{prefix}-seed",
+            scale=4,
+            min_width=160,
+        )
+        random_button = gr.Button(
+            "🎲", elem_id=f"{prefix}-seed-random", scale=0, min_width=44, size="sm", elem_classes="tool-button"
+        )
+        reuse_button = gr.Button(
+            "♻", elem_id=f"{prefix}-seed-reuse", scale=0, min_width=44, size="sm", elem_classes="tool-button"
+        )
+    random_button.click(lambda: -1, outputs=seed, queue=False)
+
+    def reuse(session: SessionJobs, current: float) -> int:
+        last = session.last_seed(tab)
+        if last is None:
+            gr.Info("No image made in this tab yet: generate one first.")
+            return int(current if current is not None else -1)
+        return last
+
+    reuse_button.click(reuse, inputs=[ctx.session, seed], outputs=seed, queue=False)
+    return SeedControls(seed, random_button, reuse_button)
+
+
+def build_batch_controls(prefix: str, values: dict[str, Any]) -> BatchControls:
+    """Batch count (runs one after another) and batch size (images per run)."""
+    with gr.Row():
+        batch_count = gr.Slider(
+            1,
+            MAX_BATCH_COUNT,
+            value=int_or(values.get("batch_count"), 1),
+            step=1,
+            label="Batch count",
+            elem_id=f"{prefix}-batch-count",
+        )
+        batch_size = gr.Slider(
+            1,
+            MAX_BATCH_SIZE,
+            value=int_or(values.get("batch_size"), 1),
+            step=1,
+            label="Batch size",
+            elem_id=f"{prefix}-batch-size",
+        )
+    return BatchControls(batch_count, batch_size)
+
+
+SEND_LABELS = {"img2img": "Send to Image to Image", "upscale": "Send to Upscale 4x"}
+
+
+def build_result_panel(
+    prefix: str, ctx: UiContext, *, gallery_id: str, info_id: str, send_to: tuple[str, ...] = ("img2img", "upscale")
+) -> ResultPanel:
+    """Progress bar, gallery with download, infotext and the Send to / Open outputs buttons."""
+    progress = gr.HTML("", elem_id=f"{prefix}-progress", elem_classes="atelier-progress-box", js_on_load=None)
+    gallery = gr.Gallery(
+        label="Images",
+        elem_id=gallery_id,
+        columns=2,
+        preview=True,
+        object_fit="contain",
+        height=400,
+        format="png",
+        buttons=["download", "download_all", "fullscreen"],
+        interactive=False,
+    )
+    info = gr.HTML("", elem_id=info_id, elem_classes="infotext-box", js_on_load=None)
+    send_buttons = {}
+    with gr.Row(elem_classes="send-row"):
+        for target in send_to:
+            send_buttons[target] = gr.Button(SEND_LABELS[target], size="sm", elem_id=f"{prefix}-send-{target}")
+        open_outputs = gr.Button("Open outputs folder", size="sm", elem_id=f"{prefix}-open-outputs", visible=False)
+    ctx.local_only_buttons.append(open_outputs)
+    task_folder = Path(ctx.settings.outputs_dir) / prefix
+
+    def open_folder(request: gr.Request) -> None:
+        if not is_local_request(request):
+            raise gr.Error("The outputs folder can only be opened from the machine that runs Atelier.")
+        open_in_file_manager(task_folder if task_folder.is_dir() else Path(ctx.settings.outputs_dir))
+
+    open_outputs.click(open_folder, queue=False)
+
+    def on_select(session: SessionJobs, evt: gr.SelectData) -> str:
+        session.selected[prefix] = int(evt.index or 0)
+        return info_html(session.results.get(prefix), session.selected[prefix])
+
+    gallery.select(on_select, inputs=ctx.session, outputs=info, queue=False)
+    return ResultPanel(progress, gallery, info, send_buttons, open_outputs)
+
+
+def wire_stop(button: gr.Button, ctx: UiContext, tab: str) -> None:
+    """Stop sets the job's cancel flag from an un-queued handler: Gradio's ``cancels=`` cannot stop a function
+    that is already running, and a queued Stop would wait behind the very job it should stop."""
+
+    def stop(session: SessionJobs) -> None:
+        job = session.jobs.get(tab)
+        if job is None or getattr(job, "state", "done") in FINISHED_STATES:
+            return
+        job.cancel()
+
+    button.click(stop, inputs=ctx.session, queue=False, show_progress="hidden")
+
+
+# --------------------------------------------------------------------------------------------- local machine
+
+
+def is_local_request(request: gr.Request | None) -> bool:
+    """True when the browser runs on the machine that serves the UI (not through --listen/--share)."""
+    if request is None:
+        return False
+    headers = getattr(request, "headers", None) or {}
+    if any(h in headers for h in ("x-forwarded-for", "x-real-ip")):
+        return False  # share links and reverse proxies forward remote browsers from localhost
+    # Both ends must be this machine: the client address, and the host name the browser used (a share link
+    # arrives from a local tunnel process but carries its public host name).
+    served_as = str(headers.get("host", "localhost")).rsplit(":", 1)[0].strip("[]")
+    client = getattr(request, "client", None)
+    host = getattr(client, "host", None)
+    return host in LOCAL_HOSTS and served_as in LOCAL_HOSTS
+
+
+def open_in_file_manager(folder: Path) -> None:
+    """Open ``folder`` in the system file manager (Explorer, Finder, xdg-open)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        if sys.platform.startswith("win"):
+            os.startfile(str(folder))  # type: ignore[attr-defined]  # noqa: S606 - a folder we own
+        elif sys.platform == "darwin":
+            subprocess.Popen(["open", str(folder)])  # noqa: S603, S607
+        else:
+            subprocess.Popen(["xdg-open", str(folder)])  # noqa: S603, S607
+    except OSError as exc:
+        raise gr.Error(f"Could not open {folder}: {exc}. Open it from your file manager.") from None
+
+
+# --------------------------------------------------------------------------------------------- small helpers
+
+
+def int_or(value: Any, default: int) -> int:
+    """``value`` as int, or ``default`` when it is missing or not a number (saved values may be anything)."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def float_or(value: Any, default: float) -> float:
+    """``value`` as a finite float, or ``default``."""
+    try:
+        result = float(value)
+    except (TypeError, ValueError):
+        return default
+    return result if math.isfinite(result) else default
+
+
+def _round8(value: float) -> int:
+    return max(MIN_SIZE, int(round(value / 8)) * 8)
+
+
+def as_number(value: Any, name: str) -> float:
+    """A form number as float; an empty or non-numeric field becomes a toast naming the field."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise gr.Error(f"{name} must be a number.", print_exception=False) from None
+    if not math.isfinite(number):
+        raise gr.Error(f"{name} must be a number.", print_exception=False)
+    return number
+
+
+def as_int(value: Any, name: str) -> int:
+    """A form number as int (sliders may send 512.0); validation of the range happens in the request."""
+    return int(round(as_number(value, name)))
+
+
+# --------------------------------------------------------------------------------------------- one generation form
+
+
+@dataclass
+class GenerationForm:
+    """The controls of one generation tab, by name; ``extra`` holds tab-only ones (init image, strength…)."""
+
+    tab: str
+    prompts: PromptControls
+    actions: ActionButtons
+    sampler: SamplerControls
+    seed: SeedControls
+    size: SizeControls | None = None
+    batch: BatchControls | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def value_components(self) -> dict[str, Any]:
+        """Form field name → component, for everything a request (and "last values") is built from."""
+        named: dict[str, Any] = {
+            "prompt": self.prompts.prompt,
+            "negative": self.prompts.negative,
+            "steps": self.sampler.steps,
+            "seed": self.seed.seed,
+        }
+        if self.sampler.sampler is not None:
+            named["sampler"] = self.sampler.sampler
+        if self.sampler.cfg is not None:
+            named["cfg"] = self.sampler.cfg
+        if self.size is not None:
+            named.update(width=self.size.width, height=self.size.height)
+        if self.batch is not None:
+            named.update(batch_count=self.batch.batch_count, batch_size=self.batch.batch_size)
+        named.update(self.extra)
+        return named
+
+
+REMEMBERED = (
+    "prompt",
+    "negative",
+    "sampler",
+    "steps",
+    "cfg",
+    "width",
+    "height",
+    "seed",
+    "batch_count",
+    "batch_size",
+    "strength",
+    "resize_mode",
+    "noise_level",
+)
+
+
+def request_fields(task: str, values: dict[str, Any], checkpoint: Any = None, vae: Any = None) -> dict[str, Any]:
+    """Turn form values (by field name) into ``GenerationRequest`` fields; bad numbers become toasts."""
+    fields: dict[str, Any] = {
+        "task": task,
+        "prompt": values.get("prompt") or "",
+        "negative_prompt": values.get("negative") or "",
+        "steps": as_int(values.get("steps"), "Steps"),
+        "seed": as_int(values.get("seed", -1) if values.get("seed") is not None else -1, "Seed"),
+    }
+    if "sampler" in values:
+        fields["sampler"] = values["sampler"] or SAMPLER_NAMES[0]
+    if "cfg" in values:
+        fields["cfg_scale"] = as_number(values["cfg"], "CFG scale")
+    if "width" in values:
+        fields["width"] = as_int(values["width"], "Width")
+        fields["height"] = as_int(values["height"], "Height")
+    if "batch_count" in values:
+        fields["batch_count"] = as_int(values["batch_count"], "Batch count")
+        fields["batch_size"] = as_int(values["batch_size"], "Batch size")
+    if "strength" in values:
+        fields["denoising_strength"] = as_number(values["strength"], "Denoising strength")
+    if "resize_mode" in values:
+        fields["resize_mode"] = values["resize_mode"]
+    if "noise_level" in values:
+        fields["noise_level"] = as_int(values["noise_level"], "Noise level")
+    if values.get("upscaler"):
+        fields["upscaler"] = values["upscaler"]
+    if checkpoint:
+        fields["checkpoint"] = checkpoint
+    if vae:
+        fields["vae"] = vae
+    return fields
+
+
+def remembered_values(values: dict[str, Any]) -> dict[str, Any]:
+    """The part of a form worth keeping across restarts (no images)."""
+    return {k: v for k, v in values.items() if k in REMEMBERED and isinstance(v, (str, int, float, type(None)))}
+
+
+def wire_generate(
+    ctx: UiContext,
+    form: GenerationForm,
+    panel: ResultPanel,
+    *,
+    image_fields: dict[str, Any] | None = None,
+    extra_outputs: list[Any] | None = None,
+    extra_values: Any = None,
+) -> None:
+    """Connect Generate: read the form, build the request, follow the job and fill the result panel.
+
+    ``image_fields`` maps request field names (``init_image``, ``image``) to image components;
+    ``extra_values(view)`` gives the values of ``extra_outputs`` for the final view (e.g. the before/after
+    slider). All Generate events share one ``concurrency_id`` with a limit above the manager's queue size.
+    """
+    named = form.value_components()
+    image_fields = image_fields or {}
+    extra_outputs = extra_outputs or []
+    inputs = {ctx.session, ctx.model_select, ctx.vae_select, *named.values(), *image_fields.values()}
+    outputs = [panel.gallery, panel.progress, panel.info, *extra_outputs]
+
+    async def generate(data: dict[Any, Any]) -> AsyncIterator[list[Any]]:
+        values = {name: data[component] for name, component in named.items()}
+        fields = request_fields(form.tab, values, data[ctx.model_select], data[ctx.vae_select])
+        for name, component in image_fields.items():
+            fields[name] = data[component]
+        request = create_request(**fields)
+        session: SessionJobs = data[ctx.session]
+        await asyncio.to_thread(ctx.store.save_last_values, form.tab, remembered_values(values))
+        try:
+            async for view in follow_job(ctx.manager, request, session, form.tab):
+                if view.result is None:
+                    # selected_index=0 keeps the gallery in its large single-image view (a new value resets it to
+                    # the thumbnail grid, where a wide image would sit in a square cell).
+                    gallery = (
+                        gr.Gallery(value=[view.preview], selected_index=0) if view.preview is not None else gr.skip()
+                    )
+                    yield [gallery, view.progress, gr.skip(), *[gr.skip()] * len(extra_outputs)]
+                else:
+                    extras = list(extra_values(view)) if extra_values else [gr.skip()] * len(extra_outputs)
+                    gallery = gr.Gallery(value=gallery_items(view.result), selected_index=0)
+                    yield [gallery, view.progress, info_html(view.result, 0), *extras]
+        except gr.Error:
+            raise
+        except Exception as exc:  # never a traceback in the browser
+            raise unexpected_error(exc) from None
+
+    event = form.actions.generate.click(
+        generate,
+        inputs=inputs,
+        outputs=outputs,
+        concurrency_id=GENERATE_CONCURRENCY_ID,
+        concurrency_limit=ctx.concurrency_limit,
+        show_progress="hidden",
+    )
+    if ctx.status_bar is not None:
+        event.then(
+            lambda: status_html(ctx.manager, ctx.settings), outputs=ctx.status_bar, queue=False, show_progress="hidden"
+        )
+    wire_stop(form.actions.stop, ctx, form.tab)

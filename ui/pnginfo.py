@@ -1,0 +1,202 @@
+"""PNG Info: drop any image made by Atelier or A1111, read its generation parameters, send them to txt2img.
+
+Parameters live in the PNG text chunk ``parameters`` (A1111's format, DESIGN.md "Output files"); JPEG/WebP
+files from A1111 carry them in the EXIF UserComment. The engine's ``pipelines.infotext.parse_infotext`` is used
+when it exists; the parser below is the same A1111 format and keeps this tab working on its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import html
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+from PIL import Image
+
+from pipelines.errors import AtelierError
+from pipelines.samplers import resolve_sampler
+
+from .txt2img import Txt2ImgTab
+
+# "Key: value" pairs of the last line; values may be JSON-quoted when they contain commas (A1111's rule).
+PARAM_PAIR = re.compile(r'\s*(\w[\w \-/+]*):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+NEGATIVE_PREFIX = "Negative prompt:"
+EXIF_USER_COMMENT = 0x9286
+
+
+def read_parameters(path: str | Path) -> str | None:
+    """The ``parameters`` text of an image file, or None when it carries none."""
+    with Image.open(path) as image:
+        text = image.info.get("parameters")
+        if isinstance(text, bytes):
+            text = text.decode("utf-8", "replace")
+        if text:
+            return str(text)
+        exif = image.getexif().get_ifd(0x8769).get(EXIF_USER_COMMENT) or image.getexif().get(EXIF_USER_COMMENT)
+    if isinstance(exif, bytes):
+        return _decode_user_comment(exif)
+    return str(exif) if exif else None
+
+
+def _decode_user_comment(raw: bytes) -> str | None:
+    # EXIF UserComment: 8-byte charset header then the text (A1111 writes "UNICODE\0" + UTF-16).
+    header, body = raw[:8], raw[8:]
+    if header.startswith(b"UNICODE"):
+        for encoding in ("utf-16-be", "utf-16-le"):
+            try:
+                text = body.decode(encoding)
+            except UnicodeDecodeError:
+                continue
+            if text.isprintable() or "\n" in text:
+                return text.strip("\x00")
+    return body.decode("utf-8", "replace").strip("\x00") or None
+
+
+def parse_parameters(text: str) -> dict[str, str]:
+    """A1111 infotext → {"Prompt", "Negative prompt", "Steps", "Sampler", "CFG scale", "Seed", "Size", …}."""
+    try:
+        from pipelines.infotext import parse_infotext  # the engine's parser, when present
+    except ImportError:
+        parse_infotext = None
+    if parse_infotext is not None:
+        try:
+            parsed = parse_infotext(text)
+            if isinstance(parsed, dict) and "Prompt" in parsed:
+                return _join_sizes({str(k): str(v) for k, v in parsed.items()})
+        except Exception:  # fall back to our own reading of the same format
+            pass
+    return _parse_a1111(text)
+
+
+def _join_sizes(fields: dict[str, str]) -> dict[str, str]:
+    # The engine splits "Size: 64x96" into "Size-1"/"Size-2" (as A1111 does); show and use it as one field.
+    out: dict[str, str] = {}
+    for key, value in fields.items():
+        if key.endswith("-1") and f"{key[:-2]}-2" in fields:
+            out[key[:-2]] = f"{value}x{fields[key[:-2] + '-2']}"
+        elif not (key.endswith("-2") and f"{key[:-2]}-1" in fields):
+            out[key] = value
+    return out
+
+
+def _parse_a1111(text: str) -> dict[str, str]:
+    lines = text.strip().split("\n")
+    params: dict[str, str] = {}
+    if lines and len(PARAM_PAIR.findall(lines[-1])) >= 3:
+        for key, value in PARAM_PAIR.findall(lines.pop()):
+            value = value.strip()
+            if value.startswith('"') and value.endswith('"'):
+                try:
+                    value = json.loads(value)
+                except ValueError:
+                    value = value[1:-1]
+            params[key.strip()] = value
+    prompt_lines, negative_lines, in_negative = [], [], False
+    for line in lines:
+        if line.startswith(NEGATIVE_PREFIX):
+            in_negative = True
+            line = line[len(NEGATIVE_PREFIX) :].lstrip()
+        (negative_lines if in_negative else prompt_lines).append(line)
+    return {"Prompt": "\n".join(prompt_lines), "Negative prompt": "\n".join(negative_lines), **params}
+
+
+def txt2img_values(fields: dict[str, str]) -> dict[str, Any]:
+    """What "Send to Text to Image" fills: prompt, negative, sampler, steps, CFG, size and seed.
+
+    Values that are missing or unusable are left out (the txt2img field keeps what it had).
+    """
+    out: dict[str, Any] = {"prompt": fields.get("Prompt", ""), "negative": fields.get("Negative prompt", "")}
+    if "Sampler" in fields:
+        with contextlib.suppress(AtelierError):  # a sampler we do not have: keep the current one
+            out["sampler"] = resolve_sampler(fields["Sampler"], fields.get("Schedule type"))[0]
+    for key, name, kind in (("Steps", "steps", int), ("CFG scale", "cfg", float), ("Seed", "seed", int)):
+        with contextlib.suppress(KeyError, ValueError):
+            out[name] = kind(float(fields[key])) if kind is int else kind(fields[key])
+    size = re.fullmatch(r"\s*(\d+)\s*x\s*(\d+)\s*", fields.get("Size", ""))
+    if size:
+        out["width"], out["height"] = int(size.group(1)), int(size.group(2))
+    return out
+
+
+def fields_html(fields: dict[str, str]) -> str:
+    """The parsed fields as a two-column table."""
+    if not fields:
+        return ""
+    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in fields.items() if v != "")
+    return f'<table class="png-info-fields">{rows}</table>'
+
+
+@dataclass
+class PngInfoTab:
+    image: gr.Image
+    output: gr.Textbox
+    fields: gr.HTML
+    send: gr.Button
+
+
+def build_pnginfo_tab(ctx: Any, txt2img: Txt2ImgTab) -> PngInfoTab:
+    """Lay out the PNG Info tab; "Send to Text to Image" fills txt2img's fields and switches tab."""
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=1):
+            image = gr.Image(
+                label="Drop a PNG made by Atelier or A1111",
+                type="filepath",
+                image_mode=None,  # keep the uploaded file as is: converting would drop its text chunks
+                sources=["upload", "clipboard"],
+                height=420,
+                elem_id="png-info-input",
+            )
+        with gr.Column(scale=1):
+            output = gr.Textbox(
+                label="Parameters",
+                lines=6,
+                max_lines=20,
+                interactive=False,
+                buttons=["copy"],
+                elem_id="png-info-output",
+            )
+            fields = gr.HTML("", elem_id="png-info-fields", js_on_load=None)
+            send = gr.Button("Send to Text to Image", variant="primary", elem_id="png-info-send-txt2img")
+    parsed = gr.State({})
+
+    def read(path: str | None) -> tuple[str, str, dict[str, str]]:
+        if not path:
+            return "", "", {}
+        try:
+            text = read_parameters(path)
+        except Exception:  # not an image Pillow can open: say so, do not crash
+            raise gr.Error("This file could not be read as an image.", print_exception=False) from None
+        if not text:
+            return "This image carries no generation parameters.", "", {}
+        found = parse_parameters(text)
+        return text, fields_html(found), found
+
+    image.change(read, inputs=image, outputs=[output, fields, parsed], queue=False, show_progress="hidden")
+
+    form = txt2img.form
+    targets = {
+        "prompt": form.prompts.prompt,
+        "negative": form.prompts.negative,
+        "sampler": form.sampler.sampler,
+        "steps": form.sampler.steps,
+        "cfg": form.sampler.cfg,
+        "width": form.size.width if form.size else None,
+        "height": form.size.height if form.size else None,
+        "seed": form.seed.seed,
+    }
+    targets = {k: v for k, v in targets.items() if v is not None}
+
+    def send_to_txt2img(found: dict[str, str]) -> list[Any]:
+        if not found:
+            raise gr.Error("Drop an image with generation parameters first.", print_exception=False)
+        values = txt2img_values(found)
+        updates = [values.get(name, gr.skip()) for name in targets]
+        return [*updates, gr.Tabs(selected="txt2img")]
+
+    send.click(send_to_txt2img, inputs=parsed, outputs=[*targets.values(), ctx.tabs], queue=False)
+    return PngInfoTab(image, output, fields, send)

@@ -1,0 +1,192 @@
+"""Settings: memory mode, cache sizes, default sampler/steps, xformers and the fast path; saved to
+``settings.json`` and applied without a restart where the manager can. Fields given on the command line are
+shown locked: a flag always wins over a saved value."""
+
+from __future__ import annotations
+
+import html
+import importlib.util
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from pipelines.errors import AtelierError
+from pipelines.request import MAX_STEPS
+from pipelines.samplers import SAMPLER_NAMES
+from pipelines.settings import MEMORY_MODES
+
+from .common import UiContext
+from .jobs import user_error
+from .persist import SettingsFile
+from .status import status_html
+
+CLI_NOTE = "Set on the command line for this run (a flag wins over the saved value)."
+EDITABLE = ("memory_mode", "vram_slots", "ram_slots", "default_sampler", "default_steps", "xformers", "fast")
+INT_FIELDS = ("vram_slots", "ram_slots", "default_steps")
+
+
+@dataclass
+class SettingsTab:
+    fields: dict[str, Any]
+    save: gr.Button
+    result: gr.HTML
+
+
+def xformers_available(manager: Any) -> bool:
+    """Whether xformers can be switched on: the manager says so, or the package is installed."""
+    try:
+        reported = manager.status().get("xformers_available")
+    except Exception:
+        reported = None
+    if reported is not None:
+        return bool(reported)
+    return importlib.util.find_spec("xformers") is not None
+
+
+def collect_changes(settings: Any, values: dict[str, Any]) -> dict[str, Any]:
+    """The editable fields whose form value differs from the running settings (ints kept as ints)."""
+    changes = {}
+    for name, value in values.items():
+        if name not in EDITABLE or name in settings.from_cli or value is None:
+            continue
+        if name in INT_FIELDS:
+            value = int(value)
+        if value != getattr(settings, name):
+            changes[name] = value
+    return changes
+
+
+def save_settings(manager: Any, settings: Any, store: SettingsFile, values: dict[str, Any]) -> str:
+    """Apply the changed fields live through the manager, update ``settings`` and write the file.
+
+    Returns a short HTML report; ``AtelierError`` from the manager or the file write propagates.
+    """
+    changes = collect_changes(settings, values)
+    applied = list(manager.apply_settings(dict(changes)) or []) if changes else []
+    settings.update(changes)
+    path = store.save_settings()
+    lines = [f"Saved to {path}."]
+    if not changes:
+        lines.append("Nothing changed.")
+    elif applied:
+        lines.append("Applied now: " + ", ".join(str(a) for a in applied) + ".")
+    pending = [name for name in changes if name in ("xformers", "fast") and name not in " ".join(map(str, applied))]
+    if pending:
+        lines.append("Takes effect when the model is next loaded: " + ", ".join(pending) + ".")
+    return "<br>".join(html.escape(line) for line in lines)
+
+
+def build_settings_tab(ctx: UiContext) -> SettingsTab:
+    """Lay out the Settings tab inside the current ``gr.Tab``."""
+    settings = ctx.settings
+
+    def locked(name: str) -> dict[str, Any]:
+        return {"interactive": False, "info": CLI_NOTE} if name in settings.from_cli else {}
+
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=1):
+            gr.Markdown("### Memory and speed")
+            memory_mode = gr.Dropdown(
+                list(MEMORY_MODES),
+                value=settings.memory_mode,
+                label="Memory mode",
+                elem_id="settings-memory-mode",
+                **(
+                    {
+                        "info": "auto picks the fastest mode that fits; full → sliced → offload → sequential → cpu "
+                        "trade speed for memory."
+                    }
+                    | locked("memory_mode")
+                ),
+            )
+            with gr.Row():
+                vram_slots = gr.Number(
+                    value=settings.vram_slots,
+                    precision=0,
+                    minimum=0,
+                    maximum=16,
+                    label="Checkpoints kept on the GPU",
+                    elem_id="settings-vram-slots",
+                    **locked("vram_slots"),
+                )
+                ram_slots = gr.Number(
+                    value=settings.ram_slots,
+                    precision=0,
+                    minimum=0,
+                    maximum=32,
+                    label="Checkpoints kept in RAM (0: by RAM size)",
+                    elem_id="settings-ram-slots",
+                    **locked("ram_slots"),
+                )
+            can_xformers = xformers_available(ctx.manager)
+            xformers_note = "Memory-efficient attention on NVIDIA." if can_xformers else "xformers is not installed."
+            xformers = gr.Checkbox(
+                value=settings.xformers,
+                label="xformers attention",
+                elem_id="settings-xformers",
+                **({"info": xformers_note} | ({} if can_xformers else {"interactive": False}) | locked("xformers")),
+            )
+            fast = gr.Checkbox(
+                value=settings.fast,
+                label="Fast path (compiled, NVIDIA)",
+                elem_id="settings-fast",
+                **locked("fast"),
+            )
+        with gr.Column(scale=1):
+            gr.Markdown("### Defaults")
+            default_sampler = gr.Dropdown(
+                list(SAMPLER_NAMES),
+                value=settings.default_sampler if settings.default_sampler in SAMPLER_NAMES else SAMPLER_NAMES[0],
+                label="Default sampler",
+                elem_id="settings-default-sampler",
+                **locked("default_sampler"),
+            )
+            default_steps = gr.Slider(
+                1,
+                MAX_STEPS,
+                value=settings.default_steps,
+                step=1,
+                label="Default steps",
+                elem_id="settings-default-steps",
+                **locked("default_steps"),
+            )
+            gr.Markdown("### Folders")
+            gr.Textbox(
+                value=str(settings.outputs_dir),
+                label="Outputs folder",
+                interactive=False,
+                elem_id="settings-outputs-dir",
+                info="Change it with --outputs-dir." if "outputs_dir" not in settings.from_cli else CLI_NOTE,
+            )
+            gr.Textbox(
+                value=str(settings.models_dir), label="Models folder", interactive=False, elem_id="settings-models-dir"
+            )
+            gr.Textbox(value=str(ctx.store.path), label="Settings file", interactive=False, elem_id="settings-file")
+    with gr.Row():
+        save = gr.Button("Save settings", variant="primary", elem_id="settings-save", scale=0, min_width=200)
+        result = gr.HTML("", elem_id="settings-result", js_on_load=None)
+
+    fields = {
+        "memory_mode": memory_mode,
+        "vram_slots": vram_slots,
+        "ram_slots": ram_slots,
+        "xformers": xformers,
+        "fast": fast,
+        "default_sampler": default_sampler,
+        "default_steps": default_steps,
+    }
+
+    def on_save(data: dict[Any, Any]) -> str:
+        values = {name: data[component] for name, component in fields.items()}
+        try:
+            return save_settings(ctx.manager, settings, ctx.store, values)
+        except AtelierError as exc:
+            raise user_error(exc) from None
+
+    event = save.click(on_save, inputs=set(fields.values()), outputs=result)
+    if ctx.status_bar is not None:
+        event.then(
+            lambda: status_html(ctx.manager, settings), outputs=ctx.status_bar, queue=False, show_progress="hidden"
+        )
+    return SettingsTab(fields, save, result)

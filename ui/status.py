@@ -1,0 +1,65 @@
+"""The status bar: device, dtype, memory mode in use, VRAM, loaded checkpoint, queue, and the DEMO label."""
+
+from __future__ import annotations
+
+import html
+import logging
+from typing import Any
+
+from pipelines.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DEMO_LABEL = "DEMO: random weights, images are noise"
+STATUS_REFRESH_S = 5.0
+
+
+def format_bytes(value: Any) -> str | None:
+    """VRAM figures: bytes (or already GiB for small numbers) as "3.2 GB"; None when unknown."""
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    gib = number / 2**30 if number > 4096 else number
+    return f"{gib:.1f} GB"
+
+
+def status_items(status: dict[str, Any]) -> list[tuple[str, str]]:
+    """(label, value) pairs for the bar, skipping what the manager did not report."""
+    items: list[tuple[str, str]] = []
+    if status.get("device"):
+        items.append(("Device", str(status["device"])))
+    if status.get("dtype"):
+        items.append(("Precision", str(status["dtype"])))
+    mode, in_use = status.get("memory_mode"), status.get("mode_in_use")
+    if mode or in_use:
+        text = str(mode or in_use)
+        if in_use and mode and in_use != mode:
+            text = f"{mode} → {in_use}"
+        items.append(("Memory", text))
+    used, total = format_bytes(status.get("vram_used")), format_bytes(status.get("vram_total"))
+    if total:
+        items.append(("VRAM", f"{used or '?'} / {total}"))
+    items.append(("Checkpoint", str(status.get("loaded_checkpoint") or "none loaded")))
+    queue = status.get("queue")
+    if isinstance(queue, (int, float)) and queue:
+        items.append(("Queue", f"{int(queue)} waiting"))
+    return items
+
+
+def status_html(manager: Any, settings: Settings) -> str:
+    """The bar's HTML from ``manager.status()``; a failing status call shows a note instead of an error."""
+    try:
+        status = dict(manager.status())
+    except Exception as exc:
+        log.warning("manager.status() failed: %s", exc)
+        status = {}
+    parts = [
+        f'<span class="status-item"><span class="status-label">{html.escape(label)}</span> {html.escape(value)}</span>'
+        for label, value in status_items(status)
+    ]
+    if settings.demo or status.get("demo"):
+        parts.insert(0, f'<span class="demo-badge">{html.escape(DEMO_LABEL)}</span>')
+    return f'<div class="status-line">{"".join(parts)}</div>'
