@@ -428,7 +428,7 @@ class PipelineManager:
         latents = self._call(pipe, kwargs, request, output.notes)
         if bool(torch.isnan(latents).any()):
             latents = self._retry_nan_unet(pipe, kwargs, request, output.notes, seeds)
-        output.images = self._decode(pipe, latents, output.notes)
+        output.images = self._decode(pipe, latents, output.notes, upcast=bool(getattr(spec, "is_xl", False)))
         return output
 
     def _fresh_scheduler(self, request: GenerationRequest, pristine: dict[str, Any], seed: int) -> Any:
@@ -515,10 +515,21 @@ class PipelineManager:
                           height=request.height)
         return kwargs
 
-    def _decode(self, pipe: Any, latents: Any, notes: list[str]) -> list[Any]:
-        """VAE decode with the NaN guard: NaN from a half-precision decode → decode again in fp32, noted."""
+    def _decode(self, pipe: Any, latents: Any, notes: list[str], upcast: bool = False) -> list[Any]:
+        """VAE decode with the NaN guard: NaN from a half-precision decode → decode again in fp32, noted.
+
+        ``upcast``: SDXL's VAE overflows in fp16 (``force_upcast`` in its config, which diffusers' SDXL pipelines
+        honour), so it decodes in fp32 from the start rather than failing once per image.
+        """
         vae = pipe.vae
-        images = _vae_decode(pipe, latents)
+        if upcast and vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
+            vae.to(dtype=torch.float32)
+            try:
+                images = _vae_decode(pipe, latents.float())
+            finally:
+                vae.to(dtype=torch.float16)
+        else:
+            images = _vae_decode(pipe, latents)
         if bool(torch.isnan(images).any()):
             dtype = vae.dtype
             vae.to(dtype=torch.float32)

@@ -14,13 +14,16 @@ and when its measured peak is not clearly below ``full``'s, ``auto`` skips it.
 
 Measured peaks (SD 1.5-shaped weights, fp16, 512x512, batch 1, 20 steps):
 
-| rung       | peak VRAM | s/image | where measured |
-|------------|-----------|---------|----------------|
-| full       | n/m       | n/m     | no GPU was lent to this build; run ``bench/`` on one to fill in |
-| sliced     | n/m       | n/m     |                |
-| offload    | n/m       | n/m     |                |
-| sequential | n/m       | n/m     |                |
-| cpu        | 0 (RAM)   | —       | CPU-only build machine: the only rung measurable there (tests run it) |
+| rung       | peak VRAM | speed          | where measured |
+|------------|-----------|----------------|----------------|
+| full       | n/m       | n/m            | no GPU was lent to this build; run ``bench/`` on one to fill these in |
+| sliced     | n/m       | n/m            |                |
+| offload    | n/m       | n/m            |                |
+| sequential | n/m       | n/m            |                |
+| cpu        | 0         | ~14 s per step | 2-vCPU build machine, one UNet call with CFG at 512² (fp32, eager; the |
+|            |           |                | ``--fast`` probe in ``pipelines/fast.py``): the only rung measurable here |
+
+n/m = not measured. The tests run the ``cpu`` rung for real and fake ``full``/``sliced`` with injected appliers.
 
 Until the table is filled, ``estimate_peak`` uses the constants below (InvokeAI's VAE working-memory constant,
 ComfyUI's 400 MB reserve) and the run-time measurements take over after the first run of a shape.

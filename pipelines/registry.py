@@ -137,10 +137,10 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, list[int]], dict[str,
         raw = f.read(n)
     try:
         header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        metadata = header.pop("__metadata__", None) or {}
+        end = max((int(t["data_offsets"][1]) for t in header.values() if isinstance(t, dict)), default=0)
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError):  # not JSON, or not safetensors' shape
         raise ModelLoadError(f"{path.name} has a corrupt .safetensors header: download it again.") from None
-    metadata = header.pop("__metadata__", None) or {}
-    end = max((int(t["data_offsets"][1]) for t in header.values() if isinstance(t, dict)), default=0)
     if 8 + n + end > size:
         raise ModelLoadError(
             f"{path.name} is cut short ({size} of {8 + n + end} bytes): the download did not finish. "
@@ -479,6 +479,9 @@ class ModelRegistry:
                                    "Atelier, then refresh the model list.")
         except OSError as exc:
             return Detection(None, f"{path.name} could not be read ({exc.strerror or exc}).")
+        except Exception as exc:  # one odd file must never break the whole list
+            logger.warning("cannot inspect %s: %r", path, exc)
+            return Detection(None, f"{path.name} could not be inspected ({type(exc).__name__}); it may be damaged.")
         else:
             detect = detect_checkpoint_family if kind == "checkpoint" else detect_vae_group
             detection = detect(shapes, path.name)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import struct
 import time
 import zlib
@@ -30,12 +31,13 @@ from PIL import Image
 
 schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402  (schemathesis brings hypothesis)
+from hypothesis.errors import Unsatisfiable  # noqa: E402
 from schemathesis import GenerationMode  # noqa: E402
 
 API = "/sdapi/v1"
 REQUEST_TIMEOUT_S = 120.0  # a request that takes longer counts as a hang
-CI_EXAMPLES_PER_MODE = 6  # x 2 modes x 14 operations: > 100 requests in CI
-LONG_EXAMPLES_PER_MODE = 45  # > 1,000 requests with --long
+CI_EXAMPLES_PER_MODE = 10  # x 2 modes x the 6 operations that take input: > 100 requests in CI
+LONG_EXAMPLES_PER_MODE = 90  # > 1,000 requests with --long
 GENERATION_ROUTES = ("/txt2img", "/img2img")
 SMALL = {"width": 64, "height": 64, "steps": 2, "batch_size": 1, "n_iter": 1}
 DEMO_CHECKPOINT_TITLE_PREFIX = "demo-tiny-sd15"
@@ -126,7 +128,10 @@ def _fuzz_operation(url: str, session: requests.Session, operation: Any, mode: A
             return
         report.record(label, response.status_code, case.body)
 
-    send()
+    try:
+        send()
+    except Unsatisfiable:
+        pass  # nothing to break in an operation without parameters (negative mode): its positive case was sent
 
 
 def assert_txt2img_works(url: str, auth: Any = None) -> dict:
@@ -310,10 +315,11 @@ def test_unusual_image_modes_are_converted_not_refused(demo_app: AppProcess, nam
     assert out.size == (64, 64) and out.mode == "RGB"
 
 
-def test_malformed_json_bodies_are_422(demo_app: AppProcess) -> None:
+def test_malformed_json_bodies_are_a_json_4xx(demo_app: AppProcess) -> None:
     for raw in (b"", b"{", b"[]", b"null", b'"text"', b"{" * 5000, b'{"prompt": "\xff\xfe"}', b"\x00" * 100):
         answer = post(demo_app.url, "/txt2img", None, raw=raw)
-        assert answer.status_code == 422, (raw[:20], answer.status_code, answer.text[:300])
+        # Starlette answers a body that is not UTF-8 with 400 before validation; everything else is 422.
+        assert answer.status_code in (400, 422), (raw[:20], answer.status_code, answer.text[:300])
         assert answer.headers["content-type"].startswith("application/json")
 
 
@@ -334,10 +340,11 @@ def _ui_generate_arguments(client: Any, **changes: Any) -> list[Any]:
     return values
 
 
+# Gradio checks slider ranges itself before our code runs; its toast says "Value ... is greater than maximum value".
 UI_BAD_VALUES = [
     ({"Width": 65}, "width"),
-    ({"Height": 4096}, "height"),
-    ({"Steps": 1000}, "steps"),
+    ({"Height": 4096}, "height|maximum value"),
+    ({"Steps": 1000}, "steps|maximum value"),
     ({"Steps": float("nan")}, "steps"),
     ({"CFG scale": float("inf")}, "cfg"),
     ({"Seed (-1: random)": 2**70}, "seed"),
@@ -357,9 +364,33 @@ def test_ui_bad_values_are_toasts_not_tracebacks(demo_app: AppProcess) -> None:
         with pytest.raises(AppError) as caught:
             client.predict(*arguments, api_name="/generate")
         message = str(caught.value)
-        assert word in message.lower(), (change, message)
+        assert re.search(word, message.lower()), (change, message)
         assert "Traceback" not in message and "Error:" not in message.split(" ", 1)[0], message
     long_prompt = _ui_generate_arguments(client, **small, Prompt="🐱\x00\x1b" * 3_000)
     result = client.predict(*long_prompt, api_name="/generate")
     assert "Seed" in json.dumps(result, ensure_ascii=False)
     assert "Traceback" not in demo_app.text, demo_app.text[-4000:]
+
+
+# --- a request at the validation limits ------------------------------------------------------------------------
+LIMIT_BUDGET_S = 120.0
+
+
+@pytest.mark.long
+def test_a_request_at_the_limits_finishes_within_two_minutes(demo_app: AppProcess) -> None:
+    """The largest request validation lets through must not tie the demo server up for more than two minutes."""
+    from pipelines.request import MAX_BATCH_COUNT, MAX_BATCH_SIZE, MAX_SIZE, MAX_STEPS
+
+    body = {"prompt": "limits", "width": MAX_SIZE, "height": MAX_SIZE, "steps": MAX_STEPS,
+            "batch_size": MAX_BATCH_SIZE, "n_iter": MAX_BATCH_COUNT}
+    started = time.monotonic()
+    try:
+        answer = requests.post(f"{demo_app.url}{API}/txt2img", json=body, timeout=LIMIT_BUDGET_S)
+    except requests.Timeout:
+        answer = None
+    finally:
+        elapsed = time.monotonic() - started
+        requests.post(f"{demo_app.url}{API}/interrupt", timeout=30)  # free the server for the next test
+    assert answer is not None, f"{body} took more than {LIMIT_BUDGET_S:.0f} s on the demo model"
+    assert answer.status_code == 200, answer.text[:500]
+    assert elapsed < LIMIT_BUDGET_S

@@ -236,3 +236,16 @@ def test_readme_shows_exactly_the_two_set_up_commands():
     commands = [line.split("#")[0].strip() for line in first_block.splitlines() if line.split("#")[0].strip()]
     assert commands == ["./launch.sh", "./launch.sh --test"]
     assert "launch.bat" in first_block
+
+
+@pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason=".ci/run would apt-get install chromium first")
+@pytest.mark.parametrize("code", [0, 3])
+def test_ci_run_calls_launch_test_and_passes_its_exit_code_on(tmp_path: Path, code: int):
+    (tmp_path / ".ci").mkdir()
+    shutil.copy2(REPO_ROOT / ".ci" / "run", tmp_path / ".ci" / "run")
+    fake_launch = tmp_path / "launch.sh"
+    fake_launch.write_text(f'#!/usr/bin/env bash\necho "launch.sh $* CI=$CI"\nexit {code}\n')
+    fake_launch.chmod(0o755)
+    result = subprocess.run(["bash", str(tmp_path / ".ci" / "run")], capture_output=True, text=True, timeout=60)
+    assert result.returncode == code
+    assert "launch.sh --test CI=true" in result.stdout

@@ -240,3 +240,16 @@ def test_same_name_in_two_formats_lists_both(tmp_path):
     assert sorted(i.name for i in registry.checkpoints()) == ["dream", "dream.ckpt"]
     assert registry.find_checkpoint("dream").format == "safetensors"
     assert registry.find_checkpoint("dream.ckpt").problem
+
+
+@pytest.mark.parametrize("content", [b"", b"\x05\x00\x00\x00\x00\x00\x00\x00[1,2]", b"\xff" * 64,
+                                     b"\x02\x00\x00\x00\x00\x00\x00\x00{}", b"\x10\x00\x00\x00\x00\x00\x00\x00" +
+                                     b'{"a": {"x": 1}}'])
+def test_garbage_files_are_listed_with_a_reason_and_do_not_break_the_list(tmp_path, content):
+    models = tmp_path / "models"
+    fake_checkpoint(models / "checkpoints" / "good.safetensors")
+    (models / "checkpoints" / "junk.safetensors").write_bytes(content)
+    registry = ModelRegistry(models, tmp_path / "cache")
+    assert registry.find_checkpoint("good").family == "sd15"
+    junk = registry.find_checkpoint("junk")
+    assert junk.family is None and junk.problem

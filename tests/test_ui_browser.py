@@ -133,6 +133,18 @@ def test_txt2img_makes_an_image_of_the_requested_size_with_its_seed(demo_app, pa
     assert "Done" in page.inner_text("#txt2img-progress")
     assert newest_output(demo_app, "txt2img").name.endswith("-12345.png")
     shot(page, artifacts_dir, "txt2img")
+    # 🎲 asks for a random seed, ♻ brings back the seed of the image just made.
+    page.click("#txt2img-seed-random")
+    page.wait_for_function("() => document.querySelector('#txt2img-seed input').value === '-1'")
+    page.click("#txt2img-seed-reuse")
+    page.wait_for_function("() => document.querySelector('#txt2img-seed input').value === '12345'")
+    # Swap and the presets change the size fields.
+    page.click("#txt2img-swap-size")
+    page.wait_for_function("() => document.querySelector('#txt2img-width input[type=number]').value === '96'")
+    assert input_value(page, "#txt2img-height input[type=number]") == "64"
+    page.click("#txt2img-size-512")
+    page.wait_for_function("() => document.querySelector('#txt2img-height input[type=number]').value === '512'")
+    assert input_value(page, "#txt2img-width input[type=number]") == "512"
 
 
 def test_send_to_image_to_image_carries_the_image_and_img2img_generates(demo_app, page, artifacts_dir) -> None:

@@ -13,6 +13,7 @@ import itertools
 import json
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,8 @@ from ui.persist import SettingsFile
 from ui.pnginfo import parse_parameters, read_parameters, txt2img_values
 from ui.settings_tab import collect_changes, save_settings
 from ui.status import DEMO_LABEL, status_html
+
+ROOT = Path(__file__).resolve().parent.parent
 
 # --------------------------------------------------------------------------------------------- fake manager
 
@@ -54,6 +57,7 @@ class FakeJob:
         self.id = f"job-{next(self._ids)}"
         self.request = request
         self.state = "queued"
+        self.started: float | None = None
         self.manager = manager
         self.progress = ProgressEvent(self.id, "queued", total_steps=request.steps, batch_count=request.batch_count)
         self._cancel = threading.Event()
@@ -66,6 +70,7 @@ class FakeJob:
 
     def cancel(self) -> None:
         self._cancel.set()
+        self.manager.drop_waiting(self)
 
     def wait(self, timeout: float | None = None) -> Result:
         self._done.wait(timeout)
@@ -87,6 +92,7 @@ class FakeManager:
         self._queue: list[FakeJob] = []
         self._lock = threading.Lock()
         self._wake = threading.Event()
+        self._closed = False
         self._thread = threading.Thread(target=self._work, daemon=True)
         self._thread.start()
 
@@ -144,12 +150,27 @@ class FakeManager:
         self._wake.set()
         return job
 
+    def drop_waiting(self, job: FakeJob) -> None:
+        """As the real manager: a job that has not started leaves the queue at once."""
+        with self._lock:
+            if job.state != "queued" or job not in self._queue[1:]:
+                return
+            self._queue.remove(job)
+        job.state = "cancelled"
+        job._error = Cancelled("Cancelled before it started.")
+        job._done.set()
+
     def position_of(self, job: FakeJob) -> int:
         with self._lock:
             return self._queue.index(job) if job in self._queue else 0
 
+    def close(self) -> None:
+        self._closed = True
+        self._wake.set()
+        self._thread.join(5)
+
     def _work(self) -> None:
-        while True:
+        while not self._closed:
             self._wake.wait(0.05)
             self._wake.clear()
             while self._queue:
@@ -163,6 +184,7 @@ class FakeManager:
 
     def _run(self, job: FakeJob) -> None:
         req = job.request
+        job.started = time.monotonic()
         job.state = "running"
         images, seeds = [], []
         base_seed = req.resolved_seed()
@@ -218,8 +240,10 @@ def settings(tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-def manager(settings: Settings) -> FakeManager:
-    return FakeManager(settings)
+def manager(settings: Settings) -> Iterator[FakeManager]:
+    fake = FakeManager(settings)
+    yield fake
+    fake.close()
 
 
 def run_async(coroutine: Any) -> Any:
@@ -492,3 +516,30 @@ def test_init_image_size_follows_the_image_within_limits() -> None:
     assert fit_size(64, 100) == (64, 96)
     assert fit_size(4000, 3000) == (1024, 768)
     assert fit_size(20, 20) == (64, 64)
+
+
+def test_stopping_a_waiting_job_removes_it_from_the_queue(manager: FakeManager) -> None:
+    manager.step_delay = 0.02
+    first = manager.submit(GenerationRequest.create(prompt="a", steps=30, width=64, height=64))
+    session = SessionJobs()
+
+    async def queue_then_stop() -> list:
+        views = []
+        async for view in follow_job(manager, GenerationRequest.create(prompt="b", steps=2), session, "txt2img"):
+            views.append(view)
+            if "Queued" in view.progress:
+                session.jobs["txt2img"].cancel()
+        return views
+
+    views = run_async(queue_then_stop())
+    assert "Removed from the queue." in views[-1].progress and views[-1].result is None
+    assert first.wait(5).images
+
+
+def test_importing_the_ui_loads_no_torch_or_diffusers() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, ui; print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]"

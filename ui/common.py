@@ -319,7 +319,7 @@ def build_size_controls(prefix: str, values: dict[str, Any]) -> SizeControls:
             with gr.Row(elem_classes="size-presets"):
                 for label in SIZE_PRESETS:
                     presets[label] = gr.Button(
-                        label, size="sm", min_width=40, elem_id=f"{prefix}-size-{label.replace(':', 'x')[:4]}"
+                        label, size="sm", min_width=40, elem_id=f"{prefix}-size-{SIZE_PRESETS[label].replace(':', 'x')}"
                     )
     swap.click(lambda w, h: (h, w), inputs=[width, height], outputs=[width, height], queue=False)
     for label, button in presets.items():

@@ -139,9 +139,11 @@ async def follow_job(
         raise user_error(exc) from None
     session.jobs[tab] = job
     last_key: tuple | None = None
+    started = False
     try:
         while getattr(job, "state", "done") not in FINISHED_STATES:
             position = _safe_position(job)
+            started = started or getattr(job, "state", "") == "running"
             event = job.progress
             key = (position, _event_key(event))
             if key != last_key:
@@ -156,7 +158,9 @@ async def follow_job(
         try:
             result = await asyncio.to_thread(job.wait)
         except Cancelled:
-            yield JobView(progress_html("Stopped before the first image was finished.", 0.0, state="stopped"))
+            started = started or getattr(job, "started", None) is not None  # the manager stamps its start
+            text = "Stopped before the first image was finished." if started else "Removed from the queue."
+            yield JobView(progress_html(text, 0.0, state="stopped"))
             return
         except AtelierError as exc:
             raise user_error(exc) from None

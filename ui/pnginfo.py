@@ -21,6 +21,7 @@ from PIL import Image
 from pipelines.errors import AtelierError
 from pipelines.samplers import resolve_sampler
 
+from .common import UiContext
 from .txt2img import Txt2ImgTab
 
 # "Key: value" pairs of the last line; values may be JSON-quoted when they contain commas (A1111's rule).
@@ -139,7 +140,7 @@ class PngInfoTab:
     send: gr.Button
 
 
-def build_pnginfo_tab(ctx: Any, txt2img: Txt2ImgTab) -> PngInfoTab:
+def build_pnginfo_tab(ctx: UiContext, txt2img: Txt2ImgTab) -> PngInfoTab:
     """Lay out the PNG Info tab; "Send to Text to Image" fills txt2img's fields and switches tab."""
     with gr.Row(equal_height=False):
         with gr.Column(scale=1):

@@ -69,11 +69,12 @@ def save_settings(manager: Any, settings: Any, store: SettingsFile, values: dict
     lines = [f"Saved to {path}."]
     if not changes:
         lines.append("Nothing changed.")
-    elif applied:
-        lines.append("Applied now: " + ", ".join(str(a) for a in applied) + ".")
-    pending = [name for name in changes if name in ("xformers", "fast") and name not in " ".join(map(str, applied))]
-    if pending:
-        lines.append("Takes effect when the model is next loaded: " + ", ".join(pending) + ".")
+    applied_now = [name for name in changes if name in applied]
+    later = [name for name in changes if name not in applied]
+    if applied_now:
+        lines.append("Applied now: " + ", ".join(applied_now) + ".")
+    if later:
+        lines.append("Takes effect at the next start: " + ", ".join(later) + ".")
     return "<br>".join(html.escape(line) for line in lines)
 
 
