@@ -23,7 +23,7 @@ from pipelines.tiny import tiny_sd15_pipeline
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BENCH = REPO_ROOT / "bench" / "run.py"
 RESULT_KEYS = {
-    "kind", "family", "size", "mode", "steps", "s_per_it", "image_s", "first_image_s", "load_s", "peak_rss_gib",
+    "kind", "family", "size", "mode", "steps", "s_per_it", "image_s", "cpu_s", "ratio_cpu", "first_image_s", "load_s", "peak_rss_gib",
     "ratio_image", "ratio_first", "ratio_rss", "max_pixel_diff", "psnr_db", "pixels_vs", "notes", "error",
 }
 STEPS = 6
@@ -54,6 +54,7 @@ def test_bench_tiny_prints_one_json_line_per_mode(bench_lines: list[dict]) -> No
         assert set(record) >= RESULT_KEYS, record
         assert record["error"] is None, record
         assert record["image_s"] > 0 and record["s_per_it"] > 0 and record["peak_rss_gib"] > 0
+        assert record["cpu_s"] > 0
         assert record["ratio_image"] == pytest.approx(record["image_s"] / results[0]["image_s"], rel=0.02)
     assert results[0]["first_image_s"] > results[0]["load_s"] > 0
 
