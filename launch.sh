@@ -195,7 +195,7 @@ case "$MODE" in
     test)
         install_requirements test-requirements requirements-test.txt
         export HF_HUB_OFFLINE=1
-        say "running the tests: python -m pytest ${ARGS[*]:-}"
+        say "running the tests: python -m pytest${ARGS[*]:+ ${ARGS[*]}}"
         exec "$VENV_PY" -m pytest ${ARGS[@]+"${ARGS[@]}"}
         ;;
     *)

@@ -56,6 +56,7 @@ class RssSampler:
         self.interval = interval
         self.pid = pid
         self.peak = 0
+        self.start = 0  # resident bytes when the window opened (what earlier modes left behind)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -68,7 +69,7 @@ class RssSampler:
             return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
     def __enter__(self) -> RssSampler:
-        self.peak = self.current()
+        self.start = self.peak = self.current()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self
@@ -115,6 +116,7 @@ class Measurement:
     load_s: float | None = None
     s_per_it: float | None = None
     peak_rss: int = 0
+    start_rss: int = 0
     notes: list[str] = field(default_factory=list)
     error: str | None = None
 
@@ -261,7 +263,7 @@ def run_plain_diffusers(model: BenchModel, size: int, steps: int, cfg: float, re
         _, first, _ = generate()
         m.first_image_s = m.load_s + first
         m.image, m.image_s, m.s_per_it = _best_of(generate, repeats, m)
-    m.peak_rss = rss.peak
+    m.peak_rss, m.start_rss = rss.peak, rss.start
     pipe = None  # noqa: F841 - drop the weights before the next mode loads its own
     gc.collect()
     return m
@@ -376,7 +378,7 @@ def run_atelier_mode(manager: Any, model: BenchModel, size: int, steps: int, cfg
         if first:
             _, m.first_image_s, _ = generate()
         m.image, m.image_s, m.s_per_it = _best_of(generate, repeats, m)
-    m.peak_rss = rss.peak
+    m.peak_rss, m.start_rss = rss.peak, rss.start
     return m
 
 
@@ -503,7 +505,7 @@ def run_api_mode(server: AtelierServer, size: int, steps: int, cfg: float, mode:
             _, first_s, _ = generate()
             m.first_image_s = server.start_s + first_s
         m.image, m.image_s, m.s_per_it = _best_of(generate, repeats, m, pid=server.proc.pid)
-    m.peak_rss = rss.peak
+    m.peak_rss, m.start_rss = rss.peak, rss.start
     return m
 
 
@@ -609,6 +611,7 @@ def record_for(m: Measurement, family: str, size: int, args: argparse.Namespace,
         "first_image_s": _round(m.first_image_s, 2),
         "load_s": _round(m.load_s, 2),
         "peak_rss_gib": round(m.peak_rss / gib, 3) if m.peak_rss else None,
+        "start_rss_gib": round(m.start_rss / gib, 3) if m.start_rss else None,
         "ratio_image": _ratio(m.image_s, base.image_s if base else None),
         "ratio_cpu": _ratio(m.cpu_s, base.cpu_s if base else None),
         "ratio_first": _ratio(m.first_image_s, base.first_image_s if base else None),

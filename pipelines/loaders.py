@@ -131,10 +131,14 @@ def safe_torch_load(path: Path, mmap: bool = False) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True, mmap=use_mmap)
     except pickle.UnpicklingError as exc:
         found = re.search(r"GLOBAL ([\w.]+)", str(exc))
-        what = f" (it asks for {found[1]})" if found else ""
+        if not found:  # random bytes or a cut-short file fail the same way: do not call a broken download malicious
+            raise ModelLoadError(
+                f"{path.name} was refused: it is damaged or not a plain model checkpoint. "
+                "Nothing from it was run. Download it again, or use a .safetensors version of this model."
+            ) from None
         raise ModelLoadError(
             f"{path.name} was refused: its pickle contains objects or code that a plain model file does not "
-            f"need{what}. Nothing from it was run. Use a .safetensors version of this model."
+            f"need (it asks for {found[1]}). Nothing from it was run. Use a .safetensors version of this model."
         ) from None
     except PermissionError:
         raise _permission_error(path) from None

@@ -427,13 +427,13 @@ def applied_speedups(pipe: Any, request: Any) -> Iterator[list[str]]:
                 stack.enter_context(DeepCache(unet))
                 notes += speedup_notes(True, 0.0)
             else:
-                notes.append("DeepCache: not supported by this model, off")
+                notes.append("DeepCache: off (not supported by this model)")
         if ratio > 0:
             if unet is not None and _self_attentions(unet):
                 stack.enter_context(TokenMerging(unet, ratio))
                 notes += speedup_notes(False, ratio)
             else:
-                notes.append("Token merging: not supported by this model, off")
+                notes.append("Token merging: off (not supported by this model)")
         yield notes
 
 

@@ -23,8 +23,9 @@ from pipelines.tiny import tiny_sd15_pipeline
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BENCH = REPO_ROOT / "bench" / "run.py"
 RESULT_KEYS = {
-    "kind", "family", "size", "mode", "steps", "s_per_it", "image_s", "cpu_s", "ratio_cpu", "first_image_s", "load_s", "peak_rss_gib",
-    "ratio_image", "ratio_first", "ratio_rss", "max_pixel_diff", "psnr_db", "pixels_vs", "notes", "error",
+    "kind", "family", "size", "mode", "steps", "s_per_it", "image_s", "cpu_s", "first_image_s", "load_s",
+    "peak_rss_gib", "ratio_image", "ratio_cpu", "ratio_first", "ratio_rss", "max_pixel_diff", "psnr_db", "pixels_vs",
+    "notes", "error",
 }
 STEPS = 6
 
@@ -185,7 +186,7 @@ def test_unsupported_model_runs_without_the_speedups_and_says_so():
     fake = SimpleNamespace(unet=torch.nn.Linear(2, 2))
     with speedups.applied_speedups(fake, request(True, 0.5)) as notes:
         assert "forward" not in fake.unet.__dict__
-    assert notes == ["DeepCache: not supported by this model, off", "Token merging: not supported by this model, off"]
+    assert notes == ["DeepCache: off (not supported by this model)", "Token merging: off (not supported by this model)"]
 
 
 def test_token_merging_merges_the_requested_share_and_unmerges_to_full_size():

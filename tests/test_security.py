@@ -142,15 +142,23 @@ def test_no_route_serves_files_outside_outputs(demo_app: AppProcess, planted: di
 
 def test_ui_file_inputs_cannot_name_server_paths(demo_app: AppProcess, planted: dict[str, Path]) -> None:
     """PNG Info's reader takes a file; a client naming a server path (not an upload) must not get it read."""
-    payload = {"data": [{"path": str(planted["secret"]), "meta": {"_type": "gradio.FileData"}}]}
-    started = requests.post(f"{demo_app.url}/gradio_api/call/read", json=payload, timeout=30)
-    if started.status_code == 404:
+    if requests.post(f"{demo_app.url}/gradio_api/call/read", json={"data": [None]}, timeout=30).status_code == 404:
         pytest.skip("the PNG Info reader is not exposed as /read")
-    text = started.text
-    if started.status_code == 200 and "event_id" in started.json():
-        event_id = started.json()["event_id"]
-        text = requests.get(f"{demo_app.url}/gradio_api/call/read/{event_id}", timeout=60).text
-    assert SECRET_TEXT not in text, text[:500]
+    real = read_via_ui(demo_app.url, planted["real"])  # the positive control: an output is readable
+    assert "event: complete" in real and "Steps:" in real, real[:500]
+    for path in (planted["secret"], planted["link"], planted["dir_link"] / "secret.png"):
+        text = read_via_ui(demo_app.url, path)
+        assert SECRET_TEXT not in text and "event: error" in text, (path, text[:500])
+
+
+def read_via_ui(url: str, path: Path) -> str:
+    """Call the PNG Info reader through Gradio's /call route naming a server-side ``path``; the event stream."""
+    payload = {"data": [{"path": str(path), "meta": {"_type": "gradio.FileData"}}]}
+    started = requests.post(f"{url}/gradio_api/call/read", json=payload, timeout=30)
+    if started.status_code != 200:
+        return f"event: error\n{started.status_code} {started.text}"
+    event_id = started.json()["event_id"]
+    return requests.get(f"{url}/gradio_api/call/read/{event_id}", timeout=60).text
 
 
 # --- logins (a --auth app) ----------------------------------------------------------------------------------------
