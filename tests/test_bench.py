@@ -56,7 +56,7 @@ def test_bench_tiny_prints_one_json_line_per_mode(bench_lines: list[dict]) -> No
         assert record["error"] is None, record
         assert record["image_s"] > 0 and record["s_per_it"] > 0 and record["peak_rss_gib"] > 0
         assert record["cpu_s"] > 0
-        assert record["ratio_image"] == pytest.approx(record["image_s"] / results[0]["image_s"], rel=0.02)
+        assert record["ratio_image"] == pytest.approx(record["image_s"] / results[0]["image_s"], rel=0.02, abs=0.01)
     assert results[0]["first_image_s"] > results[0]["load_s"] > 0
 
 
@@ -76,6 +76,15 @@ def test_bench_rejects_unknown_mode() -> None:
 
 
 # --- speed-ups on a tiny pipeline -----------------------------------------------------------------------------
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread (and far faster than two on a busy 2-core machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def pipe():
     from diffusers import EulerDiscreteScheduler
