@@ -31,11 +31,15 @@ GENERATION_FIELD_NAMES = {
     "init_image": "init_images",
     "checkpoint": "override_settings.sd_model_checkpoint",
     "vae": "override_settings.sd_vae",
+    "token_merging": "override_settings.token_merging_ratio",
+    "deep_cache": "override_settings.deep_cache",
 }
 UPSCALE_FIELD_NAMES = {"upscaler": "upscaler_1"}
 
 # override_settings keys that Atelier honours for one request, and the GenerationRequest field they set.
 _OVERRIDES = {"sd_model_checkpoint": "checkpoint", "sd_vae": "vae"}
+# Opt-in speed-ups that trade a little fidelity (A1111's key for token merging; ours for DeepCache).
+_SPEEDUP_OVERRIDES = {"token_merging_ratio": "token_merging", "deep_cache": "deep_cache"}
 
 
 def txt2img_request(body: Txt2ImgRequest, settings: Settings) -> GenerationRequest:
@@ -108,9 +112,13 @@ def _common_fields(body: GenerationFields, settings: Settings) -> dict[str, Any]
 
 
 def override_fields(override_settings: dict[str, Any] | None) -> dict[str, Any]:
-    """``override_settings`` → ``{"checkpoint": ..., "vae": ...}`` for one request; other keys are ignored."""
+    """``override_settings`` → ``{"checkpoint": ..., "vae": ..., speed-ups}`` for one request; others ignored."""
     out: dict[str, Any] = {}
     for key, value in (override_settings or {}).items():
+        if key in _SPEEDUP_OVERRIDES and value is not None:
+            # GenerationRequest validates type and range (token_merging 0-0.75) and names the field.
+            out[_SPEEDUP_OVERRIDES[key]] = value
+            continue
         if key not in _OVERRIDES:
             log.debug("override_settings: ignoring %r (Atelier honours only %s)", key, ", ".join(_OVERRIDES))
             continue

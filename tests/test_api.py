@@ -385,6 +385,18 @@ def test_override_settings_switch_checkpoint_and_vae_for_one_request(client: Tes
     assert manager.default.name == "demo"  # the default did not change
 
 
+def test_speedup_switches_in_override_settings_reach_the_request(client: TestClient, manager) -> None:
+    payload = {**BASE, "override_settings": {"token_merging_ratio": 0.5, "deep_cache": True}}
+    resp = client.post(f"{API}/txt2img", json=payload)
+    assert resp.status_code == 200, resp.text
+    request = manager.requests[-1]
+    assert (request.token_merging, request.deep_cache) == (0.5, True)
+
+    resp = client.post(f"{API}/txt2img", json={**BASE, "override_settings": {"token_merging_ratio": 0.9}})
+    assert resp.status_code == 422
+    assert resp.json()["field"] == "override_settings.token_merging_ratio"
+
+
 def test_unknown_checkpoint_override_names_the_field(client: TestClient) -> None:
     resp = client.post(
         f"{API}/txt2img",
