@@ -15,24 +15,18 @@ import torch
 
 from pipelines.errors import ModelNotFound
 from pipelines.settings import Settings
-from pipelines.tiny import SD15_SCHEDULER_CONFIG, tiny_sd15_components, tiny_text_encoder, tiny_vae
+from pipelines.tiny import (
+    SD15_SCHEDULER_CONFIG,
+    X4_SCHEDULER_CONFIG,
+    tiny_sd15_components,
+    tiny_vae,
+    tiny_x4_components,
+)
 
 # One intra-op thread: the tiny models gain nothing from two, and on a shared 2-core machine OpenMP's spinning
 # threads make every conv 5-6x slower under load (measured: 82 ms vs 14 ms per 64x64 conv).
 torch.set_num_threads(1)
 
-X4_SCHEDULER_CONFIG: dict[str, Any] = {
-    "_class_name": "DDIMScheduler",
-    "beta_end": 0.02,
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.0001,
-    "clip_sample": False,
-    "num_train_timesteps": 1000,
-    "prediction_type": "v_prediction",
-    "set_alpha_to_one": False,
-    "steps_offset": 1,
-    "timestep_spacing": "leading",
-}
 
 
 @dataclass
@@ -116,49 +110,6 @@ class FakeRegistry:
 
     def short_hash(self, info) -> str:
         return short_hash(info.name)
-
-
-def tiny_x4_components(seed: int = 0) -> dict[str, Any]:
-    """A tiny SD x4 upscaler (diffusers' own test shapes: 7-channel UNet with noise-level class embedding)."""
-    import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
-
-    from pipelines.tokenizers import clip_tokenizer
-
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 32, 64),
-        layers_per_block=1,
-        sample_size=32,
-        in_channels=7,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=8,
-        use_linear_projection=True,
-        only_cross_attention=(True, True, False),
-        num_class_embeds=100,
-        norm_num_groups=32,
-    )
-    torch.manual_seed(seed)
-    vae = AutoencoderKL(
-        block_out_channels=[32, 32, 64],
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D"] * 3,
-        up_block_types=["UpDecoderBlock2D"] * 3,
-        latent_channels=4,
-        scaling_factor=0.08333,
-    )
-    return {
-        "unet": unet,
-        "vae": vae,
-        "text_encoder": tiny_text_encoder(hidden_size=32, seed=seed, hidden_act="gelu"),
-        "tokenizer": clip_tokenizer(),
-        "scheduler": DDIMScheduler.from_config(X4_SCHEDULER_CONFIG),
-        "low_res_scheduler": DDPMScheduler(beta_schedule="scaled_linear", num_train_timesteps=1000),
-    }
 
 
 class TinyLoader:
