@@ -1,15 +1,14 @@
 """PNG Info: drop any image made by Atelier or A1111, read its generation parameters, send them to txt2img.
 
 Parameters live in the PNG text chunk ``parameters`` (A1111's format, DESIGN.md "Output files"); JPEG/WebP
-files from A1111 carry them in the EXIF UserComment. The engine's ``pipelines.infotext.parse_infotext`` is used
-when it exists; the parser below is the same A1111 format and keeps this tab working on its own.
+files from A1111 carry them in the EXIF UserComment. Reading and parsing are the engine's
+(``pipelines.outputs.read_png_parameters``, ``pipelines.infotext.parse_infotext``), so the tab and the files agree.
 """
 
 from __future__ import annotations
 
 import contextlib
 import html
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,25 +18,22 @@ import gradio as gr
 from PIL import Image
 
 from pipelines.errors import AtelierError
+from pipelines.infotext import parse_infotext
+from pipelines.outputs import read_png_parameters
 from pipelines.samplers import resolve_sampler
 
 from .common import UiContext
 from .txt2img import Txt2ImgTab
 
-# "Key: value" pairs of the last line; values may be JSON-quoted when they contain commas (A1111's rule).
-PARAM_PAIR = re.compile(r'\s*(\w[\w \-/+]*):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
-NEGATIVE_PREFIX = "Negative prompt:"
 EXIF_USER_COMMENT = 0x9286
 
 
 def read_parameters(path: str | Path) -> str | None:
     """The ``parameters`` text of an image file, or None when it carries none."""
     with Image.open(path) as image:
-        text = image.info.get("parameters")
-        if isinstance(text, bytes):
-            text = text.decode("utf-8", "replace")
+        text = read_png_parameters(image)
         if text:
-            return str(text)
+            return text
         exif = image.getexif().get_ifd(0x8769).get(EXIF_USER_COMMENT) or image.getexif().get(EXIF_USER_COMMENT)
     if isinstance(exif, bytes):
         return _decode_user_comment(exif)
@@ -60,18 +56,7 @@ def _decode_user_comment(raw: bytes) -> str | None:
 
 def parse_parameters(text: str) -> dict[str, str]:
     """A1111 infotext → {"Prompt", "Negative prompt", "Steps", "Sampler", "CFG scale", "Seed", "Size", …}."""
-    try:
-        from pipelines.infotext import parse_infotext  # the engine's parser, when present
-    except ImportError:
-        parse_infotext = None
-    if parse_infotext is not None:
-        try:
-            parsed = parse_infotext(text)
-            if isinstance(parsed, dict) and "Prompt" in parsed:
-                return _join_sizes({str(k): str(v) for k, v in parsed.items()})
-        except Exception:  # fall back to our own reading of the same format
-            pass
-    return _parse_a1111(text)
+    return _join_sizes({str(k): str(v) for k, v in parse_infotext(text).items()})
 
 
 def _join_sizes(fields: dict[str, str]) -> dict[str, str]:
@@ -83,27 +68,6 @@ def _join_sizes(fields: dict[str, str]) -> dict[str, str]:
         elif not (key.endswith("-2") and f"{key[:-2]}-1" in fields):
             out[key] = value
     return out
-
-
-def _parse_a1111(text: str) -> dict[str, str]:
-    lines = text.strip().split("\n")
-    params: dict[str, str] = {}
-    if lines and len(PARAM_PAIR.findall(lines[-1])) >= 3:
-        for key, value in PARAM_PAIR.findall(lines.pop()):
-            value = value.strip()
-            if value.startswith('"') and value.endswith('"'):
-                try:
-                    value = json.loads(value)
-                except ValueError:
-                    value = value[1:-1]
-            params[key.strip()] = value
-    prompt_lines, negative_lines, in_negative = [], [], False
-    for line in lines:
-        if line.startswith(NEGATIVE_PREFIX):
-            in_negative = True
-            line = line[len(NEGATIVE_PREFIX) :].lstrip()
-        (negative_lines if in_negative else prompt_lines).append(line)
-    return {"Prompt": "\n".join(prompt_lines), "Negative prompt": "\n".join(negative_lines), **params}
 
 
 def txt2img_values(fields: dict[str, str]) -> dict[str, Any]:
