@@ -6,7 +6,6 @@ Pure functions (no HTTP, no manager), so that the mapping is easy to read and to
 from __future__ import annotations
 
 import base64
-import io
 import json
 import logging
 import math
@@ -17,7 +16,7 @@ from PIL import Image
 
 from pipelines.errors import InvalidRequest
 from pipelines.outputs import encode_png
-from pipelines.request import GenerationRequest, Result
+from pipelines.request import GenerationRequest, Result, open_image
 from pipelines.settings import Settings
 
 from .models import ExtrasSingleImageRequest, GenerationFields, Img2ImgRequest, Txt2ImgRequest
@@ -286,13 +285,4 @@ def open_image_keeping_text(value: str | None, field: str = "image") -> Image.Im
     """
     if not value:
         raise InvalidRequest(f"{field}: send an image as base64 PNG (raw or a data: URL).", field)
-    text = value.strip()
-    if text.startswith("data:"):
-        text = text.split(",", 1)[-1]
-    try:
-        data = base64.b64decode(text + "=" * (-len(text) % 4))
-        image = Image.open(io.BytesIO(data))
-        image.load()
-    except Exception as exc:  # binascii.Error, PIL's many decode errors, decompression bombs
-        raise InvalidRequest(f"{field} could not be read as an image (PNG, JPEG or WebP expected).", field) from exc
-    return image
+    return open_image(value, field)

@@ -38,40 +38,49 @@ MAX_UPSCALE_INPUT = 1024  # px per side: 1024² in → 4096² out, processed in 
 MAX_NOISE_LEVEL = 350
 
 
+def open_image(value: Any, field_name: str = "image") -> Image.Image:
+    """Open raw bytes, base64 text or a ``data:`` URL (or pass a PIL image through) as a loaded PIL image,
+    exactly as the file is: mode and text chunks kept (PNG Info needs them).
+
+    Pillow's decompression-bomb limit stays in force. Raises ``InvalidRequest`` for anything undecodable.
+    """
+    if isinstance(value, Image.Image):
+        return value
+    data: bytes
+    if isinstance(value, (bytes, bytearray)):
+        data = bytes(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        if text.startswith("data:"):
+            text = text.split(",", 1)[-1]
+        try:
+            data = base64.b64decode(text + "=" * (-len(text) % 4), validate=False)
+        except (binascii.Error, ValueError) as exc:
+            raise InvalidRequest(f"{field_name} is not valid base64 image data.", field=field_name) from exc
+    else:
+        raise InvalidRequest(f"{field_name} must be an image.", field=field_name)
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()
+    except Image.DecompressionBombError as exc:
+        raise InvalidRequest(
+            f"{field_name} is too large to decode safely ({exc}). Use an image under 89 megapixels.",
+            field=field_name,
+        ) from exc
+    except Exception as exc:  # PIL raises many types for truncated/garbage data
+        raise InvalidRequest(
+            f"{field_name} could not be read as an image (PNG, JPEG or WebP expected).", field=field_name
+        ) from exc
+    return img
+
+
 def decode_image(value: Any, field_name: str = "init_image") -> Image.Image:
     """Turn a PIL image, raw bytes, base64 text or a ``data:`` URL into an RGB PIL image.
 
     16-bit, palette, CMYK and transparent images are converted (transparency over white).
     Pillow's decompression-bomb limit stays in force. Raises ``InvalidRequest`` for anything undecodable.
     """
-    if isinstance(value, Image.Image):
-        img = value
-    else:
-        data: bytes
-        if isinstance(value, (bytes, bytearray)):
-            data = bytes(value)
-        elif isinstance(value, str):
-            text = value.strip()
-            if text.startswith("data:"):
-                text = text.split(",", 1)[-1]
-            try:
-                data = base64.b64decode(text + "=" * (-len(text) % 4), validate=False)
-            except (binascii.Error, ValueError) as exc:
-                raise InvalidRequest(f"{field_name} is not valid base64 image data.", field=field_name) from exc
-        else:
-            raise InvalidRequest(f"{field_name} must be an image.", field=field_name)
-        try:
-            img = Image.open(io.BytesIO(data))
-            img.load()
-        except Image.DecompressionBombError as exc:
-            raise InvalidRequest(
-                f"{field_name} is too large to decode safely ({exc}). Use an image under 89 megapixels.",
-                field=field_name,
-            ) from exc
-        except Exception as exc:  # PIL raises many types for truncated/garbage data
-            raise InvalidRequest(
-                f"{field_name} could not be read as an image (PNG, JPEG or WebP expected).", field=field_name
-            ) from exc
+    img = open_image(value, field_name)
     try:
         img = ImageOps.exif_transpose(img) or img
     except Exception:
