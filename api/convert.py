@@ -32,13 +32,15 @@ GENERATION_FIELD_NAMES = {
     "vae": "override_settings.sd_vae",
     "token_merging": "override_settings.token_merging_ratio",
     "deep_cache": "override_settings.deep_cache",
+    "deep_cache_interval": "override_settings.deep_cache_interval",
 }
 UPSCALE_FIELD_NAMES = {"upscaler": "upscaler_1"}
 
 # override_settings keys that Atelier honours for one request, and the GenerationRequest field they set.
 _OVERRIDES = {"sd_model_checkpoint": "checkpoint", "sd_vae": "vae"}
 # Opt-in speed-ups that trade a little fidelity (A1111's key for token merging; ours for DeepCache).
-_SPEEDUP_OVERRIDES = {"token_merging_ratio": "token_merging", "deep_cache": "deep_cache"}
+_SPEEDUP_OVERRIDES = {"token_merging_ratio": "token_merging", "deep_cache": "deep_cache",
+                      "deep_cache_interval": "deep_cache_interval"}
 
 
 def txt2img_request(body: Txt2ImgRequest, settings: Settings) -> GenerationRequest:

@@ -201,6 +201,12 @@ class Options(_Lenient):
     sd_checkpoint_hash: str | None = Field(None, description="sha256 of the default checkpoint (read-only).")
     sd_vae: str | None = Field(None, description="'Automatic', 'None' or a file of models/vae/.")
     samples_format: str | None = Field(None, description="Always 'png' (read-only).")
+    token_merging_ratio: float | None = Field(
+        None, description="Default token merging ratio (0 = off, up to 0.75); faster, changes pixels slightly.")
+    deep_cache: bool | None = Field(
+        None, description="Default DeepCache switch (Atelier): reuse deep UNet features; faster, changes pixels.")
+    deep_cache_interval: int | None = Field(
+        None, description="DeepCache: every n-th step runs the whole UNet (2-10, default 3).")
 
 
 class SDModelItem(BaseModel):

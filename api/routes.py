@@ -203,10 +203,14 @@ class SdApi:
             sd_checkpoint_hash=_sha256(self.manager.registry, default) if default is not None else None,
             sd_vae=self.settings.vae or "Automatic",  # the manager keeps the default VAE in the shared settings
             samples_format="png",
+            token_merging_ratio=self.settings.token_merging,
+            deep_cache=self.settings.deep_cache,
+            deep_cache_interval=self.settings.deep_cache_interval,
         )
 
     def set_options(self, options: Options) -> None:
-        """Switch the default checkpoint (``sd_model_checkpoint``) and/or VAE (``sd_vae``); other keys are ignored.
+        """Switch the default checkpoint (``sd_model_checkpoint``), VAE (``sd_vae``) and the speed-up switches
+        (``token_merging_ratio``, ``deep_cache``, ``deep_cache_interval``); other keys are ignored.
 
         Both names are checked before either is applied; an unknown name is a 422 that lists the valid ones.
         """
@@ -222,6 +226,9 @@ class SdApi:
         if vae is not None:
             vae = "Automatic" if vae == "None" else vae
             self._check_vae(vae)
+        speedups = _speedup_options(options)
+        if speedups:
+            _with_option_names(lambda: self.manager.apply_settings(speedups))
         if checkpoint is not None:
             self.manager.set_default_checkpoint(checkpoint)
         if vae is not None:
@@ -370,6 +377,28 @@ def _sha256(registry: Any, info: Any) -> str | None:
         return getter(info)
     except (AtelierError, OSError):
         return None
+
+
+# /options keys for the speed-up switches → Settings fields (A1111's key for token merging; ours for DeepCache).
+_SPEEDUP_OPTIONS = {"token_merging_ratio": "token_merging", "deep_cache": "deep_cache",
+                    "deep_cache_interval": "deep_cache_interval"}
+
+
+def _speedup_options(options: Options) -> dict[str, Any]:
+    """The speed-up switches a POST /options body sets, as Settings changes."""
+    return {field: getattr(options, key) for key, field in _SPEEDUP_OPTIONS.items()
+            if getattr(options, key) is not None}
+
+
+def _with_option_names(apply: Any) -> Any:
+    """Run ``apply``; an ``InvalidRequest`` names the /options key the client sent, not the Settings field."""
+    try:
+        return apply()
+    except InvalidRequest as exc:
+        names = {field: key for key, field in _SPEEDUP_OPTIONS.items()}
+        if exc.field in names:
+            raise InvalidRequest(exc.message.replace(exc.field, names[exc.field], 1), names[exc.field]) from None
+        raise
 
 
 def _option_text(value: str | None, key: str) -> str | None:

@@ -272,6 +272,7 @@ class PipelineManager:
             raise InvalidRequest("submit() takes a GenerationRequest.")
         self._resolve(request)
         _check_steps_after_strength(request)
+        request = self._with_speedup_defaults(request)
         job = Job(self, request, on_progress, cancel)
         with self._cond:
             if self._closed and self._worker is not None:
@@ -679,6 +680,16 @@ class PipelineManager:
             entry.drop_pipelines()
 
     # --- models ---------------------------------------------------------------------------------------------
+    def _with_speedup_defaults(self, request: GenerationRequest) -> GenerationRequest:
+        """The request with the Settings' speed-up switches where it left them unset (None).
+
+        Resolved at submit time, so a job runs with the switches that were on when it was queued.
+        """
+        defaults = {"deep_cache": self.settings.deep_cache, "deep_cache_interval": self.settings.deep_cache_interval,
+                    "token_merging": self.settings.token_merging}
+        unset = {name: value for name, value in defaults.items() if getattr(request, name) is None}
+        return request.model_copy(update=unset) if unset else request
+
     def _resolve(self, request: GenerationRequest) -> Targets:
         if request.task == "upscale":
             return Targets(self._find_upscaler(request.upscaler))
@@ -802,6 +813,7 @@ class PipelineManager:
         if "vae" in changes:
             vae = self._find_vae(changes["vae"])
             changes["vae"] = vae.name if vae is not None else "Automatic"
+        _check_speedup_settings(changes)
         changed = self.settings.update(changes, respect_cli=False)
         if "vram_slots" in changed or "ram_slots" in changed:
             self.cache.resize(self.settings.vram_slots, self.settings.ram_slots)
@@ -838,6 +850,13 @@ def _default_vae_loader() -> Callable[..., Any]:
         return load_vae(info, dtype, family=loaded.family, config_dir=config_dir)
 
     return load
+
+
+def _check_speedup_settings(changes: dict[str, Any]) -> None:
+    """Settings changes to the speed-up switches go through the same range checks as a request's fields."""
+    fields = {name: changes[name] for name in ("deep_cache", "deep_cache_interval", "token_merging") if name in changes}
+    if fields:
+        GenerationRequest.create(**fields)  # raises InvalidRequest naming the field
 
 
 def _with_field(find: Callable[[], Any], field_name: str) -> Any:

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, mo
 
 from .errors import InvalidRequest
 from .samplers import resolve_sampler
+from .settings import DEEP_CACHE_INTERVALS, TOKEN_MERGING_MAX
 
 Task = Literal["txt2img", "img2img", "upscale"]
 ResizeMode = Literal["just resize", "crop and resize", "resize and fill"]
@@ -135,9 +136,10 @@ class GenerationRequest(BaseModel):
     image: Any = None
     noise_level: int = 20
     upscaler: str | None = None  # None: the first installed SD x4 upscaler
-    # opt-in speed-ups that trade a little fidelity (labelled in the infotext)
-    deep_cache: bool = False
-    token_merging: float = 0.0
+    # opt-in speed-ups that trade a little fidelity (labelled in the infotext); None: the Settings' value
+    deep_cache: bool | None = None
+    deep_cache_interval: int | None = None
+    token_merging: float | None = None
 
     @classmethod
     def create(cls, **fields: Any) -> GenerationRequest:
@@ -217,11 +219,21 @@ class GenerationRequest(BaseModel):
 
     @field_validator("token_merging")
     @classmethod
-    def _tome(cls, v: float) -> float:
+    def _tome(cls, v: float | None) -> float | None:
+        if v is None:
+            return None
         _check_finite(v, "token_merging")
-        if not 0.0 <= v <= 0.75:
-            raise ValueError(f"must be between 0 and 0.75 (got {v:g})")
+        if not 0.0 <= v <= TOKEN_MERGING_MAX:
+            raise ValueError(f"must be between 0 and {TOKEN_MERGING_MAX:g} (got {v:g})")
         return float(v)
+
+    @field_validator("deep_cache_interval")
+    @classmethod
+    def _deep_cache_interval(cls, v: int | None) -> int | None:
+        low, high = DEEP_CACHE_INTERVALS
+        if v is not None and not low <= v <= high:
+            raise ValueError(f"must be between {low} and {high} (got {v})")
+        return v
 
     @field_validator("resize_mode", mode="before")
     @classmethod

@@ -14,6 +14,9 @@ MEMORY_MODES: tuple[str, ...] = ("auto", "full", "sliced", "offload", "sequentia
 DEVICES: tuple[str, ...] = ("auto", "cuda", "mps", "cpu")
 PRECISIONS: tuple[str, ...] = ("auto", "fp16", "bf16", "fp32")
 
+DEEP_CACHE_INTERVALS = (2, 10)  # inclusive range of Settings/requests ``deep_cache_interval``
+TOKEN_MERGING_MAX = 0.75
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -32,6 +35,10 @@ class Settings:
     memory_mode: str = "auto"  # one of MEMORY_MODES; --medvram → offload, --lowvram → sequential
     xformers: bool = False
     fast: bool = False
+    # Opt-in speed-ups that change the pixels slightly (pipelines/speedups.py); a request may override them.
+    deep_cache: bool = False
+    deep_cache_interval: int = 3  # every n-th UNet call runs in full; the others reuse the deep features
+    token_merging: float = 0.0  # ToMe ratio, 0 = off
     demo: bool = False
     vram_slots: int = 1  # checkpoints kept on the GPU
     ram_slots: int = 0  # 0: chosen from total RAM at start-up

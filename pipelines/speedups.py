@@ -396,14 +396,14 @@ def _self_attentions(unet: Any) -> list[Any]:
 # What the manager calls
 
 
-def speedup_notes(deep_cache: bool, token_merging: float) -> list[str]:
+def speedup_notes(deep_cache: bool, token_merging: float, interval: int = DEFAULT_CACHE_INTERVAL) -> list[str]:
     """Infotext entries for the switches in use, e.g. ``["DeepCache: interval 3", "Token merging ratio: 0.5"]``.
 
     ``Token merging ratio`` is the key A1111 writes, so its PNG Info reads it back.
     """
     notes = []
     if deep_cache:
-        notes.append(f"DeepCache: interval {DEFAULT_CACHE_INTERVAL}")
+        notes.append(f"DeepCache: interval {interval}")
     if token_merging > 0:
         notes.append(f"Token merging ratio: {token_merging:g}")
     return notes
@@ -418,14 +418,15 @@ def applied_speedups(pipe: Any, request: Any) -> Iterator[list[str]]:
     an exception or a cancel.
     """
     deep_cache = bool(getattr(request, "deep_cache", False))
+    interval = int(getattr(request, "deep_cache_interval", None) or DEFAULT_CACHE_INTERVAL)
     ratio = float(getattr(request, "token_merging", 0.0) or 0.0)
     unet = getattr(pipe, "unet", None)
     notes: list[str] = []
     with ExitStack() as stack:
         if deep_cache:
             if unet is not None and supports_deep_cache(unet):
-                stack.enter_context(DeepCache(unet))
-                notes += speedup_notes(True, 0.0)
+                stack.enter_context(DeepCache(unet, interval=interval))
+                notes += speedup_notes(True, 0.0, interval)
             else:
                 notes.append("DeepCache: off (not supported by this model)")
         if ratio > 0:

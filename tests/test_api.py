@@ -170,6 +170,13 @@ class FakeManager:
     def upscalers(self) -> list[FakeInfo]:
         return list(self.registry.upscaler_list)
 
+    def apply_settings(self, changes: dict) -> list[str]:
+        """The real manager's range checks on the speed-up switches, then the shared Settings."""
+        from pipelines.manager import _check_speedup_settings
+
+        _check_speedup_settings(changes)
+        return self.settings.update(changes, respect_cli=False)
+
     def refresh_models(self) -> None:
         pass
 
@@ -539,6 +546,22 @@ def test_options_unknown_names_are_422_listing_valid_names(client: TestClient, m
     assert client.get(f"{API}/options").json()["sd_vae"] == "Automatic"
     assert client.post(f"{API}/options", json={"sd_vae": "vae-ft"}).status_code == 200
     assert client.get(f"{API}/options").json()["sd_vae"] == "vae-ft"
+
+
+def test_options_set_the_speedup_switches_and_check_their_range(client: TestClient, manager: FakeManager) -> None:
+    options = client.get(f"{API}/options").json()
+    assert (options["token_merging_ratio"], options["deep_cache"], options["deep_cache_interval"]) == (0.0, False, 3)
+    resp = client.post(f"{API}/options", json={"token_merging_ratio": 0.5, "deep_cache": True,
+                                                "deep_cache_interval": 5})
+    assert resp.status_code == 200, resp.text
+    assert (manager.settings.token_merging, manager.settings.deep_cache, manager.settings.deep_cache_interval) == (
+        0.5, True, 5)
+    assert client.get(f"{API}/options").json()["deep_cache_interval"] == 5
+    for key, value in (("token_merging_ratio", 0.9), ("deep_cache_interval", 11)):
+        resp = client.post(f"{API}/options", json={key: value})
+        assert resp.status_code == 422, resp.text
+        assert resp.json()["field"] == key and key in resp.json()["detail"]
+    assert (manager.settings.token_merging, manager.settings.deep_cache_interval) == (0.5, 5)  # unchanged
 
 
 def test_samplers_schedulers_upscalers_scripts(client: TestClient) -> None:

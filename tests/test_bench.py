@@ -154,6 +154,23 @@ def test_deep_cache_runs_the_deep_unet_every_third_step(pipe):
     assert (cache.full_calls, cache.cached_calls) == (2, 4)  # steps 0 and 3 in full; 1, 2, 4, 5 cached
 
 
+def test_the_requested_deep_cache_interval_is_used_and_written_down(pipe, monkeypatch):
+    made = []
+
+    class Recording(speedups.DeepCache):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(speedups, "DeepCache", Recording)
+    asked = SimpleNamespace(deep_cache=True, deep_cache_interval=6, token_merging=None)
+    with speedups.applied_speedups(pipe, asked) as notes:
+        generate(pipe)
+    assert notes == ["DeepCache: interval 6"]
+    assert (made[0].full_calls, made[0].cached_calls) == (1, STEPS - 1)  # interval 3 would give 2 full calls
+    assert speedups.unet_is_pristine(pipe.unet)
+
+
 def test_deep_cache_starts_afresh_for_each_image(pipe):
     """Batch count > 1 with one seed: the second image must not reuse the first one's last features."""
     with speedups.DeepCache(pipe.unet) as cache:

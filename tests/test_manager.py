@@ -535,3 +535,35 @@ def test_real_models_generate_switch_without_rereading_files_and_upscale(tiny_mo
         assert parse_infotext(upscaled.infotexts[0])["Model"] == "tiny-x4"
     finally:
         manager.close()
+
+
+# --- speed-up switches from Settings ----------------------------------------------------------------------------
+def test_settings_speedups_apply_to_requests_that_leave_them_unset(manager):
+    from pipelines.speedups import unet_is_pristine
+
+    manager.settings.deep_cache, manager.settings.deep_cache_interval = True, 4
+    try:
+        by_settings = manager.run(req(seed=31))
+        explicit_off = manager.run(req(seed=31, deep_cache=False))
+        plain = manager.run(req(seed=31, deep_cache=False, token_merging=0.0))
+    finally:
+        manager.settings.deep_cache, manager.settings.deep_cache_interval = False, 3
+    assert "DeepCache: interval 4" in by_settings.infotexts[0]
+    assert "DeepCache" not in explicit_off.infotexts[0]
+    np.testing.assert_array_equal(pixels(explicit_off.images[0]), pixels(plain.images[0]))
+    entry = manager.cache.get(manager.default_checkpoint().path)
+    assert all(unet_is_pristine(p.unet) for p in entry.pipelines.values())
+
+
+def test_settings_speedup_changes_are_range_checked(manager):
+    from pipelines.errors import InvalidRequest
+
+    with pytest.raises(InvalidRequest) as info:
+        manager.apply_settings({"deep_cache_interval": 11})
+    assert info.value.field == "deep_cache_interval"
+    with pytest.raises(InvalidRequest) as info:
+        manager.apply_settings({"token_merging": 0.9})
+    assert info.value.field == "token_merging"
+    assert (manager.settings.deep_cache_interval, manager.settings.token_merging) == (3, 0.0)
+    assert manager.apply_settings({"token_merging": 0.25}) == ["token_merging"]
+    manager.apply_settings({"token_merging": 0.0})

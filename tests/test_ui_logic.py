@@ -543,3 +543,16 @@ def test_importing_the_ui_loads_no_torch_or_diffusers() -> None:
     code = "import sys, ui; print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"
+
+
+def test_settings_tab_speedup_switches_are_typed_and_shown_in_the_status_bar() -> None:
+    from ui.settings_tab import collect_changes
+    from ui.status import speedup_label
+
+    settings = Settings()
+    changes = collect_changes(settings, {"deep_cache": True, "deep_cache_interval": 4.0, "token_merging": 0.5})
+    assert changes == {"deep_cache": True, "deep_cache_interval": 4, "token_merging": 0.5}
+    assert isinstance(changes["deep_cache_interval"], int)
+    assert speedup_label(settings) is None
+    settings.update(changes)
+    assert speedup_label(settings) == "DeepCache every 4 · ToMe 0.5"

@@ -49,6 +49,16 @@ def status_items(status: dict[str, Any]) -> list[tuple[str, str]]:
     return items
 
 
+def speedup_label(settings: Settings) -> str | None:
+    """"DeepCache every 3 · ToMe 0.5" while a pixel-changing speed-up is on by default; None when none is."""
+    parts = []
+    if getattr(settings, "deep_cache", False):
+        parts.append(f"DeepCache every {settings.deep_cache_interval}")
+    if getattr(settings, "token_merging", 0.0):
+        parts.append(f"ToMe {settings.token_merging:g}")
+    return " · ".join(parts) or None
+
+
 def status_html(manager: Any, settings: Settings) -> str:
     """The bar's HTML from ``manager.status()``; a failing status call shows a note instead of an error."""
     try:
@@ -60,6 +70,10 @@ def status_html(manager: Any, settings: Settings) -> str:
         f'<span class="status-item"><span class="status-label">{html.escape(label)}</span> {html.escape(value)}</span>'
         for label, value in status_items(status)
     ]
+    speedups = speedup_label(settings)
+    if speedups:
+        parts.append(f'<span class="status-item"><span class="status-label">Speed-ups</span> '
+                     f'{html.escape(speedups)}</span>')
     if settings.demo or status.get("demo"):
         parts.insert(0, f'<span class="demo-badge">{html.escape(DEMO_LABEL)}</span>')
     return f'<div class="status-line">{"".join(parts)}</div>'
