@@ -37,6 +37,8 @@ if str(REPO_ROOT) not in sys.path:
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may download anything
 
 ALL_MODES = ("diffusers", "default", "fast", "deep_cache", "token_merging", "deep_cache+token_merging")
+DEEP_CACHE_INTERVAL = 3  # --deep-cache-interval
+TOKEN_MERGING_RATIO = 0.5  # --token-merging
 ATELIER_SETTINGS_MODES = {"fast": {"fast": True}}  # modes that need their own manager (different Settings)
 FAMILIES = ("sd15",)
 PROMPT = "a watercolor painting of a lighthouse at dusk, soft light"
@@ -349,7 +351,7 @@ def atelier_request(model: BenchModel, size: int, steps: int, cfg: float, mode: 
     return GenerationRequest.create(
         prompt=PROMPT, negative_prompt=NEGATIVE, sampler="Euler", steps=steps, cfg_scale=cfg, width=size,
         height=size, seed=SEED, checkpoint=model.name, deep_cache="deep_cache" in parts,
-        token_merging=0.5 if "token_merging" in parts else 0.0,
+        deep_cache_interval=DEEP_CACHE_INTERVAL, token_merging=TOKEN_MERGING_RATIO if "token_merging" in parts else 0.0,
     )
 
 
@@ -452,8 +454,9 @@ def api_body(size: int, steps: int, cfg: float, mode: str) -> dict[str, Any]:
     overrides: dict[str, Any] = {}
     if "deep_cache" in parts:
         overrides["deep_cache"] = True
+        overrides["deep_cache_interval"] = DEEP_CACHE_INTERVAL
     if "token_merging" in parts:
-        overrides["token_merging_ratio"] = 0.5
+        overrides["token_merging_ratio"] = TOKEN_MERGING_RATIO
     return {"prompt": PROMPT, "negative_prompt": NEGATIVE, "sampler_name": "Euler", "steps": steps,
             "cfg_scale": cfg, "width": size, "height": size, "seed": SEED, "override_settings": overrides}
 
@@ -526,6 +529,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"comma-separated, from: {', '.join(ALL_MODES)} (default: all)")
     parser.add_argument("--steps", type=int, default=20, help="denoising steps (default: 20)")
     parser.add_argument("--cfg", type=float, default=7.0, help="CFG scale (default: 7)")
+    parser.add_argument("--deep-cache-interval", type=int, default=3,
+                        help="DeepCache interval of the deep_cache modes: every n-th step runs the whole UNet "
+                             "(default: 3, Atelier's default)")
+    parser.add_argument("--token-merging", type=float, default=0.5,
+                        help="token merging ratio of the token_merging modes (default: 0.5)")
     parser.add_argument("--repeats", type=int, default=1, help="cached runs per mode, fastest kept (default: 1)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     parser.add_argument("--via", choices=("manager", "api"), default="manager",
@@ -687,7 +695,9 @@ def bench_size(family: str, size: int, model: BenchModel, args: argparse.Namespa
 
 
 def main(argv: list[str] | None = None) -> int:
+    global DEEP_CACHE_INTERVAL, TOKEN_MERGING_RATIO
     args = parse_args(argv)
+    DEEP_CACHE_INTERVAL, TOKEN_MERGING_RATIO = args.deep_cache_interval, args.token_merging
     printer = Printer(args.out)
     if args.threads:
         # Before torch loads: OpenMP reads it for every thread, the manager's worker thread included.
@@ -712,6 +722,7 @@ def main(argv: list[str] | None = None) -> int:
             "device": "cpu", "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
             "cpus": os.cpu_count(), "sizes": args.sizes, "modes": args.modes, "steps": args.steps, "cfg": args.cfg,
             "sampler": "Euler", "dtype": "fp32", "families": args.families, "via": args.via,
+            "deep_cache_interval": args.deep_cache_interval, "token_merging": args.token_merging,
         })
         started = time.perf_counter()
         for family in args.families:

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from . import devices, outputs
+from . import devices, memory, outputs
 from .cache import CacheEntry, CheckpointCache, family_spec
 from .errors import AtelierError, Cancelled, InvalidRequest, ModelNotFound, OutOfMemoryEverywhere, QueueFull
 from .infotext import build_infotext, generation_params
@@ -402,10 +402,7 @@ class PipelineManager:
                 devices.free_memory(self.choice.device)
                 lower = self.ladder.below(rung)
                 if lower is None:
-                    raise OutOfMemoryEverywhere(
-                        f"Out of memory even in {rung} mode. Use a smaller size or batch size, or close other "
-                        "programs using the GPU."
-                    ) from exc
+                    raise OutOfMemoryEverywhere.on(self.choice.device.type, rung) from exc
                 note = f"Out of memory in {rung} mode; retried in {lower} mode."
                 log.warning(note)
                 result.notes.append(note)
@@ -426,9 +423,11 @@ class PipelineManager:
         reporter.check_cancel()
         kwargs = self._task_arguments(pipe, request, generators, reporter)
         output = BatchOutput(images=[])
+        memory.return_freed_memory()  # what the previous batch or job left in the allocator
         latents = self._call(pipe, kwargs, request, output.notes)
         if bool(torch.isnan(latents).any()):
             latents = self._retry_nan_unet(pipe, kwargs, request, output.notes, seeds)
+        memory.return_freed_memory()  # the denoising loop's freed activations, before the decoder's peak
         output.images = self._decode(pipe, latents, output.notes, upcast=bool(getattr(spec, "is_xl", False)))
         return output
 

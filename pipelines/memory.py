@@ -31,6 +31,9 @@ ComfyUI's 400 MB reserve) and the run-time measurements take over after the firs
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -68,6 +71,33 @@ class Shape:
     @property
     def key(self) -> tuple[int, int, int, int]:
         return (self.width, self.height, self.batch_size, self.dtype_bytes)
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, or None where the C library has none (macOS, Windows, musl)."""
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):
+        return None
+
+
+def return_freed_memory() -> bool:
+    """Give the memory of freed CPU tensors back to the OS now; True where that was possible (glibc).
+
+    CPU tensors are plain ``malloc`` blocks. glibc keeps freed blocks in its arenas for reuse, and the denoising
+    loop frees many large ones of sizes the VAE decoder then cannot reuse, so without this the decoder's peak
+    stacks on top of memory nothing uses any more (measured on the full-size SD1.5 bench model at 256²: peak RSS
+    4.85 GiB without, 4.64 GiB with a trim before the decode and between images). One call costs a few
+    milliseconds; it is made between phases, never inside the step loop, where re-faulting the returned pages
+    would cost more than it saves.
+    """
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
 
 
 def estimate_peak(rung: str, shape: Shape) -> int:

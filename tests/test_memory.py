@@ -130,3 +130,26 @@ def test_cache_tiers_move_least_recently_used_to_ram_then_drop_it(monkeypatch):
         # capacity is 2 (1 VRAM + 1 RAM): b, the least recently used and not pinned, is dropped
         assert cache.names() == ["tiny-a", "tiny-c"]
     assert loader.loads == ["tiny-a", "tiny-b", "tiny-c"]
+
+
+def test_return_freed_memory_gives_freed_cpu_blocks_back_to_the_os(monkeypatch):
+    import sys
+
+    from pipelines import memory
+
+    if not sys.platform.startswith("linux") or memory._malloc_trim() is None:
+        pytest.skip("malloc_trim is glibc's")
+
+    def rss_mib() -> float:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * 4096 / 2**20
+
+    blocks = [bytearray(64 * 1024) for _ in range(3000)]  # below glibc's mmap threshold: kept in the heap
+    keep = blocks[-1]  # pins the top of the heap, so only a trim (not the heap shrinking) can give pages back
+    del blocks
+    before = rss_mib()
+    assert memory.return_freed_memory() is True
+    assert before - rss_mib() > 100, (before, rss_mib())
+    del keep
+    monkeypatch.setattr(memory, "_malloc_trim", lambda: None)  # macOS, Windows, musl
+    assert memory.return_freed_memory() is False
