@@ -36,6 +36,11 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may download anything
 
+def mode_kind(mode: str) -> str:
+    """A mode name without its ``@value`` parts: ``deep_cache@4+token_merging`` → ``deep_cache+token_merging``."""
+    return "+".join(part.partition("@")[0] for part in mode.split("+"))
+
+
 ALL_MODES = ("diffusers", "default", "fast", "deep_cache", "token_merging", "deep_cache+token_merging")
 DEEP_CACHE_INTERVAL = 3  # --deep-cache-interval
 TOKEN_MERGING_RATIO = 0.5  # --token-merging
@@ -343,15 +348,27 @@ def atelier_manager(model: BenchModel, work_dir: Path, settings_changes: dict[st
         gc.collect()
 
 
+def speedup_switches(mode: str) -> tuple[int | None, float]:
+    """(DeepCache interval or None, ToMe ratio) of a mode name: ``deep_cache``, ``deep_cache@4+token_merging@0.3``."""
+    interval, ratio = None, 0.0
+    for part in mode.split("+"):
+        name, _, value = part.partition("@")
+        if name == "deep_cache":
+            interval = int(value) if value else DEEP_CACHE_INTERVAL
+        elif name == "token_merging":
+            ratio = float(value) if value else TOKEN_MERGING_RATIO
+    return interval, ratio
+
+
 def atelier_request(model: BenchModel, size: int, steps: int, cfg: float, mode: str) -> Any:
     """The GenerationRequest a user would send for ``mode`` (speed-up switches from the mode's name)."""
     from pipelines.request import GenerationRequest
 
-    parts = set(mode.split("+"))
+    interval, ratio = speedup_switches(mode)
     return GenerationRequest.create(
         prompt=PROMPT, negative_prompt=NEGATIVE, sampler="Euler", steps=steps, cfg_scale=cfg, width=size,
-        height=size, seed=SEED, checkpoint=model.name, deep_cache="deep_cache" in parts,
-        deep_cache_interval=DEEP_CACHE_INTERVAL, token_merging=TOKEN_MERGING_RATIO if "token_merging" in parts else 0.0,
+        height=size, seed=SEED, checkpoint=model.name, deep_cache=interval is not None,
+        deep_cache_interval=interval, token_merging=ratio,
     )
 
 
@@ -450,13 +467,12 @@ class AtelierServer:
 
 def api_body(size: int, steps: int, cfg: float, mode: str) -> dict[str, Any]:
     """An A1111-style txt2img body; the speed-up switches go in ``override_settings`` (A1111's ToMe key)."""
-    parts = set(mode.split("+"))
-    overrides: dict[str, Any] = {}
-    if "deep_cache" in parts:
-        overrides["deep_cache"] = True
-        overrides["deep_cache_interval"] = DEEP_CACHE_INTERVAL
-    if "token_merging" in parts:
-        overrides["token_merging_ratio"] = TOKEN_MERGING_RATIO
+    interval, ratio = speedup_switches(mode)
+    overrides: dict[str, Any] = {}  # default mode sends none, as a user's client would
+    if interval is not None:
+        overrides.update(deep_cache=True, deep_cache_interval=interval)
+    if ratio > 0:
+        overrides["token_merging_ratio"] = ratio
     return {"prompt": PROMPT, "negative_prompt": NEGATIVE, "sampler_name": "Euler", "steps": steps,
             "cfg_scale": cfg, "width": size, "height": size, "seed": SEED, "override_settings": overrides}
 
@@ -514,9 +530,8 @@ def run_api_mode(server: AtelierServer, size: int, steps: int, cfg: float, mode:
 
 def _speedup_words(mode: str) -> list[str]:
     """What the infotext must mention when ``mode``'s speed-ups were applied."""
-    parts = set(mode.split("+"))
-    return [word for key, word in (("deep_cache", "DeepCache"), ("token_merging", "Token merging ratio"))
-            if key in parts]
+    interval, ratio = speedup_switches(mode)
+    return [word for on, word in ((interval is not None, "DeepCache"), (ratio > 0, "Token merging ratio")) if on]
 
 
 # --- the run --------------------------------------------------------------------------------------------------
@@ -526,7 +541,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--families", default="sd15", help="comma-separated; CPU: sd15 (default: sd15)")
     parser.add_argument("--sizes", default="256,512", help="comma-separated square sizes in px (default: 256,512)")
     parser.add_argument("--modes", default=",".join(ALL_MODES),
-                        help=f"comma-separated, from: {', '.join(ALL_MODES)} (default: all)")
+                        help=f"comma-separated, from: {', '.join(ALL_MODES)} (default: all); a speed-up may "
+                             "carry its setting: deep_cache@4, token_merging@0.3")
     parser.add_argument("--steps", type=int, default=20, help="denoising steps (default: 20)")
     parser.add_argument("--cfg", type=float, default=7.0, help="CFG scale (default: 7)")
     parser.add_argument("--deep-cache-interval", type=int, default=3,
@@ -554,7 +570,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.families = [f.strip() for f in args.families.split(",") if f.strip()]
     args.sizes = [int(s) for s in str(args.sizes).split(",") if s.strip()]
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    unknown = [m for m in args.modes if m not in ALL_MODES]
+    unknown = [m for m in args.modes if mode_kind(m) not in ALL_MODES]
     if unknown:
         parser.error(f"unknown mode(s) {', '.join(unknown)}; choose from {', '.join(ALL_MODES)}")
     bad_sizes = [s for s in args.sizes if s % 8 or not 64 <= s <= 2048]
@@ -655,7 +671,7 @@ def bench_size(family: str, size: int, model: BenchModel, args: argparse.Namespa
 
     results: dict[str, Measurement] = {}
     records: list[dict[str, Any]] = []
-    order = [m for m in ALL_MODES if m in args.modes]
+    order = sorted(args.modes, key=lambda m: ALL_MODES.index(mode_kind(m)))
 
     def measure(mode: str, fn: Callable[[], Measurement]) -> None:
         printer.log(f"{family} {size}px {mode} ...")

@@ -37,7 +37,8 @@ def bench_lines(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     proc = subprocess.run(
         [sys.executable, str(BENCH), "--tiny", "--threads", "1", "--work-dir", str(work), "--out",
-         str(work / "out.jsonl")],
+         str(work / "out.jsonl"), "--modes",
+         "diffusers,default,fast,deep_cache,token_merging,deep_cache@5+token_merging@0.25,deep_cache+token_merging"],
         capture_output=True, text=True, timeout=600, env=env, cwd=REPO_ROOT,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -50,7 +51,8 @@ def test_bench_tiny_prints_one_json_line_per_mode(bench_lines: list[dict]) -> No
     env, results = bench_lines[0], bench_lines[1:]
     assert env["kind"] == "env" and env["tiny"] is True and env["sizes"] == [64]
     modes = [r["mode"] for r in results]
-    assert modes == ["diffusers", "default", "fast", "deep_cache", "token_merging", "deep_cache+token_merging"]
+    assert modes == ["diffusers", "default", "fast", "deep_cache", "token_merging", "deep_cache@5+token_merging@0.25",
+                     "deep_cache+token_merging"]
     for record in results:
         assert set(record) >= RESULT_KEYS, record
         assert record["error"] is None, record
@@ -67,6 +69,7 @@ def test_bench_default_mode_gives_plain_diffusers_pixels(bench_lines: list[dict]
     assert by_mode["fast"]["max_pixel_diff"] <= 1  # exact options only (fp32 noise at most)
     assert by_mode["deep_cache"]["notes"] == ["DeepCache: interval 3"]
     assert by_mode["token_merging"]["notes"] == ["Token merging ratio: 0.5"]
+    assert by_mode["deep_cache@5+token_merging@0.25"]["notes"] == ["DeepCache: interval 5", "Token merging ratio: 0.25"]
 
 
 def test_bench_rejects_unknown_mode() -> None:
