@@ -55,6 +55,22 @@ def validation_error_response(exc: RequestValidationError) -> JSONResponse:
     return error_response(422, "InvalidRequest", detail, fields[0] if fields else None)
 
 
+def undecodable_body_response(exc: HTTPException) -> JSONResponse | None:
+    """A body that is not text (bad UTF-8 bytes) as a 422 saying so, or None for any other HTTP error.
+
+    FastAPI answers such a body with a bare 400 "There was an error parsing the body", raised from the
+    ``UnicodeDecodeError`` of ``json.loads``; to a client it is invalid input like any other JSON error.
+    """
+    cause = exc.__cause__
+    if exc.status_code != 400 or not isinstance(cause, UnicodeDecodeError):
+        return None
+    bad = cause.object[cause.start:cause.start + 1].hex() if isinstance(cause.object, bytes) else ""
+    where = f" (byte 0x{bad} at position {cause.start})" if bad else ""
+    detail = (f"Invalid request: the body could not be decoded as {cause.encoding.upper()} text{where}. "
+              "Send JSON encoded as UTF-8 with Content-Type: application/json.")
+    return error_response(422, "InvalidRequest", detail)
+
+
 def unauthorized_response() -> JSONResponse:
     """401 with the header that makes browsers and HTTP clients ask for (or send) Basic credentials."""
     return error_response(
@@ -84,6 +100,9 @@ def make_route_class(auth: BasicAuth | None) -> type[APIRoute]:
                     log.info("%s %s: %s", request.method, request.url.path, exc.message)
                     return atelier_error_response(exc)
                 except HTTPException as exc:
+                    undecodable = undecodable_body_response(exc)
+                    if undecodable is not None:
+                        return undecodable
                     return error_response(exc.status_code, "HTTPError", str(exc.detail), headers=exc.headers)
                 except Exception:
                     log.exception("%s %s failed", request.method, request.url.path)

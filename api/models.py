@@ -32,8 +32,12 @@ class GenerationFields(_Lenient):
     sampler_name: str | None = Field(None, description="A1111 sampler label, e.g. 'Euler a', 'DPM++ 2M Karras'.")
     sampler_index: str | None = Field(None, description="Old name of sampler_name (used when sampler_name is empty).")
     scheduler: str | None = Field(None, description="Schedule type: Automatic, Uniform, Karras, Exponential, Beta.")
-    batch_size: int | None = Field(1, description="Images per batch.")
-    n_iter: int | None = Field(1, description="Batch count: batches run one after the other.")
+    batch_size: int | None = Field(1, description="Images per batch (1-8). Per request, width x height x steps x "
+                                   "batch_size x n_iter may be at most 4,096 steps of a 512x512 image "
+                                   "(e.g. 16 x 8 images of 512x512 at 32 steps, or one 2048x2048 image at 150 steps; "
+                                   "img2img counts steps x denoising_strength).")
+    n_iter: int | None = Field(1, description="Batch count (1-16): batches run one after the other. See batch_size "
+                               "for the work limit per request.")
     steps: int | None = Field(None, description="Sampling steps (1-150). Default: the server's default steps.")
     cfg_scale: float | None = Field(7.0, description="Classifier-free guidance scale (1-30).")
     width: int | None = Field(512, description="Image width in px: a multiple of 8 from 64 to 2048.")

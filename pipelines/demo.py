@@ -25,7 +25,7 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-DEMO_VERSION = "1"
+DEMO_VERSION = "3"
 DEMO_CHECKPOINT_NAME = "demo-tiny-sd15 (random weights)"
 DEMO_UPSCALER_NAME = "demo-tiny-x4 (random weights)"
 _DONE_MARKER = ".complete"
@@ -66,9 +66,9 @@ def write_single_file(components: dict[str, Any], path: Path, embed_configs: boo
 
 
 def _build(target: Path) -> None:
-    from .tiny import tiny_sd15_components, tiny_x4_pipeline
+    from .tiny import demo_sd15_components, tiny_x4_pipeline
 
-    write_single_file(tiny_sd15_components(seed=0),
+    write_single_file(demo_sd15_components(seed=0),
                       target / "checkpoints" / f"{DEMO_CHECKPOINT_NAME}.safetensors")
     tiny_x4_pipeline(seed=0).save_pretrained(str(target / "upscale_models" / DEMO_UPSCALER_NAME),
                                              safe_serialization=True)

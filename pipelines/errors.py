@@ -42,6 +42,19 @@ class OutOfMemoryEverywhere(AtelierError):
 
     http_status = 422
 
+    @classmethod
+    def on(cls, device_type: str, rung: str) -> OutOfMemoryEverywhere:
+        """The error for the last ``rung`` failing on a ``device_type`` ("cuda", "mps", "cpu"): the advice names
+        the memory that ran out (GPU memory, or the computer's RAM on the CPU, in the ``cpu`` rung and on Apple's
+        shared memory)."""
+        if device_type == "cuda" and rung != "cpu":
+            advice = "Use a smaller size or batch size, or close other programs using the GPU."
+        else:
+            where = "this Mac's shared memory" if device_type == "mps" and rung != "cpu" else "the CPU"
+            advice = (f"The run was on {where}, so it needs the computer's RAM: use a smaller size or batch size, "
+                      "or close other programs to free memory.")
+        return cls(f"Out of memory even in {rung} mode. {advice}")
+
 
 class Cancelled(AtelierError):
     """The job was stopped by the user. Images finished before the stop are kept."""

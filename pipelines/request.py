@@ -26,8 +26,8 @@ Task = Literal["txt2img", "img2img", "upscale"]
 ResizeMode = Literal["just resize", "crop and resize", "resize and fill"]
 RESIZE_MODES: tuple[str, ...] = ("just resize", "crop and resize", "resize and fill")
 
-# Limits (DESIGN.md "The flow of one image"). Batch limits chosen so that a request at the limits still
-# finishes on the demo model on a 2-core CPU.
+# Limits (DESIGN.md "The flow of one image"). Each field has its range, and the total work of a request has a
+# budget (MAX_WORK below), so that the largest request the limits let through still ends in minutes.
 MIN_SIZE, MAX_SIZE = 64, 2048
 MAX_STEPS = 150
 MIN_CFG, MAX_CFG = 1.0, 30.0
@@ -37,6 +37,12 @@ MAX_SEED = 2**32 - 1
 MAX_PROMPT_CHARS = 20_000
 MAX_UPSCALE_INPUT = 1024  # px per side: 1024² in → 4096² out, processed in tiles
 MAX_NOISE_LEVEL = 350
+# The work budget of one request: width x height x steps run x images, in pixel-steps. The per-field limits alone
+# allow 2048² x 150 steps x 128 images, days of work on a CPU. The budget lets everyday batches through (4,096 steps
+# of a 512x512 image: 16 x 8 images of 512² at 32 steps, or one 2048² image at 150 steps, two at up to 128) and
+# keeps the largest request within two minutes of the demo model on a 2-core CPU (measured: tests/test_fuzz_api.py).
+WORK_UNIT_PX = 512 * 512
+MAX_WORK = 4096 * WORK_UNIT_PX
 
 
 def open_image(value: Any, field_name: str = "image") -> Image.Image:
@@ -251,6 +257,7 @@ class GenerationRequest(BaseModel):
         label, sched = resolve_sampler(self.sampler, self.scheduler)
         object.__setattr__(self, "sampler", label)
         object.__setattr__(self, "scheduler", sched)
+        check_work_budget(self)
         if self.task == "img2img":
             if self.init_image is None:
                 raise InvalidRequest("Image to Image needs an init image: upload, drop or paste one.", "init_image")
@@ -275,6 +282,45 @@ class GenerationRequest(BaseModel):
     @property
     def total_images(self) -> int:
         return self.batch_count * self.batch_size
+
+    @property
+    def steps_run(self) -> int:
+        """Denoising steps each image really runs: img2img runs ``int(steps x strength)`` of them (diffusers'
+        ``StableDiffusionImg2ImgPipeline.get_timesteps``)."""
+        if self.task == "img2img":
+            return min(int(self.steps * self.denoising_strength), self.steps)
+        return self.steps
+
+    @property
+    def work(self) -> int:
+        """The request's size in pixel-steps (width x height x steps run x images), checked against ``MAX_WORK``."""
+        return self.width * self.height * self.steps_run * self.total_images
+
+
+def check_work_budget(request: GenerationRequest) -> None:
+    """Refuse a txt2img/img2img request whose total work is over ``MAX_WORK``, saying what to lower.
+
+    The field named is the one whose lowering helps most plainly: the batch count, else the batch size (one image
+    at the largest size and steps always fits, so a refused request always has more than one image).
+    """
+    if request.task == "upscale" or request.work <= MAX_WORK:
+        return
+    images = request.total_images
+    batches = f"{request.batch_count} × {request.batch_size} images" if request.batch_count > 1 else (
+        f"{images} image{'s' if images != 1 else ''}")
+    steps = f"{request.steps_run} steps"
+    if request.task == "img2img":
+        steps += f" ({request.steps} steps × denoising strength {request.denoising_strength:g})"
+    units = request.work / WORK_UNIT_PX
+    limit = MAX_WORK // WORK_UNIT_PX
+    field_name = "batch_count" if request.batch_count > 1 else "batch_size" if request.batch_size > 1 else "steps"
+    raise InvalidRequest(
+        f"This request is too large for one run: {batches} of {request.width}×{request.height} px at {steps} is "
+        f"the work of {units:,.0f} steps of a 512×512 image, and the limit is {limit:,} per request (for example "
+        f"16 × 8 images of 512×512 at 32 steps, or one 2048×2048 image at 150 steps). Lower the batch count, "
+        f"batch size, steps or size, or split it into several requests.",
+        field=field_name,
+    )
 
 
 def _first_field(exc: ValidationError) -> str | None:

@@ -111,6 +111,76 @@ def tiny_sd15_components(seed: int = 0) -> dict[str, Any]:
     }
 
 
+def demo_unet(seed: int = 0):
+    """The ``--demo`` UNet: SD 1.x's interface (4 latent channels, 32-wide cross-attention) at a tiny cost per pixel.
+
+    Four levels of 4-16 channels and attention only in the middle block, at 1/8 of the latent size (32x32 tokens
+    for a 2048x2048 image; ``tiny_unet`` attends over all 65k latent pixels there). On a 2-core CPU one step of a
+    2048x2048 image then takes well under a second. Measured, not guessed: two levels with cross-attention at
+    half size were 20x slower (CPU attention over 16k tokens), and the per-op overhead of small tensors makes
+    fewer, wider levels no faster.
+    """
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(4, 8, 8, 16),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D",) * 4,
+        up_block_types=("UpBlock2D",) * 4,
+        mid_block_type="UNetMidBlock2DCrossAttn",
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=4,
+    )
+
+
+def demo_vae(seed: int = 0, scaling_factor: float = 0.18215):
+    """The ``--demo`` VAE: SD's 8x down-sampling (four levels) with 4 channels, one decoder resnet per level (none
+    in the encoder: ``layers_per_block=0``) and no mid-block attention (which would attend over every latent pixel:
+    65k tokens at 2048x2048). Decoding is still about a third of a 512x512 demo image's time."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        block_out_channels=(4, 4, 4, 4),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        layers_per_block=0,
+        norm_num_groups=4,
+        sample_size=64,
+        scaling_factor=scaling_factor,
+        mid_block_add_attention=False,
+    )
+
+
+def demo_sd15_components(seed: int = 0) -> dict[str, Any]:
+    """Components of the ``--demo`` checkpoint: an SD 1.x model cheap enough for requests at the validation
+    limits on a CPU (``demo_unet``, ``demo_vae``, the tiny CLIP text encoder), random weights."""
+    from diffusers import PNDMScheduler
+
+    from .tokenizers import clip_tokenizer
+
+    return {
+        "unet": demo_unet(seed=seed),
+        "vae": demo_vae(seed=seed),
+        "text_encoder": tiny_text_encoder(hidden_size=32, seed=seed),
+        "tokenizer": clip_tokenizer(),
+        "scheduler": PNDMScheduler.from_config(SD15_SCHEDULER_CONFIG),
+        "safety_checker": None,
+        "feature_extractor": None,
+        "image_encoder": None,
+    }
+
+
 def tiny_sd15_pipeline(seed: int = 0):
     """A ready ``StableDiffusionPipeline`` built from ``tiny_sd15_components`` (fp32, CPU)."""
     from diffusers import StableDiffusionPipeline

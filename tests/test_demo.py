@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from model_fixtures import make_pipeline, reference_image, run_tiny
+from model_fixtures import make_pipeline, run_tiny
 
 from pipelines import demo
 from pipelines.loaders import load_components
 from pipelines.registry import ModelRegistry, read_safetensors_header
+from pipelines.tiny import demo_sd15_components
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,8 @@ def test_demo_models_are_real_formats_and_load_through_the_registry(demo_dir, tm
     assert info.family == "sd15" and info.format == "safetensors"
     loaded = load_components(info, torch.float32)
     image = run_tiny("sd15", make_pipeline("sd15", loaded.components))
-    torch.testing.assert_close(torch.from_numpy(image), torch.from_numpy(reference_image("sd15", 0)))
+    in_memory = run_tiny("sd15", make_pipeline("sd15", demo_sd15_components(seed=0)))
+    torch.testing.assert_close(torch.from_numpy(image), torch.from_numpy(in_memory))  # the file round trip is exact
     [upscaler] = registry.upscalers()
     assert (upscaler.name, upscaler.family) == (demo.DEMO_UPSCALER_NAME, "x4-upscaler")
 
@@ -76,3 +78,40 @@ def test_two_processes_starting_at_once_both_get_a_complete_folder(tmp_path, mon
     assert (root / demo._DONE_MARKER).is_file()
     assert (root / "checkpoints" / "x.safetensors").stat().st_size == 1000
     assert [p.name for p in tmp_path.iterdir()] == [root.name]  # no temp folder left behind
+
+
+def test_demo_model_has_no_attention_over_full_size_latents(demo_dir, tmp_path):
+    """What keeps a 2048x2048 demo image cheap: no self-attention at latent size in the UNet or the VAE, and the
+    SD 1.x interface (8x VAE, 4 latent channels, text conditioning) kept, so sizes and metadata behave as usual."""
+    registry = ModelRegistry(tmp_path / "empty-models", tmp_path / "cache", extra_dirs=(demo_dir,))
+    components = load_components(registry.find_checkpoint(demo.DEMO_CHECKPOINT_NAME), torch.float32).components
+    from diffusers.models.attention_processor import Attention
+
+    unet, vae = components["unet"], components["vae"]
+    attending = [name for name, module in unet.named_modules() if isinstance(module, Attention)]
+    assert attending and all(name.startswith("mid_block.") for name in attending), attending
+    assert unet.config.cross_attention_dim == components["text_encoder"].config.hidden_size
+    assert not any(isinstance(module, Attention) for module in vae.modules())
+    assert 2 ** (len(vae.config.block_out_channels) - 1) == 8 and unet.config.in_channels == 4
+
+
+def test_demo_images_are_noise_at_any_allowed_size(demo_dir, tmp_path):
+    """Random weights draw noise, but valid noise: finite, full of detail, at odd sizes too (64 x 200 px)."""
+    registry = ModelRegistry(tmp_path / "empty-models", tmp_path / "cache", extra_dirs=(demo_dir,))
+    components = load_components(registry.find_checkpoint(demo.DEMO_CHECKPOINT_NAME), torch.float32).components
+    pipe = make_pipeline("sd15", components)
+    for width, height in ((64, 64), (64, 200), (136, 72)):
+        images = pipe("a lighthouse", num_inference_steps=2, width=width, height=height, output_type="np",
+                      generator=torch.Generator("cpu").manual_seed(1)).images
+        assert images.shape == (1, height, width, 3)
+        assert bool(torch.isfinite(torch.from_numpy(images)).all()) and images.std() > 0.01, (width, height)
+
+
+def test_an_old_demo_cache_is_rebuilt_not_reused(tmp_path):
+    """Bumping ``DEMO_VERSION`` gives a fresh folder: a cache from an older demo model is never loaded."""
+    old = tmp_path / "demo-models-v1"
+    (old / "checkpoints").mkdir(parents=True)
+    (old / demo._DONE_MARKER).write_text("1")
+    assert demo.DEMO_VERSION != "1"
+    root = demo.ensure_demo_models(tmp_path)
+    assert root != old and (root / demo._DONE_MARKER).read_text() == demo.DEMO_VERSION

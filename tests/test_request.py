@@ -83,3 +83,51 @@ def test_seed_minus_one_draws_a_seed_and_totals():
 def test_progress_fraction_spans_batches():
     event = ProgressEvent(job_id="j", state="running", step=5, total_steps=10, batch_index=1, batch_count=2)
     assert event.fraction == pytest.approx(0.75)
+
+
+# --- the work budget: width x height x steps run x images -------------------------------------------------------
+def test_everyday_batches_and_one_largest_image_fit_the_work_budget():
+    from pipelines.request import MAX_BATCH_COUNT, MAX_BATCH_SIZE, MAX_WORK
+
+    everyday = GenerationRequest.create(width=512, height=512, steps=32, batch_size=MAX_BATCH_SIZE,
+                                        batch_count=MAX_BATCH_COUNT)
+    assert everyday.work == MAX_WORK  # 16 x 8 images of 512² at 32 steps: exactly at the budget
+    largest = GenerationRequest.create(width=MAX_SIZE, height=MAX_SIZE, steps=MAX_STEPS)
+    assert largest.total_images == 1 and largest.work <= MAX_WORK
+    GenerationRequest.create(width=MAX_SIZE, height=MAX_SIZE, steps=128, batch_size=2)  # two at 128 steps fit too
+
+
+@pytest.mark.parametrize("fields, field_name, words", [
+    ({"width": 512, "height": 512, "steps": 33, "batch_size": 8, "batch_count": 16}, "batch_count",
+     ["16 × 8 images of 512×512 px at 33 steps", "4,224 steps of a 512×512 image", "limit is 4,096"]),
+    ({"width": MAX_SIZE, "height": MAX_SIZE, "steps": MAX_STEPS, "batch_size": 2}, "batch_size",
+     ["2 images of 2048×2048 px at 150 steps", "4,800 steps"]),
+    ({"width": MAX_SIZE, "height": MAX_SIZE, "steps": MAX_STEPS, "batch_size": 8, "batch_count": 16}, "batch_count",
+     ["16 × 8 images", "307,200 steps"]),
+])
+def test_a_request_over_the_work_budget_says_what_it_amounts_to_and_what_to_lower(fields, field_name, words):
+    with pytest.raises(InvalidRequest) as info:
+        GenerationRequest.create(**fields)
+    message = str(info.value)
+    assert info.value.field == field_name and info.value.http_status == 422
+    for part in words + ["Lower the batch count, batch size, steps or size"]:
+        assert part in message, message
+
+
+def test_img2img_counts_the_steps_its_strength_runs():
+    image = png_bytes((64, 64))
+    # 150 steps at strength 0.5 run 75: two 2048² images (4,800 steps at full strength) fit the budget.
+    request = GenerationRequest.create(task="img2img", init_image=image, width=MAX_SIZE, height=MAX_SIZE,
+                                       steps=MAX_STEPS, batch_size=2, denoising_strength=0.5)
+    assert request.steps_run == 75
+    with pytest.raises(InvalidRequest) as info:
+        GenerationRequest.create(task="img2img", init_image=image, width=MAX_SIZE, height=MAX_SIZE, steps=MAX_STEPS,
+                                 batch_size=2, denoising_strength=0.9)
+    assert info.value.field == "batch_size"
+    assert "135 steps (150 steps × denoising strength 0.9)" in str(info.value)
+
+
+def test_upscale_requests_are_not_counted_against_the_generation_budget():
+    request = GenerationRequest.create(task="upscale", image=png_bytes((64, 64)), steps=MAX_STEPS, width=MAX_SIZE,
+                                       height=MAX_SIZE, batch_size=8, batch_count=16)
+    assert request.task == "upscale"

@@ -37,6 +37,7 @@ from pipelines.request import (
 from pipelines.samplers import SAMPLER_NAMES
 from pipelines.settings import Settings
 
+from .controls import labelled_number, labelled_slider
 from .jobs import (
     FINISHED_STATES,
     SessionJobs,
@@ -238,7 +239,7 @@ def build_sampler_dropdown(prefix: str, values: dict[str, Any], settings: Settin
 
 
 def build_steps_slider(prefix: str, values: dict[str, Any], settings: Settings) -> gr.Slider:
-    return gr.Slider(
+    return labelled_slider(
         1,
         MAX_STEPS,
         value=int_or(values.get("steps"), settings.default_steps),
@@ -249,7 +250,7 @@ def build_steps_slider(prefix: str, values: dict[str, Any], settings: Settings) 
 
 
 def build_cfg_slider(prefix: str, values: dict[str, Any]) -> gr.Slider:
-    return gr.Slider(
+    return labelled_slider(
         MIN_CFG,
         MAX_CFG,
         value=float_or(values.get("cfg"), 7.0),
@@ -297,7 +298,7 @@ def build_size_controls(prefix: str, values: dict[str, Any]) -> SizeControls:
     """Width and height sliders, a swap button and the common size presets."""
     with gr.Row(equal_height=False):
         with gr.Column(scale=5, min_width=220):
-            width = gr.Slider(
+            width = labelled_slider(
                 MIN_SIZE,
                 MAX_SIZE,
                 value=int_or(values.get("width"), 512),
@@ -305,7 +306,7 @@ def build_size_controls(prefix: str, values: dict[str, Any]) -> SizeControls:
                 label="Width",
                 elem_id=f"{prefix}-width",
             )
-            height = gr.Slider(
+            height = labelled_slider(
                 MIN_SIZE,
                 MAX_SIZE,
                 value=int_or(values.get("height"), 512),
@@ -335,7 +336,7 @@ def build_size_controls(prefix: str, values: dict[str, Any]) -> SizeControls:
 def build_seed_controls(prefix: str, values: dict[str, Any], ctx: UiContext, tab: str) -> SeedControls:
     """Seed field with 🎲 (random: -1) and ♻ (reuse the seed of the selected last image)."""
     with gr.Row(equal_height=True, elem_classes="seed-row"):
-        seed = gr.Number(
+        seed = labelled_number(
             value=int_or(values.get("seed"), -1),
             label="Seed (-1: random)",
             precision=0,
@@ -367,7 +368,7 @@ def build_seed_controls(prefix: str, values: dict[str, Any], ctx: UiContext, tab
 def build_batch_controls(prefix: str, values: dict[str, Any]) -> BatchControls:
     """Batch count (runs one after another) and batch size (images per run)."""
     with gr.Row():
-        batch_count = gr.Slider(
+        batch_count = labelled_slider(
             1,
             MAX_BATCH_COUNT,
             value=int_or(values.get("batch_count"), 1),
@@ -375,7 +376,7 @@ def build_batch_controls(prefix: str, values: dict[str, Any]) -> BatchControls:
             label="Batch count",
             elem_id=f"{prefix}-batch-count",
         )
-        batch_size = gr.Slider(
+        batch_size = labelled_slider(
             1,
             MAX_BATCH_SIZE,
             value=int_or(values.get("batch_size"), 1),

@@ -21,6 +21,7 @@ from .common import (
     float_or,
     wire_generate,
 )
+from .controls import labelled_slider
 
 TAB = "img2img"
 FIT_LONG_SIDE = 1024  # a large photo dropped in becomes at most this size, aspect kept
@@ -65,7 +66,7 @@ def build_img2img_tab(ctx: UiContext) -> Img2ImgTab:
                 elem_id="img2img-init",
             )
             with gr.Row():
-                strength = gr.Slider(
+                strength = labelled_slider(
                     0.0,
                     1.0,
                     value=float_or(values.get("strength"), 0.75),

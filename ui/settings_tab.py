@@ -18,6 +18,7 @@ from pipelines.samplers import SAMPLER_NAMES
 from pipelines.settings import DEEP_CACHE_INTERVALS, MEMORY_MODES, TOKEN_MERGING_MAX
 
 from .common import UiContext
+from .controls import labelled_number, labelled_slider
 from .jobs import user_error
 from .persist import SettingsFile
 from .status import status_html
@@ -107,7 +108,7 @@ def build_settings_tab(ctx: UiContext) -> SettingsTab:
                 ),
             )
             with gr.Row():
-                vram_slots = gr.Number(
+                vram_slots = labelled_number(
                     value=settings.vram_slots,
                     precision=0,
                     minimum=0,
@@ -116,7 +117,7 @@ def build_settings_tab(ctx: UiContext) -> SettingsTab:
                     elem_id="settings-vram-slots",
                     **locked("vram_slots"),
                 )
-                ram_slots = gr.Number(
+                ram_slots = labelled_number(
                     value=settings.ram_slots,
                     precision=0,
                     minimum=0,
@@ -147,7 +148,7 @@ def build_settings_tab(ctx: UiContext) -> SettingsTab:
                 elem_id="settings-deep-cache",
                 info="Written into the image's parameters as 'DeepCache: interval n'.",
             )
-            deep_cache_interval = gr.Slider(
+            deep_cache_interval = labelled_slider(
                 DEEP_CACHE_INTERVALS[0],
                 DEEP_CACHE_INTERVALS[1],
                 value=settings.deep_cache_interval,
@@ -155,7 +156,7 @@ def build_settings_tab(ctx: UiContext) -> SettingsTab:
                 label="DeepCache interval (every n-th step runs the whole UNet; higher = faster, more change)",
                 elem_id="settings-deep-cache-interval",
             )
-            token_merging = gr.Slider(
+            token_merging = labelled_slider(
                 0.0,
                 TOKEN_MERGING_MAX,
                 value=settings.token_merging,
@@ -173,7 +174,7 @@ def build_settings_tab(ctx: UiContext) -> SettingsTab:
                 elem_id="settings-default-sampler",
                 **locked("default_sampler"),
             )
-            default_steps = gr.Slider(
+            default_steps = labelled_slider(
                 1,
                 MAX_STEPS,
                 value=settings.default_steps,

@@ -24,6 +24,7 @@ from .common import (
     int_or,
     wire_generate,
 )
+from .controls import labelled_slider
 from .jobs import JobView
 
 TAB = "upscale"
@@ -82,7 +83,7 @@ def build_upscale_tab(ctx: UiContext) -> UpscaleTab:
             )
             with gr.Row():
                 steps = build_steps_slider(TAB, values, ctx.settings)
-                noise_level = gr.Slider(
+                noise_level = labelled_slider(
                     0,
                     MAX_NOISE_LEVEL,
                     value=int_or(values.get("noise_level"), 20),
