@@ -8,23 +8,34 @@ What it does depends on the device:
   scratch. A new resolution or batch size recompiles (dynamo's guards); after ``RECOMPILE_LIMIT`` shapes, or
   when a graph fails to compile, dynamo runs eagerly instead of failing the image.
   Not measured yet: no GPU was lent while this was written (see bench/README.md).
-* **CPU**: nothing changes, and the note says why. The exact-pixel candidates were measured on the 2-vCPU bench
-  machine with SD1.5-shaped weights (issue 16's probe of one UNet call with CFG): channels_last 3.9 s vs eager
-  4.4-5.5 s at 256² but 15.4 s vs 13.9-16.8 s at 512² (no clear gain), ``torch.compile`` 5.4 s (no gain, 168 s
-  compile), OpenVINO 2.9 s at 256² (56 s one-off conversion, a second copy of the UNet weights in RAM) but
-  14.6 s at 512² (no gain). None beats eager at 512², and torch already runs one thread per physical core, so
-  ``--fast`` on CPU stays eager (OpenVINO at small sizes is the one open lead: see bench/README.md); the real
-  CPU gains are the fidelity-trading switches (DeepCache, token merging) in ``pipelines/speedups.py``.
+* **CPU**: the UNet runs through OpenVINO (``OpenVinoUNet``): ``ov.convert_model`` of the torch UNet, traced once
+  per checkpoint with dynamic input shapes (any size/batch/prompt length, no per-shape conversion), saved as an
+  fp32 IR under ``<cache_dir>/openvino/unet-<fingerprint>.xml`` and compiled with ``INFERENCE_PRECISION_HINT=f32``
+  (exact: max abs difference ~1e-5 against eager on a UNet output of magnitude ~1.4, at most 1 pixel level in an
+  image). Measured on the 2-vCPU bench machine, one SD1.5-shaped UNet call with CFG (batch 2), CPU seconds
+  (interleaved A/B, machine shared): 256² 5.9 vs 13.9 eager (0.42x), 512² 26.0 vs 35.6 (0.73x); channels_last
+  0.96x / 0.98x (left out). A whole 256² image, 20 steps, through the manager: 0.74x plain diffusers' wall time
+  (max 1 pixel level apart). One-off costs: conversion ~2.5 min, then ~6-13 s to compile the cached IR at each
+  start (and again after a switch between txt2img and img2img, since ``disable_fast`` frees the model). Memory:
+  OpenVINO keeps its own copy of the UNet weights beside torch's (+3.2 GiB for SD1.5; the note says so): the torch
+  UNet stays for the calls OpenVINO does not take (DeepCache, token merging, ControlNet/masks, odd latent sizes),
+  which fall back to eager per call. The VAE decoder stays eager (OpenVINO: 0.82x of its CPU time at 256², a few
+  percent of an image, not worth a second conversion). Without ``openvino`` installed, or when conversion fails,
+  the note says so and images run as in default mode. See bench/README.md, "OpenVINO probe (CPU)".
 * **MPS / anything else**: nothing changes; the note says so.
 
 ``enable_fast(pipe, device, cache_dir)`` returns notes for the log/UI; ``disable_fast(pipe)`` undoes what can be
-undone (eager modules back, memory format back, QKV unfused). Both are idempotent.
+undone (eager modules back, memory format back, QKV unfused, the UNet's own forward back and OpenVINO's model
+freed). Both are idempotent.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
+import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -61,9 +72,9 @@ def enable_fast(pipe: Any, device: torch.device | str, cache_dir: Path | None = 
     device = torch.device(device)
     if getattr(pipe, _STATE_ATTR, None) is not None:
         return list(getattr(pipe, _STATE_ATTR)["notes"])
-    state: dict[str, Any] = {"notes": [], "compiled": [], "channels_last": [], "fused": False}
+    state: dict[str, Any] = {"notes": [], "compiled": [], "channels_last": [], "fused": False, "openvino": []}
     if device.type == "cpu":
-        _enable_cpu(state)
+        _enable_cpu(pipe, state, cache_dir)
     elif device.type == "cuda" and cuda_fast_path_blocker(device) is None:
         _enable_cuda(pipe, state, cache_dir)
     else:
@@ -75,10 +86,13 @@ def enable_fast(pipe: Any, device: torch.device | str, cache_dir: Path | None = 
 
 
 def disable_fast(pipe: Any) -> None:
-    """Undo ``enable_fast``: eager modules, contiguous memory format, separate QKV projections."""
+    """Undo ``enable_fast``: eager modules, contiguous memory format, separate QKV projections, and on CPU the
+    UNet's own ``forward`` back with the OpenVINO model (and its copy of the weights) freed."""
     state = getattr(pipe, _STATE_ATTR, None)
     if state is None:
         return
+    for runner in state.get("openvino", ()):
+        runner.remove()
     for module in state["compiled"]:
         # nn.Module.compile() keeps the eager forward; dropping the compiled call restores it.
         module._compiled_call_impl = None
@@ -94,11 +108,23 @@ def is_fast(pipe: Any) -> bool:
     return getattr(pipe, _STATE_ATTR, None) is not None
 
 
-def _enable_cpu(state: dict[str, Any]) -> None:
-    state["notes"].append(
-        "--fast on CPU: no exact-pixel speed-up beats eager on CPUs (measured: channels_last, torch.compile, "
-        "OpenVINO at 512x512), so images run as in default mode. For real gains on CPU switch on DeepCache "
-        "and/or token merging (they change the pixels slightly).")
+def _enable_cpu(pipe: Any, state: dict[str, Any], cache_dir: Path | None) -> None:
+    """Serve the UNet from an OpenVINO model (converted once per UNet, cached on disk); eager for the rest."""
+    unet = getattr(pipe, "unet", None)
+    blocker = openvino_blocker(unet)
+    if blocker is not None:
+        state["notes"].append(blocker)
+        return
+    try:
+        runner = OpenVinoUNet.build(unet, None if cache_dir is None else Path(cache_dir) / OPENVINO_DIR)
+    except Exception as exc:  # a model OpenVINO cannot convert or compile: the image still runs, eagerly
+        log.warning("--fast: OpenVINO could not take the UNet", exc_info=True)
+        state["notes"].append(f"--fast on CPU: OpenVINO could not convert this UNet ({type(exc).__name__}: {exc}); "
+                              "running in default mode")
+        return
+    runner.install()
+    state["openvino"].append(runner)
+    state["notes"].extend(runner.notes)
 
 
 def _enable_cuda(pipe: Any, state: dict[str, Any], cache_dir: Path | None) -> None:
@@ -137,3 +163,275 @@ def _enable_cuda(pipe: Any, state: dict[str, Any], cache_dir: Path | None) -> No
         state["compiled"].append(pipe.vae.decoder)
     state["notes"].append("--fast: UNet and VAE decoder compiled (the first image at a new size is slow while "
                           "compiling)")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# CPU: the UNet through OpenVINO
+
+OPENVINO_DIR = "openvino"  # under Settings.cache_dir: one IR (model.xml + weights .bin) per UNet
+IR_FORMAT = 1  # bump when the traced graph changes (wrapper, inputs), so old IRs are not read
+_EAGER_KWARGS = ("class_labels", "timestep_cond", "attention_mask", "cross_attention_kwargs", "added_cond_kwargs",
+                 "down_block_additional_residuals", "mid_block_additional_residual",
+                 "down_intrablock_additional_residuals", "encoder_attention_mask")
+
+
+def openvino_blocker(unet: Any) -> str | None:
+    """Why the OpenVINO path cannot serve ``unet`` (a note for the UI), or None when it can."""
+    try:
+        import openvino  # noqa: F401
+    except Exception as exc:  # ImportError, or a broken install (missing shared library)
+        return (f"--fast on CPU uses OpenVINO, which could not be imported ({type(exc).__name__}: {exc}); "
+                "pip install openvino, or images run as in default mode")
+    config = getattr(unet, "config", None)
+    if unet is None or config is None or not hasattr(unet, "up_blocks"):
+        return "--fast on CPU: this model has no diffusers UNet OpenVINO can take; running in default mode"
+    if (getattr(config, "addition_embed_type", None) is not None or getattr(config, "class_embed_type", None)
+            is not None or getattr(config, "encoder_hid_dim_type", None) is not None
+            or not isinstance(getattr(config, "cross_attention_dim", None), int)):
+        return ("--fast on CPU: OpenVINO serves SD1.x/SD2.x-style UNets only (this one needs extra conditioning "
+                "inputs); running in default mode")
+    if unet.dtype != torch.float32:
+        return f"--fast on CPU: OpenVINO runs fp32 UNets (this one is {unet.dtype}); running in default mode"
+    return None
+
+
+def unet_fingerprint(unet: Any) -> str:
+    """A key that changes with the UNet's weights, config, attention processors and the diffusers code traced.
+
+    Hashing all 3.4 GB of an SD1.5 UNet costs ~10 s on this CPU, so each tensor contributes its name, shape, dtype
+    and 80 values spread over it: two different checkpoints (fine-tunes, merges) differ in practically every tensor.
+    """
+    import hashlib
+    import json
+
+    import diffusers
+
+    digest = hashlib.sha256()
+    digest.update(f"{IR_FORMAT}|{diffusers.__version__}|{type(unet).__name__}|".encode())
+    digest.update(json.dumps(dict(unet.config), sort_keys=True, default=str).encode())
+    processors = getattr(unet, "attn_processors", None)  # traced as they are: sliced attention is another graph
+    if isinstance(processors, dict):
+        digest.update("|".join(f"{k}={type(v).__name__}" for k, v in sorted(processors.items())).encode())
+    with torch.no_grad():
+        for name, tensor in unet.state_dict().items():
+            flat = tensor.detach().reshape(-1)
+            sample = torch.cat([flat[:: max(1, flat.numel() // 64)][:64], flat[-16:]]).float().contiguous()
+            digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}|".encode())
+            digest.update(sample.numpy().tobytes())
+    return digest.hexdigest()[:20]
+
+
+class _TracedUNet(torch.nn.Module):
+    """``unet(sample, t, text).sample`` with only tensors in and out: the graph OpenVINO converts."""
+
+    def __init__(self, unet: Any):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        # The class's forward, not the instance's: never trace a wrapper someone installed.
+        return type(self.unet).forward(self.unet, sample, timestep, encoder_hidden_states=text, return_dict=False)[0]
+
+
+def _convert(unet: Any) -> Any:
+    """``ov.convert_model`` of the UNet, traced at 256x256 with CFG batch 2; input shapes stay dynamic."""
+    import openvino as ov
+
+    factor = 2 ** int(getattr(unet, "num_upsamplers", 3))
+    side = 4 * factor  # latent side a multiple of the up factor: the trace takes diffusers' common branch
+    example = (torch.zeros(2, unet.config.in_channels, side, side), torch.tensor(999.0),
+               torch.zeros(2, 77, unet.config.cross_attention_dim))
+    training = unet.training
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TracerWarnings about diffusers' shape checks: they hold for every call
+            return ov.convert_model(_TracedUNet(unet).eval(), example_input=example)
+    finally:
+        unet.train(training)  # tracing needs eval mode; leave the module as it was
+
+
+def _save_ir(model: Any, xml: Path) -> None:
+    """Write the IR under a temporary name, then rename (.bin first): a crash never leaves a half IR behind."""
+    import openvino as ov
+
+    xml.parent.mkdir(parents=True, exist_ok=True)
+    tmp = xml.with_name(f".{xml.stem}.partial.xml")
+    ov.save_model(model, str(tmp), compress_to_fp16=False)  # fp16 weights would change the pixels
+    tmp.with_suffix(".bin").replace(xml.with_suffix(".bin"))
+    tmp.replace(xml)
+
+
+def _compile_config() -> dict[str, Any]:
+    """Exact (fp32 inference, never bf16/fp16), one request at a time, as many threads as torch uses."""
+    return {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
+            "INFERENCE_NUM_THREADS": max(1, torch.get_num_threads())}
+
+
+class OpenVinoUNet:
+    """Runs a diffusers UNet's plain calls through a compiled OpenVINO model; anything else runs eagerly.
+
+    ``install()`` puts a ``forward`` on the UNet instance (as DeepCache does), ``remove()`` takes it away again.
+    Eager fallbacks (same pixels, just not faster): extra conditioning kwargs (ControlNet residuals, attention
+    masks, cross-attention kwargs, ...), a latent side that is not a multiple of the UNet's up factor (diffusers
+    takes another branch there), per-sample timesteps, gradients, non-fp32 tensors, hooks on UNet submodules
+    (DeepCache keeps deep features through one) and changed attention processors (token merging).
+    """
+
+    def __init__(self, unet: Any, compiled: Any, notes: list[str]):
+        self.unet = unet
+        self.notes = notes
+        self.ov_calls = 0
+        self.eager_calls = 0
+        self._compiled = compiled
+        self._request = compiled.create_infer_request()
+        self._lock = threading.Lock()
+        self._factor = 2 ** int(getattr(unet, "num_upsamplers", 3))
+        self._processors = self._current_processors()
+        # Training mode matters only through dropout (diffusers UNets have no batch norm); the default p is 0.
+        self._dropout = any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in unet.modules())
+        self._installed = False
+        self._previous: Any = None
+        self._logged: set[str] = set()
+
+    # -- building ---------------------------------------------------------------------------------------------
+    @classmethod
+    def build(cls, unet: Any, ir_dir: Path | None) -> OpenVinoUNet:
+        """Read the UNet's cached IR from ``ir_dir`` (or convert it, then cache it there) and compile it."""
+        import openvino as ov
+
+        core = ov.Core()
+        xml = None if ir_dir is None else ir_dir / f"unet-{unet_fingerprint(unet)}.xml"
+        notes: list[str] = []
+        model = _read_cached_ir(core, xml, notes)
+        if model is None:
+            model = _convert_and_cache(unet, xml, notes)
+        started = time.perf_counter()
+        compiled = core.compile_model(model, "CPU", _compile_config())
+        del model  # the compiled model holds its own (repacked) weights; drop the mapped/converted ones
+        notes.append(f"--fast on CPU: UNet runs through OpenVINO (exact fp32; compiled in "
+                     f"{time.perf_counter() - started:.0f} s). It keeps its own copy of the UNet weights beside "
+                     f"torch's (+{_weights_gib(unet):.1f} GiB RAM); DeepCache, token merging and ControlNet calls "
+                     "use the torch copy")
+        return cls(unet, compiled, notes)
+
+    # -- install / remove -------------------------------------------------------------------------------------
+    def install(self) -> None:
+        """Route ``unet(...)`` through ``self``; what was there before (bound or instance forward) is kept."""
+        if self._installed:
+            return
+        self._previous = self.unet.__dict__.get("forward")
+        self._eager = self.unet.forward
+        self.unet.forward = self._forward
+        self._installed = True
+
+    def remove(self) -> None:
+        """Give the UNet its previous ``forward`` back and free the compiled model."""
+        if not self._installed:
+            return
+        if self._previous is not None:
+            self.unet.forward = self._previous
+        else:
+            self.unet.__dict__.pop("forward", None)
+        self._installed = False
+        self._request = self._compiled = None
+
+    # -- calls ------------------------------------------------------------------------------------------------
+    def _forward(self, sample: torch.Tensor, timestep: Any, encoder_hidden_states: torch.Tensor, *args: Any,
+                 **kwargs: Any) -> Any:
+        reason = self.eager_reason(sample, timestep, encoder_hidden_states, args, kwargs)
+        if reason is not None:
+            if reason not in self._logged:
+                self._logged.add(reason)
+                log.info("--fast: UNet call runs eagerly: %s", reason)
+            self.eager_calls += 1
+            return self._eager(sample, timestep, encoder_hidden_states, *args, **kwargs)
+        out = self._infer(sample, _scalar_timestep(timestep), encoder_hidden_states)
+        self.ov_calls += 1
+        if kwargs.get("return_dict", True):
+            from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
+
+            return UNet2DConditionOutput(sample=out)
+        return (out,)
+
+    def eager_reason(self, sample: Any, timestep: Any, text: Any, args: tuple, kwargs: dict) -> str | None:
+        """Why this call cannot go through OpenVINO, or None when it can."""
+        if self._compiled is None:
+            return "the OpenVINO model was released"
+        if args or any(kwargs.get(name) is not None for name in _EAGER_KWARGS):
+            return "extra conditioning inputs (ControlNet, masks, cross-attention kwargs)"
+        if not (torch.is_tensor(sample) and torch.is_tensor(text) and sample.dtype == text.dtype == torch.float32
+                and sample.device.type == text.device.type == "cpu" and sample.dim() == 4 and text.dim() == 3):
+            return "inputs that are not fp32 CPU tensors of the usual shapes"
+        if torch.is_grad_enabled() and (sample.requires_grad or text.requires_grad):
+            return "gradients are needed"
+        if sample.shape[-1] % self._factor or sample.shape[-2] % self._factor:
+            return f"a latent size not divisible by {self._factor} (image side not a multiple of {8 * self._factor})"
+        if _scalar_timestep(timestep) is None:
+            return "per-sample timesteps"
+        if self.unet.training and self._dropout:
+            return "the UNet is in training mode with dropout"
+        if self._current_processors() != self._processors:
+            return "attention processors changed (token merging)"
+        if any(m._forward_hooks or m._forward_pre_hooks for m in self.unet.modules() if m is not self.unet):
+            return "hooks on UNet layers (DeepCache)"
+        return None
+
+    def _infer(self, sample: torch.Tensor, timestep: float, text: torch.Tensor) -> torch.Tensor:
+        import numpy as np
+
+        inputs = [sample.detach().contiguous().numpy(), np.asarray(timestep, dtype=np.float32),
+                  text.detach().contiguous().numpy()]
+        with self._lock:  # one infer request; the manager runs one job at a time, this is a guard
+            self._request.infer(inputs, share_inputs=True)
+            # The request reuses its output buffer on the next call: copy out.
+            return torch.from_numpy(self._request.get_output_tensor(0).data.copy())
+
+    def _current_processors(self) -> tuple[int, ...]:
+        procs = getattr(self.unet, "attn_processors", None)
+        return tuple(id(p) for p in procs.values()) if isinstance(procs, dict) else ()
+
+
+def _scalar_timestep(timestep: Any) -> float | None:
+    """The one timestep of a call as a float, or None when samples carry different timesteps."""
+    if isinstance(timestep, (int, float)):
+        return float(timestep)
+    if not torch.is_tensor(timestep) or timestep.numel() == 0:
+        return None
+    flat = timestep.detach().reshape(-1)
+    if flat.numel() > 1 and not bool((flat == flat[0]).all()):
+        return None
+    return float(flat[0])
+
+
+def _read_cached_ir(core: Any, xml: Path | None, notes: list[str]) -> Any | None:
+    """The IR a previous run saved for this UNet, or None (no cache, none yet, or unreadable)."""
+    if xml is None or not (xml.exists() and xml.with_suffix(".bin").exists()):
+        return None
+    try:
+        model = core.read_model(str(xml))  # weights are memory-mapped, not read
+    except Exception as exc:  # truncated, or written by an incompatible OpenVINO: convert again
+        log.warning("--fast: cached OpenVINO IR %s unreadable (%s); converting again", xml, exc)
+        return None
+    notes.append(f"--fast on CPU: OpenVINO UNet loaded from the cache ({xml.name}), no conversion")
+    return model
+
+
+def _convert_and_cache(unet: Any, xml: Path | None, notes: list[str]) -> Any:
+    """Convert the UNet (the one-off cost) and save the IR to ``xml`` when there is a cache; returns the model."""
+    log.info("--fast: converting the UNet with OpenVINO (one-off per checkpoint, ~2-3 min for SD1.5 on 2 cores)...")
+    started = time.perf_counter()
+    model = _convert(unet)
+    notes.append(f"--fast on CPU: UNet converted to OpenVINO in {time.perf_counter() - started:.0f} s (one-off)")
+    if xml is None:
+        return model
+    try:
+        _save_ir(model, xml)
+    except OSError as exc:  # disk full, read-only cache: fast now, converted again on the next start
+        log.warning("--fast: could not cache the OpenVINO UNet in %s: %s", xml.parent, exc)
+        notes.append(f"--fast on CPU: could not save the converted UNet to {xml.parent} "
+                     f"({exc.strerror or exc}); it will be converted again on the next start")
+    return model
+
+
+def _weights_gib(module: Any) -> float:
+    return sum(p.numel() * p.element_size() for p in module.parameters()) / 2**30

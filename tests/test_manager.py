@@ -460,7 +460,8 @@ def test_fast_setting_on_cpu_keeps_the_pixels(manager):
         assert fast.is_fast(entry.pipelines["txt2img"])
     finally:
         manager.apply_settings({"fast": False})
-    assert np.array_equal(pixels(plain), pixels(quick))
+    # On CPU --fast runs the UNet through OpenVINO (fp32): the same picture within fp32 noise (±1 level at most).
+    assert int(np.abs(pixels(plain) - pixels(quick)).max()) <= 1
     manager.run(req(checkpoint="tiny-a"))
     assert not fast.is_fast(entry.pipelines["txt2img"])
 

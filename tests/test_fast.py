@@ -1,0 +1,228 @@
+"""``--fast`` on CPU: the UNet through OpenVINO, on the tiny model.
+
+What a user would notice: the same pixels as default mode (fp32 noise at most), no second conversion after a
+restart (the IR is cached on disk), a clear message and default mode when OpenVINO is missing or the cache cannot
+be written, and speed-ups that need the torch UNet (DeepCache, token merging) still working on top of it.
+"""
+
+from __future__ import annotations
+
+import errno
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from pipelines import fast, speedups
+from pipelines.tiny import tiny_sd15_pipeline
+
+pytest.importorskip("openvino")
+
+STEPS = 4
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread on a busy 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def make_pipe():
+    from diffusers import EulerDiscreteScheduler
+
+    pipe = tiny_sd15_pipeline(seed=0)
+    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def generate(pipe, seed: int = 7, size: int = 64) -> np.ndarray:
+    out = pipe("a red apple on a table", negative_prompt="blurry", num_inference_steps=STEPS, guidance_scale=7.0,
+               height=size, width=size, generator=torch.Generator("cpu").manual_seed(seed), output_type="np")
+    return out.images[0]
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return make_pipe()
+
+
+@pytest.fixture(scope="module")
+def default_image(pipe) -> np.ndarray:
+    return generate(pipe)
+
+
+@pytest.fixture()
+def fast_pipe(pipe, cache_dir):
+    """``pipe`` with ``--fast`` on (the first use converts the UNet and caches the IR in ``cache_dir``)."""
+    notes = fast.enable_fast(pipe, "cpu", cache_dir)
+    yield pipe, notes
+    fast.disable_fast(pipe)
+
+
+@pytest.fixture()
+def quick_convert(fast_pipe, cache_dir, monkeypatch) -> list[int]:
+    """``fast._convert`` answered from the IR the module's first conversion cached (a tiny-UNet conversion takes
+    ~10-25 s on a busy 2-core machine); returns a list that counts the conversions."""
+    import openvino as ov
+
+    (xml,) = (cache_dir / "openvino").glob("unet-*.xml")
+    calls: list[int] = []
+
+    def convert(unet):
+        calls.append(1)
+        return ov.Core().read_model(str(xml))
+
+    monkeypatch.setattr(fast, "_convert", convert)
+    return calls
+
+
+def runner(pipe) -> fast.OpenVinoUNet:
+    (only,) = pipe._atelier_fast["openvino"]
+    return only
+
+
+def test_fast_on_cpu_gives_default_pixels_through_openvino(fast_pipe, default_image, cache_dir):
+    pipe, notes = fast_pipe
+    assert any("runs through OpenVINO" in n for n in notes), notes
+    image = generate(pipe)
+    assert runner(pipe).ov_calls == STEPS and runner(pipe).eager_calls == 0
+    np.testing.assert_allclose(image, default_image, atol=1e-4)
+    assert list((cache_dir / "openvino").glob("unet-*.xml")) and list((cache_dir / "openvino").glob("unet-*.bin"))
+
+
+def test_unet_call_matches_eager_within_fp32_noise(fast_pipe):
+    pipe, _ = fast_pipe
+    g = torch.Generator().manual_seed(3)
+    sample, text = torch.randn(2, 4, 16, 16, generator=g), torch.randn(2, 77, 32, generator=g)
+    with torch.no_grad():
+        through_ov = pipe.unet(sample, torch.tensor(421.5), text).sample
+        eager = type(pipe.unet).forward(pipe.unet, sample, torch.tensor(421.5), text).sample
+        as_tuple = pipe.unet(sample, 421.5, encoder_hidden_states=text, return_dict=False)
+    assert runner(pipe).ov_calls == 2
+    assert float((through_ov - eager).abs().max()) < 1e-4
+    assert isinstance(as_tuple, tuple) and torch.equal(as_tuple[0], through_ov)
+
+
+def test_restart_reads_the_cached_ir_instead_of_converting(fast_pipe, default_image, cache_dir, monkeypatch):
+    fast_pipe  # noqa: B018 - the fixture converted and cached the IR
+    restarted = make_pipe()  # same checkpoint, new process-like modules
+
+    def no_conversion(unet):
+        raise AssertionError("converted again although the IR is cached")
+
+    monkeypatch.setattr(fast, "_convert", no_conversion)
+    notes = fast.enable_fast(restarted, "cpu", cache_dir)
+    try:
+        assert any("loaded from the cache" in n for n in notes), notes
+        np.testing.assert_allclose(generate(restarted), default_image, atol=1e-4)
+        assert runner(restarted).ov_calls == STEPS
+    finally:
+        fast.disable_fast(restarted)
+
+
+def test_another_checkpoint_gets_its_own_ir(cache_dir):
+    other = tiny_sd15_pipeline(seed=1).unet
+    same = tiny_sd15_pipeline(seed=0).unet
+    assert fast.unet_fingerprint(other) != fast.unet_fingerprint(same)
+    assert fast.unet_fingerprint(same) == fast.unet_fingerprint(make_pipe().unet)
+
+
+def test_disable_gives_the_torch_unet_back(pipe, default_image, cache_dir):
+    fast.enable_fast(pipe, "cpu", cache_dir)
+    assert "forward" in pipe.unet.__dict__
+    fast.disable_fast(pipe)
+    assert not fast.is_fast(pipe) and "forward" not in pipe.unet.__dict__
+    np.testing.assert_array_equal(generate(pipe), default_image)
+
+
+def test_missing_openvino_falls_back_with_a_message(pipe, default_image, monkeypatch, cache_dir):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # ``import openvino`` raises ImportError
+    notes = fast.enable_fast(pipe, "cpu", cache_dir)
+    try:
+        assert fast.is_fast(pipe)
+        assert len(notes) == 1 and "OpenVINO" in notes[0] and "pip install openvino" in notes[0]
+        assert "forward" not in pipe.unet.__dict__
+        np.testing.assert_array_equal(generate(pipe), default_image)
+    finally:
+        fast.disable_fast(pipe)
+
+
+def test_conversion_failure_falls_back_with_a_message(default_image, tmp_path, monkeypatch):
+    pipe = make_pipe()
+
+    def broken(unet):
+        raise RuntimeError("unsupported operation aten::frobnicate")
+
+    monkeypatch.setattr(fast, "_convert", broken)
+    notes = fast.enable_fast(pipe, "cpu", tmp_path)
+    assert "could not convert" in notes[0] and "aten::frobnicate" in notes[0] and "default mode" in notes[0]
+    assert "forward" not in pipe.unet.__dict__
+    np.testing.assert_array_equal(generate(pipe), default_image)
+    fast.disable_fast(pipe)
+
+
+def test_full_disk_keeps_fast_and_says_it_will_convert_again(default_image, tmp_path, monkeypatch, quick_convert):
+    pipe = make_pipe()
+
+    def disk_full(model, xml):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(fast, "_save_ir", disk_full)
+    notes = fast.enable_fast(pipe, "cpu", tmp_path)
+    try:
+        assert any("could not save" in n and "No space left" in n for n in notes), notes
+        np.testing.assert_allclose(generate(pipe), default_image, atol=1e-4)
+        assert runner(pipe).ov_calls == STEPS
+        assert not (tmp_path / "openvino").exists() or not list((tmp_path / "openvino").glob("*.xml"))
+        assert quick_convert == [1]
+    finally:
+        fast.disable_fast(pipe)
+
+
+def test_a_damaged_cached_ir_is_converted_again(default_image, tmp_path, quick_convert):
+    pipe = make_pipe()
+    ir_dir = tmp_path / "openvino"
+    ir_dir.mkdir()
+    xml = ir_dir / f"unet-{fast.unet_fingerprint(pipe.unet)}.xml"
+    xml.write_text("<net>truncated")
+    xml.with_suffix(".bin").write_bytes(b"\0" * 16)
+    notes = fast.enable_fast(pipe, "cpu", tmp_path)
+    try:
+        assert any("converted to OpenVINO" in n for n in notes), notes
+        assert quick_convert == [1] and xml.stat().st_size > 100  # replaced by a good IR
+        np.testing.assert_allclose(generate(pipe), default_image, atol=1e-4)
+    finally:
+        fast.disable_fast(pipe)
+
+
+@pytest.mark.parametrize("deep_cache,ratio", [(True, 0.0), (False, 0.5)])
+def test_deep_cache_and_token_merging_run_on_the_torch_unet(fast_pipe, cache_dir, deep_cache, ratio):
+    pipe, _ = fast_pipe
+    fast.disable_fast(pipe)
+    with speedups.applied_speedups(pipe, SimpleNamespace(deep_cache=deep_cache, token_merging=ratio)):
+        expected = generate(pipe)
+    fast.enable_fast(pipe, "cpu", cache_dir)
+    with speedups.applied_speedups(pipe, SimpleNamespace(deep_cache=deep_cache, token_merging=ratio)):
+        image = generate(pipe)
+    # Every UNet call that reaches the wrapper runs eagerly (DeepCache's cached calls skip it altogether).
+    assert runner(pipe).eager_calls >= 1 and runner(pipe).ov_calls == 0
+    np.testing.assert_array_equal(image, expected)
+
+
+def test_odd_latent_size_runs_eagerly(fast_pipe):
+    pipe, _ = fast_pipe
+    factor = 2 ** pipe.unet.num_upsamplers
+    generate(pipe, size=8 * (4 * factor + 1))  # latent side not a multiple of the up factor
+    assert runner(pipe).eager_calls == STEPS and runner(pipe).ov_calls == 0
