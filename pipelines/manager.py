@@ -233,6 +233,7 @@ class PipelineManager:
         self.upscale_overlap = DEFAULT_OVERLAP
         self.last_rung: str | None = None
         self._scheduler_templates: dict[tuple[str, str, str], Any] = {}
+        self._fast_notes: list[str] = []  # notes of the last --fast switch-on, for the running job (worker only)
         self._queue: deque[Job] = deque()
         self._cond = threading.Condition()
         self._current: Job | None = None
@@ -392,7 +393,10 @@ class PipelineManager:
         while True:
             devices.reset_peak(self.choice.device)
             try:
+                self._announce_fast(job, entry)
                 pipe = self._prepare_pipeline(entry, job.request.task, rung)
+                result.notes.extend(note for note in self._fast_notes if note not in result.notes)
+                self._fast_notes.clear()
                 output = self._run_pipeline(job, entry, pipe, seeds, batch_index, batches)
                 self.ladder.record(rung, self._shape(entry, job.request), devices.peak_memory(self.choice.device))
                 return output, rung
@@ -657,8 +661,23 @@ class PipelineManager:
         self._sync_fast(entry, pipe if on_device else None)
         return pipe
 
+    def _announce_fast(self, job: Job, entry: CacheEntry) -> None:
+        """Tell the job's watchers before ``--fast`` is switched on: converting or compiling can take minutes."""
+        from . import fast
+
+        pipe = entry.pipelines.get(job.request.task)
+        if self.settings.fast and (pipe is None or not fast.is_fast(pipe)):
+            job._emit(ProgressEvent(
+                job_id=job.id, state="loading",
+                message="Preparing the fast path (--fast): the first time for a checkpoint it converts or compiles "
+                        "the UNet, which takes minutes; later starts reuse the cached result."))
+
     def _sync_fast(self, entry: CacheEntry, pipe: Any | None) -> None:
-        """``--fast`` (pipelines/fast.py) on ``pipe`` when the setting asks for it; off on every other pipeline."""
+        """``--fast`` (pipelines/fast.py) on ``pipe`` when the setting asks for it; off on every other pipeline.
+
+        The notes of a fresh switch-on (what was converted, the memory it costs, why it fell back) are kept in
+        ``_fast_notes`` for the job's result, so the UI and the API show them, not only the log.
+        """
         from . import fast
 
         want = pipe if self.settings.fast else None
@@ -666,7 +685,7 @@ class PipelineManager:
             if other is not want and fast.is_fast(other):
                 fast.disable_fast(other)
         if want is not None and not fast.is_fast(want):
-            fast.enable_fast(want, self.choice.device, self.settings.cache_dir)
+            self._fast_notes.extend(fast.enable_fast(want, self.choice.device, self.settings.cache_dir))
 
     def _reset_entry(self, entry: CacheEntry) -> None:
         """Undo the memory ladder's set-up on ``entry`` before the cache moves or drops it."""

@@ -455,13 +455,20 @@ def test_fast_setting_on_cpu_keeps_the_pixels(manager):
     plain = manager.run(req(checkpoint="tiny-a", seed=31)).images[0]
     manager.apply_settings({"fast": True})
     try:
-        quick = manager.run(req(checkpoint="tiny-a", seed=31)).images[0]
+        events = []
+        first = manager.run(req(checkpoint="tiny-a", seed=31), on_progress=events.append)
+        quick = first.images[0]
+        again = manager.run(req(checkpoint="tiny-a", seed=31))
         entry = manager.cache.get(manager.registry.find_checkpoint("tiny-a").path)
         assert fast.is_fast(entry.pipelines["txt2img"])
     finally:
         manager.apply_settings({"fast": False})
     # On CPU --fast runs the UNet through OpenVINO (fp32): the same picture within fp32 noise (±1 level at most).
     assert int(np.abs(pixels(plain) - pixels(quick)).max()) <= 1
+    # The user is told before the slow switch-on, and what it did is in the result (UI info, API info).
+    assert any("Preparing the fast path" in e.message for e in events)
+    assert any(note.startswith("--fast") for note in first.notes), first.notes
+    assert not any(note.startswith("--fast") for note in again.notes)  # said once, not on every image
     manager.run(req(checkpoint="tiny-a"))
     assert not fast.is_fast(entry.pipelines["txt2img"])
 
