@@ -28,10 +28,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("DIFFUSERS_NO_ADVISORY_WARNINGS", "1")
-# torch's OpenMP threads spin between ops by default; on a CPU that other programs also use, each op then waits
-# for a descheduled spinner. Measured on a busy 2-core machine: a 512² 20-step demo image took 30 s spinning and
-# 1.3 s with passive waiting. Read when torch loads, so it is set here, before any import of it.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 REPO_ROOT = Path(__file__).resolve().parent
 if str(REPO_ROOT) not in sys.path:  # started from elsewhere (python /path/to/app.py): find our packages

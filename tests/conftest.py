@@ -19,6 +19,13 @@ from pathlib import Path
 
 import pytest
 
+# The tiny models' ops take microseconds, so torch's OpenMP threads spend most of a test spinning at barriers; on
+# a 2-core machine shared with other processes a spinner then holds the core the worker needs (measured: a 512²
+# 20-step demo image 30 s spinning, 1.3 s waiting passively). Set before torch loads; servers the tests start
+# inherit it. The product keeps OpenMP's default: on a quiet machine passive waiting cost full-size images ~8 %
+# wall time (bench, 256², 20 steps); README's Troubleshooting tells users on a busy CPU to set it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO_ROOT / "tests" / "artifacts"
 CHROMIUM = Path("/usr/bin/chromium")
