@@ -95,13 +95,18 @@ def tiny_text_encoder(hidden_size: int = 32, num_layers: int = 2, seed: int = 0,
 
 def tiny_sd15_components(seed: int = 0) -> dict[str, Any]:
     """Components for ``StableDiffusionPipeline(**components)``: a tiny SD 1.x model with random weights."""
+    return _sd15_components(tiny_unet(cross_attention_dim=32, seed=seed), tiny_vae(seed=seed), seed)
+
+
+def _sd15_components(unet: Any, vae: Any, seed: int) -> dict[str, Any]:
+    """An SD 1.x component dict around ``unet`` and ``vae``: tiny text encoder, real tokenizer, PNDM scheduler."""
     from diffusers import PNDMScheduler
 
     from .tokenizers import clip_tokenizer
 
     return {
-        "unet": tiny_unet(cross_attention_dim=32, seed=seed),
-        "vae": tiny_vae(seed=seed),
+        "unet": unet,
+        "vae": vae,
         "text_encoder": tiny_text_encoder(hidden_size=32, seed=seed),
         "tokenizer": clip_tokenizer(),
         "scheduler": PNDMScheduler.from_config(SD15_SCHEDULER_CONFIG),
@@ -165,20 +170,7 @@ def demo_vae(seed: int = 0, scaling_factor: float = 0.18215):
 def demo_sd15_components(seed: int = 0) -> dict[str, Any]:
     """Components of the ``--demo`` checkpoint: an SD 1.x model cheap enough for requests at the validation
     limits on a CPU (``demo_unet``, ``demo_vae``, the tiny CLIP text encoder), random weights."""
-    from diffusers import PNDMScheduler
-
-    from .tokenizers import clip_tokenizer
-
-    return {
-        "unet": demo_unet(seed=seed),
-        "vae": demo_vae(seed=seed),
-        "text_encoder": tiny_text_encoder(hidden_size=32, seed=seed),
-        "tokenizer": clip_tokenizer(),
-        "scheduler": PNDMScheduler.from_config(SD15_SCHEDULER_CONFIG),
-        "safety_checker": None,
-        "feature_extractor": None,
-        "image_encoder": None,
-    }
+    return _sd15_components(demo_unet(seed=seed), demo_vae(seed=seed), seed)
 
 
 def tiny_sd15_pipeline(seed: int = 0):
