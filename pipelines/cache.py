@@ -112,6 +112,11 @@ class CacheEntry:
         return self.loaded.info.name
 
     @property
+    def kind(self) -> str:
+        """The model's kind in the registry: "checkpoint" or "upscaler"."""
+        return getattr(self.loaded.info, "kind", "checkpoint")
+
+    @property
     def family(self) -> str:
         return family_key(self.loaded)
 
@@ -262,6 +267,8 @@ class CheckpointCache:
 
     def _use_vae(self, entry: CacheEntry, vae_info: Any | None) -> None:
         if vae_info is None:
+            if entry.vae_key is not None and self.reset_entry is not None:
+                self.reset_entry(entry)  # the pipelines over the external VAE are dropped: undo their set-up
             entry.set_vae(None, None)
             return
         # One VAE file may be configured differently per family group, so the family is part of the key.
@@ -333,9 +340,10 @@ class CheckpointCache:
         with self._lock:
             return [e.name for e in reversed(self.entries.values())]
 
-    def current(self) -> CacheEntry | None:
+    def current(self, kind: str | None = None) -> CacheEntry | None:
+        """The most recently used entry, or the most recent of one ``kind`` ("checkpoint", "upscaler")."""
         with self._lock:
-            return next(reversed(self.entries.values()), None) if self.entries else None
+            return next((e for e in reversed(self.entries.values()) if kind is None or e.kind == kind), None)
 
     def get(self, info: Any) -> CacheEntry | None:
         return self.entries.get(str(getattr(info, "path", info)))

@@ -150,6 +150,7 @@ class StepReporter:
         self.started = time.monotonic()
         self.last_preview = 0.0
         self.done_steps = 0
+        self.first_step: tuple[int, float] | None = None  # (steps done, when) at the first reported step
         self.offset = 0  # steps done in earlier calls of this batch (upscale tiles)
 
     def check_cancel(self) -> None:
@@ -173,7 +174,13 @@ class StepReporter:
         done, total = self.offset + done, max(total, self.offset + done)
         self.done_steps = done
         now = time.monotonic()
-        per_step = (now - self.started) / max(1, done)
+        # From the second step on, time per step is measured from the first step's end: prompt encoding, the
+        # first call's warm-up (or an OpenVINO compile) would otherwise inflate the ETA for the whole image.
+        if self.first_step is None or done <= self.first_step[0]:
+            self.first_step = (done, now)
+            per_step = (now - self.started) / max(1, done)
+        else:
+            per_step = (now - self.first_step[1]) / (done - self.first_step[0])
         eta = per_step * ((total - done) + total * (self.batch_count - self.batch_index - 1))
         preview = None
         if latents is not None and (done % PREVIEW_EVERY_STEPS == 0 or done == 1) \
@@ -670,7 +677,7 @@ class PipelineManager:
             job._emit(ProgressEvent(
                 job_id=job.id, state="loading",
                 message="Preparing the fast path (--fast): the first time for a checkpoint it converts or compiles "
-                        "the UNet, which takes minutes; later starts reuse the cached result."))
+                        "the UNet and the VAE decoder, which takes minutes; later starts reuse the cached result."))
 
     def _sync_fast(self, entry: CacheEntry, pipe: Any | None) -> None:
         """``--fast`` (pipelines/fast.py) on ``pipe`` when the setting asks for it; off on every other pipeline.
@@ -797,7 +804,7 @@ class PipelineManager:
         """What the status bar and ``/sdapi/v1/options`` show."""
         used = devices.memory_used(self.choice.device)
         _free, total = devices.memory_info(self.choice.device)
-        current = self.cache.current()
+        current, upscaler = self.cache.current("checkpoint"), self.cache.current("upscaler")
         return {
             "device": str(self.choice.device),
             "dtype": self.choice.dtype_name,
@@ -806,6 +813,7 @@ class PipelineManager:
             "vram_used": used,
             "vram_total": total,
             "loaded_checkpoint": current.name if current is not None else None,
+            "loaded_upscaler": upscaler.name if upscaler is not None else None,
             "loaded_checkpoints": self.cache.names(),
             "demo": bool(self.settings.demo),
             "queue": self.queue_length(),

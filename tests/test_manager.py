@@ -144,6 +144,22 @@ def test_progress_events_count_steps_with_eta_and_preview(manager):
     assert events[-1].state == "done" and events[-1].fraction == 1.0
 
 
+def test_eta_after_the_first_step_leaves_out_the_warm_up(monkeypatch):
+    from types import SimpleNamespace
+
+    from pipelines import manager as manager_module
+
+    events = []
+    job = SimpleNamespace(cancel_requested=False, id="j", _emit=events.append, _progress=SimpleNamespace(preview=None))
+    clock = iter([0.0, 30.0, 32.0, 34.0])  # start; a 30 s first step (encode, warm-up, compile); then 2 s a step
+    monkeypatch.setattr(manager_module.time, "monotonic", lambda: next(clock))
+    reporter = manager_module.StepReporter(job, 0, 2, 10, (64, 64), factors=False)
+    for done in (1, 2, 3):
+        reporter.on_step(done, 10, None)
+    assert events[0].eta_s == 30.0 * (9 + 10)  # one step seen: all of it is the estimate
+    assert events[2].eta_s == 2.0 * (7 + 10)  # then the steady per-step time, not (34 s / 3) per step
+
+
 def test_cancel_after_step_one_stops_within_a_step_and_saves_nothing(slow, tmp_path):
     manager = slow
     before = set(Path(manager.settings.outputs_dir).rglob("*.png"))
@@ -461,6 +477,14 @@ def test_fast_setting_on_cpu_keeps_the_pixels(manager):
         again = manager.run(req(checkpoint="tiny-a", seed=31))
         entry = manager.cache.get(manager.registry.find_checkpoint("tiny-a").path)
         assert fast.is_fast(entry.pipelines["txt2img"])
+        # An external VAE and back: each switch drops the pipelines; their OpenVINO models go with them, never
+        # stacking a second compiled copy on the same UNet.
+        manager.run(req(checkpoint="tiny-a", seed=31, vae="tiny-vae"))
+        back = manager.run(req(checkpoint="tiny-a", seed=31, vae="Automatic")).images[0]
+        runners = entry.pipelines["txt2img"]._atelier_fast["openvino"]
+        unet = entry.components["unet"]
+        assert getattr(unet, fast._RUNNER_ATTR) is runners[0] and runners[0]._previous is None
+        assert np.array_equal(pixels(back), pixels(quick))
     finally:
         manager.apply_settings({"fast": False})
     # On CPU --fast runs the UNet through OpenVINO (fp32): the same picture within fp32 noise (±1 level at most).
@@ -541,6 +565,8 @@ def test_real_models_generate_switch_without_rereading_files_and_upscale(tiny_mo
         assert upscaled.images[0].size == (160, 128)
         assert upscaled.paths[0].parent.parent.name == "upscale"
         assert parse_infotext(upscaled.infotexts[0])["Model"] == "tiny-x4"
+        status = manager.status()  # the bar names the checkpoint in use, and the upscaler beside it
+        assert (status["loaded_checkpoint"], status["loaded_upscaler"]) == ("tiny-sd15", "tiny-x4")
     finally:
         manager.close()
 

@@ -453,6 +453,14 @@ def test_status_bar_shows_device_checkpoint_and_demo_label(manager: FakeManager,
     assert DEMO_LABEL not in status_html(manager, settings)
 
 
+def test_status_bar_names_the_upscaler_beside_the_checkpoint() -> None:
+    from ui.status import status_items
+
+    items = dict(status_items({"loaded_checkpoint": "sd15", "loaded_upscaler": "x4"}))
+    assert (items["Checkpoint"], items["Upscaler"]) == ("sd15", "x4")
+    assert "Upscaler" not in dict(status_items({"loaded_checkpoint": "sd15", "loaded_upscaler": None}))
+
+
 def test_build_ui_has_every_contract_id_and_tab_label(manager: FakeManager, settings: Settings) -> None:
     blocks = build_ui(manager, settings)
     config = blocks.get_config_file()

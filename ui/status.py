@@ -43,6 +43,8 @@ def status_items(status: dict[str, Any]) -> list[tuple[str, str]]:
     if total:
         items.append(("VRAM", f"{used or '?'} / {total}"))
     items.append(("Checkpoint", str(status.get("loaded_checkpoint") or "none loaded")))
+    if status.get("loaded_upscaler"):
+        items.append(("Upscaler", str(status["loaded_upscaler"])))
     queue = status.get("queue")
     if isinstance(queue, (int, float)) and queue:
         items.append(("Queue", f"{int(queue)} waiting"))
