@@ -8,25 +8,26 @@ What it does depends on the device:
   scratch. A new resolution or batch size recompiles (dynamo's guards); after ``RECOMPILE_LIMIT`` shapes, or
   when a graph fails to compile, dynamo runs eagerly instead of failing the image.
   Not measured yet: no GPU was lent while this was written (see bench/README.md).
-* **CPU**: the UNet runs through OpenVINO (``OpenVinoUNet``): ``ov.convert_model`` of the torch UNet, traced once
-  per checkpoint with dynamic input shapes (any size/batch/prompt length, no per-shape conversion), saved as an
-  fp32 IR under ``<cache_dir>/openvino/unet-<fingerprint>.xml`` and compiled with ``INFERENCE_PRECISION_HINT=f32``
-  (exact: max abs difference ~1e-5 against eager on a UNet output of magnitude ~1.4, at most 1 pixel level in an
-  image). Measured on the 2-vCPU bench machine, one SD1.5-shaped UNet call with CFG (batch 2), CPU seconds
-  (interleaved A/B, machine shared): 256² 5.9 vs 13.9 eager (0.42x), 512² 26.0 vs 35.6 (0.73x); channels_last
-  0.96x / 0.98x (left out). A whole 256² image, 20 steps, through the manager: 0.74x plain diffusers' wall time
-  (max 1 pixel level apart). One-off costs: conversion ~2.5 min, then ~6-13 s to compile the cached IR at each
-  start (and again after a switch between txt2img and img2img, since ``disable_fast`` frees the model). Memory:
-  OpenVINO keeps its own copy of the UNet weights beside torch's (+3.2 GiB for SD1.5; the note says so): the torch
-  UNet stays for the calls OpenVINO does not take (DeepCache, token merging, ControlNet/masks, odd latent sizes),
-  which fall back to eager per call. The VAE decoder stays eager (OpenVINO: 0.82x of its CPU time at 256², a few
-  percent of an image, not worth a second conversion). Without ``openvino`` installed, or when conversion fails,
-  the note says so and images run as in default mode. See bench/README.md, "OpenVINO probe (CPU)".
+* **CPU**: the UNet and the VAE decoder run through OpenVINO (``OpenVinoUNet``, ``OpenVinoDecoder``):
+  ``ov.convert_model`` of the torch module, traced once per checkpoint with dynamic input shapes (any size, batch,
+  prompt length or decode tile, no per-shape conversion), saved as an fp32 IR under
+  ``<cache_dir>/openvino/unet-<fingerprint>.xml`` (``vae-decoder-<fingerprint>.xml``) and compiled with
+  ``INFERENCE_PRECISION_HINT=f32`` (exact: max abs difference ~1e-5 against eager on a UNet output of magnitude
+  ~1.4, at most 1 pixel level in an image). Measured on the idle 2-vCPU bench machine, one SD1.5-shaped UNet call
+  with CFG (batch 2) at 512²: 12.7 s against 16.4 s eager (0.77x; static shapes 0.84x, no better); the decoder at
+  512² 0.8x of eager's CPU time; channels_last ~0.97x (left out). One-off costs: conversion ~1.5-2.5 min for the
+  UNet, ~1-2.5 min for the decoder, then a few seconds to compile the cached IRs at each start (and again after a
+  switch between txt2img and img2img, since ``disable_fast`` frees the models). Memory: OpenVINO keeps its own
+  copy of the weights beside torch's (+3.2 GiB for SD1.5's UNet, +0.2 GiB for its decoder; the note says so): the
+  torch modules stay for the calls OpenVINO does not take (DeepCache, token merging, ControlNet/masks, odd latent
+  sizes), which fall back to eager per call. Without ``openvino`` installed, or when conversion fails, the note
+  says so and images run as in default mode (a decoder that fails alone just decodes eagerly). See
+  bench/README.md, "OpenVINO probe (CPU)".
 * **MPS / anything else**: nothing changes; the note says so.
 
 ``enable_fast(pipe, device, cache_dir)`` returns notes for the log/UI; ``disable_fast(pipe)`` undoes what can be
-undone (eager modules back, memory format back, QKV unfused, the UNet's own forward back and OpenVINO's model
-freed). Both are idempotent.
+undone (eager modules back, memory format back, QKV unfused, the UNet's and decoder's own forwards back and
+OpenVINO's models freed). Both are idempotent.
 """
 
 from __future__ import annotations
@@ -109,14 +110,15 @@ def is_fast(pipe: Any) -> bool:
 
 
 def _enable_cpu(pipe: Any, state: dict[str, Any], cache_dir: Path | None) -> None:
-    """Serve the UNet from an OpenVINO model (converted once per UNet, cached on disk); eager for the rest."""
+    """Serve the UNet, then the VAE decoder, from OpenVINO models (converted once each, cached on disk)."""
     unet = getattr(pipe, "unet", None)
     blocker = openvino_blocker(unet)
     if blocker is not None:
         state["notes"].append(blocker)
         return
+    ir_dir = None if cache_dir is None else Path(cache_dir) / OPENVINO_DIR
     try:
-        runner = OpenVinoUNet.build(unet, None if cache_dir is None else Path(cache_dir) / OPENVINO_DIR)
+        runner = OpenVinoUNet.build(unet, ir_dir)
     except Exception as exc:  # a model OpenVINO cannot convert or compile: the image still runs, eagerly
         log.warning("--fast: OpenVINO could not take the UNet", exc_info=True)
         state["notes"].append(f"--fast on CPU: OpenVINO could not convert this UNet ({type(exc).__name__}: {exc}); "
@@ -125,6 +127,18 @@ def _enable_cpu(pipe: Any, state: dict[str, Any], cache_dir: Path | None) -> Non
     runner.install()
     state["openvino"].append(runner)
     state["notes"].extend(runner.notes)
+    decoder = getattr(getattr(pipe, "vae", None), "decoder", None)
+    if decoder_blocker(pipe.vae) is not None:
+        return  # no AutoencoderKL decoder, or not fp32: it decodes eagerly, as in default mode (nothing to say)
+    try:
+        decoding = OpenVinoDecoder.build(decoder, pipe.vae.config, ir_dir)
+    except Exception as exc:  # the UNet is the part that matters: keep it, decode eagerly
+        log.warning("--fast: OpenVINO could not take the VAE decoder", exc_info=True)
+        state["notes"].append(f"--fast on CPU: the VAE decoder stays in torch ({type(exc).__name__}: {exc})")
+        return
+    decoding.install()
+    state["openvino"].append(decoding)
+    state["notes"].extend(decoding.notes)
 
 
 def _enable_cuda(pipe: Any, state: dict[str, Any], cache_dir: Path | None) -> None:
@@ -166,13 +180,14 @@ def _enable_cuda(pipe: Any, state: dict[str, Any], cache_dir: Path | None) -> No
 
 
 # --------------------------------------------------------------------------------------------------------------
-# CPU: the UNet through OpenVINO
+# CPU: the UNet and the VAE decoder through OpenVINO
 
-OPENVINO_DIR = "openvino"  # under Settings.cache_dir: one IR (model.xml + weights .bin) per UNet
+OPENVINO_DIR = "openvino"  # under Settings.cache_dir: one IR (model.xml + weights .bin) per UNet and per decoder
 IR_FORMAT = 1  # bump when the traced graph changes (wrapper, inputs), so old IRs are not read
 _EAGER_KWARGS = ("class_labels", "timestep_cond", "attention_mask", "cross_attention_kwargs", "added_cond_kwargs",
                  "down_block_additional_residuals", "mid_block_additional_residual",
                  "down_intrablock_additional_residuals", "encoder_attention_mask")
+_RUNNER_ATTR = "_atelier_openvino"  # on the torch module: the runner installed on it
 
 
 def openvino_blocker(unet: Any) -> str | None:
@@ -195,25 +210,45 @@ def openvino_blocker(unet: Any) -> str | None:
     return None
 
 
-def unet_fingerprint(unet: Any) -> str:
-    """A key that changes with the UNet's weights, config, attention processors and the diffusers code traced.
+def decoder_blocker(vae: Any) -> str | None:
+    """Why the OpenVINO path cannot serve ``vae``'s decoder, or None when it can (an fp32 AutoencoderKL's)."""
+    decoder = getattr(vae, "decoder", None)
+    if decoder is None or getattr(vae, "config", None) is None or not hasattr(decoder, "up_blocks"):
+        return "no AutoencoderKL decoder"
+    if getattr(vae, "dtype", None) != torch.float32:
+        return f"the VAE is {getattr(vae, 'dtype', None)}, not fp32"
+    return None
 
-    Hashing all 3.4 GB of an SD1.5 UNet costs ~10 s on this CPU, so each tensor contributes its name, shape, dtype
-    and 80 values spread over it: two different checkpoints (fine-tunes, merges) differ in practically every tensor.
-    """
+
+def unet_fingerprint(unet: Any) -> str:
+    """A key that changes with the UNet's weights, config, attention processors and the diffusers code traced."""
+    processors = getattr(unet, "attn_processors", None)  # traced as they are: sliced attention is another graph
+    names = sorted((k, type(v).__name__) for k, v in processors.items()) if isinstance(processors, dict) else []
+    return _fingerprint(unet, dict(unet.config), names)
+
+
+def decoder_fingerprint(decoder: Any, vae_config: Any) -> str:
+    """The same for a VAE decoder (its VAE's config, its own weights and attention processors)."""
+    names = [(name, type(m.processor).__name__) for name, m in decoder.named_modules() if hasattr(m, "processor")]
+    return _fingerprint(decoder, dict(vae_config), names)
+
+
+def _fingerprint(module: Any, config: dict[str, Any], processors: list[tuple[str, str]]) -> str:
+    """Hashing all 3.4 GB of an SD1.5 UNet costs ~10 s on this CPU, so each tensor contributes its name, shape,
+    dtype and 80 values spread over it: two different checkpoints (fine-tunes, merges) differ in practically every
+    tensor."""
     import hashlib
     import json
 
     import diffusers
 
     digest = hashlib.sha256()
-    digest.update(f"{IR_FORMAT}|{diffusers.__version__}|{type(unet).__name__}|".encode())
-    digest.update(json.dumps(dict(unet.config), sort_keys=True, default=str).encode())
-    processors = getattr(unet, "attn_processors", None)  # traced as they are: sliced attention is another graph
-    if isinstance(processors, dict):
-        digest.update("|".join(f"{k}={type(v).__name__}" for k, v in sorted(processors.items())).encode())
+    digest.update(f"{IR_FORMAT}|{diffusers.__version__}|{type(module).__name__}|".encode())
+    digest.update(json.dumps(config, sort_keys=True, default=str).encode())
+    if processors:
+        digest.update("|".join(f"{k}={v}" for k, v in processors).encode())
     with torch.no_grad():
-        for name, tensor in unet.state_dict().items():
+        for name, tensor in module.state_dict().items():
             flat = tensor.detach().reshape(-1)
             sample = torch.cat([flat[:: max(1, flat.numel() // 64)][:64], flat[-16:]]).float().contiguous()
             digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}|".encode())
@@ -233,21 +268,42 @@ class _TracedUNet(torch.nn.Module):
         return type(self.unet).forward(self.unet, sample, timestep, encoder_hidden_states=text, return_dict=False)[0]
 
 
+class _TracedDecoder(torch.nn.Module):
+    """``decoder(latents)``: the VAE decoder's graph (its class's forward, never an installed wrapper)."""
+
+    def __init__(self, decoder: Any):
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        return type(self.decoder).forward(self.decoder, latents)
+
+
 def _convert(unet: Any) -> Any:
     """``ov.convert_model`` of the UNet, traced at 256x256 with CFG batch 2; input shapes stay dynamic."""
-    import openvino as ov
-
     factor = 2 ** int(getattr(unet, "num_upsamplers", 3))
     side = 4 * factor  # latent side a multiple of the up factor: the trace takes diffusers' common branch
     example = (torch.zeros(2, unet.config.in_channels, side, side), torch.tensor(999.0),
                torch.zeros(2, 77, unet.config.cross_attention_dim))
-    training = unet.training
+    return _trace(_TracedUNet(unet), unet, example)
+
+
+def _convert_decoder(decoder: Any) -> Any:
+    """``ov.convert_model`` of the VAE decoder, traced on one 32x32 latent; input shapes stay dynamic."""
+    channels = decoder.conv_in.in_channels
+    return _trace(_TracedDecoder(decoder), decoder, (torch.zeros(1, channels, 32, 32),))
+
+
+def _trace(wrapper: torch.nn.Module, module: torch.nn.Module, example: tuple[torch.Tensor, ...]) -> Any:
+    import openvino as ov
+
+    training = module.training
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TracerWarnings about diffusers' shape checks: they hold for every call
-            return ov.convert_model(_TracedUNet(unet).eval(), example_input=example)
+            return ov.convert_model(wrapper.eval(), example_input=example)
     finally:
-        unet.train(training)  # tracing needs eval mode; leave the module as it was
+        module.train(training)  # tracing needs eval mode; leave the module as it was
 
 
 def _save_ir(model: Any, xml: Path) -> None:
@@ -267,85 +323,132 @@ def _compile_config() -> dict[str, Any]:
             "INFERENCE_NUM_THREADS": max(1, torch.get_num_threads())}
 
 
-class OpenVinoUNet:
-    """Runs a diffusers UNet's plain calls through a compiled OpenVINO model; anything else runs eagerly.
+def _compiled_model(label: str, module: Any, xml: Path | None, convert: Any, notes: list[str]) -> tuple[Any, float]:
+    """The compiled OpenVINO model of ``module``: its cached IR at ``xml`` (or a conversion, then cached)."""
+    import openvino as ov
 
-    ``install()`` puts a ``forward`` on the UNet instance (as DeepCache does), ``remove()`` takes it away again.
-    Eager fallbacks (same pixels, just not faster): extra conditioning kwargs (ControlNet residuals, attention
-    masks, cross-attention kwargs, ...), a latent side that is not a multiple of the UNet's up factor (diffusers
-    takes another branch there), per-sample timesteps, gradients, non-fp32 tensors, hooks on UNet submodules
-    (DeepCache keeps deep features through one) and changed attention processors (token merging).
+    core = ov.Core()
+    model = _read_cached_ir(core, label, xml, notes)
+    if model is None:
+        model = _convert_and_cache(label, module, convert, xml, notes)
+    started = time.perf_counter()
+    compiled = core.compile_model(model, "CPU", _compile_config())
+    del model  # the compiled model holds its own (repacked) weights; drop the mapped/converted ones
+    return compiled, time.perf_counter() - started
+
+
+class _OpenVinoRunner:
+    """Runs a torch module's plain calls through a compiled OpenVINO model; anything else runs eagerly.
+
+    ``install()`` puts a ``forward`` on the module instance (as DeepCache does on the UNet), ``remove()`` takes it
+    away again and frees the compiled model. One infer request, used under a lock.
     """
 
-    def __init__(self, unet: Any, compiled: Any, notes: list[str]):
-        self.unet = unet
+    def __init__(self, module: Any, compiled: Any, notes: list[str]):
+        self.module = module
         self.notes = notes
         self.ov_calls = 0
         self.eager_calls = 0
         self._compiled = compiled
         self._request = compiled.create_infer_request()
         self._lock = threading.Lock()
-        self._factor = 2 ** int(getattr(unet, "num_upsamplers", 3))
-        self._processors = self._current_processors()
-        # Training mode matters only through dropout (diffusers UNets have no batch norm); the default p is 0.
-        self._dropout = any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in unet.modules())
+        # Training mode matters only through dropout (no batch norm in these models); the default p is 0.
+        self._dropout = any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in module.modules())
         self._installed = False
         self._previous: Any = None
         self._logged: set[str] = set()
 
-    # -- building ---------------------------------------------------------------------------------------------
-    @classmethod
-    def build(cls, unet: Any, ir_dir: Path | None) -> OpenVinoUNet:
-        """Read the UNet's cached IR from ``ir_dir`` (or convert it, then cache it there) and compile it."""
-        import openvino as ov
-
-        core = ov.Core()
-        xml = None if ir_dir is None else ir_dir / f"unet-{unet_fingerprint(unet)}.xml"
-        notes: list[str] = []
-        model = _read_cached_ir(core, xml, notes)
-        if model is None:
-            model = _convert_and_cache(unet, xml, notes)
-        started = time.perf_counter()
-        compiled = core.compile_model(model, "CPU", _compile_config())
-        del model  # the compiled model holds its own (repacked) weights; drop the mapped/converted ones
-        notes.append(f"--fast on CPU: UNet runs through OpenVINO (exact fp32; compiled in "
-                     f"{time.perf_counter() - started:.0f} s). It keeps its own copy of the UNet weights beside "
-                     f"torch's (+{_weights_gib(unet):.1f} GiB RAM); DeepCache, token merging and ControlNet calls "
-                     "use the torch copy")
-        return cls(unet, compiled, notes)
-
-    # -- install / remove -------------------------------------------------------------------------------------
     def install(self) -> None:
-        """Route ``unet(...)`` through ``self``; what was there before (bound or instance forward) is kept."""
+        """Route ``module(...)`` through ``self``; what was there before (bound or instance forward) is kept.
+
+        A runner left installed by a pipeline that was dropped without ``disable_fast`` is removed first, so two
+        compiled copies never stack up on one module."""
         if self._installed:
             return
-        self._previous = self.unet.__dict__.get("forward")
-        self._eager = self.unet.forward
-        self.unet.forward = self._forward
+        stale = getattr(self.module, _RUNNER_ATTR, None)
+        if stale is not None and stale is not self:
+            stale.remove()
+        self._previous = self.module.__dict__.get("forward")
+        self._eager = self.module.forward
+        self.module.forward = self._forward
+        setattr(self.module, _RUNNER_ATTR, self)
         self._installed = True
 
     def remove(self) -> None:
-        """Give the UNet its previous ``forward`` back and free the compiled model."""
+        """Give the module its previous ``forward`` back and free the compiled model."""
         if not self._installed:
             return
         if self._previous is not None:
-            self.unet.forward = self._previous
+            self.module.forward = self._previous
         else:
-            self.unet.__dict__.pop("forward", None)
+            self.module.__dict__.pop("forward", None)
+        if getattr(self.module, _RUNNER_ATTR, None) is self:
+            delattr(self.module, _RUNNER_ATTR)
         self._installed = False
         self._request = self._compiled = None
 
-    # -- calls ------------------------------------------------------------------------------------------------
+    def _eager_call(self, reason: str, *args: Any, **kwargs: Any) -> Any:
+        if reason not in self._logged:
+            self._logged.add(reason)
+            log.info("--fast: %s call runs eagerly: %s", type(self.module).__name__, reason)
+        self.eager_calls += 1
+        return self._eager(*args, **kwargs)
+
+    def _common_reason(self, tensors: tuple[Any, ...]) -> str | None:
+        """Reasons shared by every module: released model, non-fp32/CPU inputs, gradients, training, hooks."""
+        if self._compiled is None:
+            return "the OpenVINO model was released"
+        if not all(torch.is_tensor(t) and t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors):
+            return "inputs that are not fp32 CPU tensors"
+        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+            return "gradients are needed"
+        if self.module.training and self._dropout:
+            return "the module is in training mode with dropout"
+        if any(m._forward_hooks or m._forward_pre_hooks for m in self.module.modules() if m is not self.module):
+            return "hooks on its layers (DeepCache)"
+        return None
+
+    def _infer(self, *arrays: Any) -> torch.Tensor:
+        with self._lock:  # one infer request; the manager runs one job at a time, this is a guard
+            self._request.infer(list(arrays), share_inputs=True)
+            # The request reuses its output buffer on the next call: copy out.
+            return torch.from_numpy(self._request.get_output_tensor(0).data.copy())
+
+
+class OpenVinoUNet(_OpenVinoRunner):
+    """The UNet through OpenVINO. Eager fallbacks (same pixels, just not faster): extra conditioning kwargs
+    (ControlNet residuals, attention masks, cross-attention kwargs, ...), a latent side that is not a multiple of
+    the UNet's up factor (diffusers takes another branch there), per-sample timesteps, gradients, non-fp32 tensors,
+    hooks on UNet submodules (DeepCache keeps deep features through one) and changed attention processors (token
+    merging)."""
+
+    def __init__(self, unet: Any, compiled: Any, notes: list[str]):
+        super().__init__(unet, compiled, notes)
+        self._factor = 2 ** int(getattr(unet, "num_upsamplers", 3))
+        self._processors = self._current_processors()
+
+    @property
+    def unet(self) -> Any:
+        return self.module
+
+    @classmethod
+    def build(cls, unet: Any, ir_dir: Path | None) -> OpenVinoUNet:
+        """Read the UNet's cached IR from ``ir_dir`` (or convert it, then cache it there) and compile it."""
+        xml = None if ir_dir is None else ir_dir / f"unet-{unet_fingerprint(unet)}.xml"
+        notes: list[str] = []
+        compiled, seconds = _compiled_model("UNet", unet, xml, lambda module: _convert(module), notes)
+        notes.append(f"--fast on CPU: UNet runs through OpenVINO (exact fp32; compiled in {seconds:.0f} s). It keeps "
+                     f"its own copy of the UNet weights beside torch's (+{_weights_gib(unet):.1f} GiB RAM); "
+                     "DeepCache, token merging and ControlNet calls use the torch copy")
+        return cls(unet, compiled, notes)
+
     def _forward(self, sample: torch.Tensor, timestep: Any, encoder_hidden_states: torch.Tensor, *args: Any,
                  **kwargs: Any) -> Any:
         reason = self.eager_reason(sample, timestep, encoder_hidden_states, args, kwargs)
         if reason is not None:
-            if reason not in self._logged:
-                self._logged.add(reason)
-                log.info("--fast: UNet call runs eagerly: %s", reason)
-            self.eager_calls += 1
-            return self._eager(sample, timestep, encoder_hidden_states, *args, **kwargs)
-        out = self._infer(sample, _scalar_timestep(timestep), encoder_hidden_states)
+            return self._eager_call(reason, sample, timestep, encoder_hidden_states, *args, **kwargs)
+        out = self._infer(sample.detach().contiguous().numpy(), _np_scalar(_scalar_timestep(timestep)),
+                          encoder_hidden_states.detach().contiguous().numpy())
         self.ov_calls += 1
         if kwargs.get("return_dict", True):
             from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
@@ -355,40 +458,58 @@ class OpenVinoUNet:
 
     def eager_reason(self, sample: Any, timestep: Any, text: Any, args: tuple, kwargs: dict) -> str | None:
         """Why this call cannot go through OpenVINO, or None when it can."""
-        if self._compiled is None:
-            return "the OpenVINO model was released"
         if args or any(kwargs.get(name) is not None for name in _EAGER_KWARGS):
             return "extra conditioning inputs (ControlNet, masks, cross-attention kwargs)"
-        if not (torch.is_tensor(sample) and torch.is_tensor(text) and sample.dtype == text.dtype == torch.float32
-                and sample.device.type == text.device.type == "cpu" and sample.dim() == 4 and text.dim() == 3):
-            return "inputs that are not fp32 CPU tensors of the usual shapes"
-        if torch.is_grad_enabled() and (sample.requires_grad or text.requires_grad):
-            return "gradients are needed"
+        reason = self._common_reason((sample, text))
+        if reason is not None:
+            return reason
+        if sample.dim() != 4 or text.dim() != 3:
+            return "inputs that are not of the usual shapes"
         if sample.shape[-1] % self._factor or sample.shape[-2] % self._factor:
             return f"a latent size not divisible by {self._factor} (image side not a multiple of {8 * self._factor})"
         if _scalar_timestep(timestep) is None:
             return "per-sample timesteps"
-        if self.unet.training and self._dropout:
-            return "the UNet is in training mode with dropout"
         if self._current_processors() != self._processors:
             return "attention processors changed (token merging)"
-        if any(m._forward_hooks or m._forward_pre_hooks for m in self.unet.modules() if m is not self.unet):
-            return "hooks on UNet layers (DeepCache)"
         return None
 
-    def _infer(self, sample: torch.Tensor, timestep: float, text: torch.Tensor) -> torch.Tensor:
-        import numpy as np
-
-        inputs = [sample.detach().contiguous().numpy(), np.asarray(timestep, dtype=np.float32),
-                  text.detach().contiguous().numpy()]
-        with self._lock:  # one infer request; the manager runs one job at a time, this is a guard
-            self._request.infer(inputs, share_inputs=True)
-            # The request reuses its output buffer on the next call: copy out.
-            return torch.from_numpy(self._request.get_output_tensor(0).data.copy())
-
     def _current_processors(self) -> tuple[int, ...]:
-        procs = getattr(self.unet, "attn_processors", None)
+        procs = getattr(self.module, "attn_processors", None)
         return tuple(id(p) for p in procs.values()) if isinstance(procs, dict) else ()
+
+
+class OpenVinoDecoder(_OpenVinoRunner):
+    """The VAE decoder through OpenVINO (any latent size: tiled decodes send tiles of their own size). Eager
+    fallbacks: ``latent_embeds`` (spatially conditioned decoders), gradients, non-fp32 tensors, hooks."""
+
+    @classmethod
+    def build(cls, decoder: Any, vae_config: Any, ir_dir: Path | None) -> OpenVinoDecoder:
+        xml = None if ir_dir is None else ir_dir / f"vae-decoder-{decoder_fingerprint(decoder, vae_config)}.xml"
+        notes: list[str] = []
+        compiled, seconds = _compiled_model("VAE decoder", decoder, xml, lambda module: _convert_decoder(module),
+                                            notes)
+        notes.append(f"--fast on CPU: VAE decoder runs through OpenVINO too (exact fp32; compiled in {seconds:.0f} s, "
+                     f"+{_weights_gib(decoder):.1f} GiB RAM)")
+        return cls(decoder, compiled, notes)
+
+    def _forward(self, sample: torch.Tensor, latent_embeds: Any = None, *args: Any, **kwargs: Any) -> Any:
+        if latent_embeds is not None or args or kwargs:
+            reason: str | None = "extra decoder inputs (latent_embeds)"
+        else:
+            reason = self._common_reason((sample,))
+            if reason is None and sample.dim() != 4:
+                reason = "latents that are not 4-D"
+        if reason is not None:
+            return self._eager_call(reason, sample, latent_embeds, *args, **kwargs)
+        out = self._infer(sample.detach().contiguous().numpy())
+        self.ov_calls += 1
+        return out
+
+
+def _np_scalar(value: float) -> Any:
+    import numpy as np
+
+    return np.asarray(value, dtype=np.float32)
 
 
 def _scalar_timestep(timestep: Any) -> float | None:
@@ -403,8 +524,8 @@ def _scalar_timestep(timestep: Any) -> float | None:
     return float(flat[0])
 
 
-def _read_cached_ir(core: Any, xml: Path | None, notes: list[str]) -> Any | None:
-    """The IR a previous run saved for this UNet, or None (no cache, none yet, or unreadable)."""
+def _read_cached_ir(core: Any, label: str, xml: Path | None, notes: list[str]) -> Any | None:
+    """The IR a previous run saved for this module, or None (no cache, none yet, or unreadable)."""
     if xml is None or not (xml.exists() and xml.with_suffix(".bin").exists()):
         return None
     try:
@@ -412,23 +533,24 @@ def _read_cached_ir(core: Any, xml: Path | None, notes: list[str]) -> Any | None
     except Exception as exc:  # truncated, or written by an incompatible OpenVINO: convert again
         log.warning("--fast: cached OpenVINO IR %s unreadable (%s); converting again", xml, exc)
         return None
-    notes.append(f"--fast on CPU: OpenVINO UNet loaded from the cache ({xml.name}), no conversion")
+    notes.append(f"--fast on CPU: OpenVINO {label} loaded from the cache ({xml.name}), no conversion")
     return model
 
 
-def _convert_and_cache(unet: Any, xml: Path | None, notes: list[str]) -> Any:
-    """Convert the UNet (the one-off cost) and save the IR to ``xml`` when there is a cache; returns the model."""
-    log.info("--fast: converting the UNet with OpenVINO (one-off per checkpoint, ~2-3 min for SD1.5 on 2 cores)...")
+def _convert_and_cache(label: str, module: Any, convert: Any, xml: Path | None, notes: list[str]) -> Any:
+    """Convert ``module`` (the one-off cost) and save the IR to ``xml`` when there is a cache; returns the model."""
+    log.info("--fast: converting the %s with OpenVINO (one-off per checkpoint; ~2-3 min for an SD1.5 UNet on 2 "
+             "cores)...", label)
     started = time.perf_counter()
-    model = _convert(unet)
-    notes.append(f"--fast on CPU: UNet converted to OpenVINO in {time.perf_counter() - started:.0f} s (one-off)")
+    model = convert(module)
+    notes.append(f"--fast on CPU: {label} converted to OpenVINO in {time.perf_counter() - started:.0f} s (one-off)")
     if xml is None:
         return model
     try:
         _save_ir(model, xml)
     except OSError as exc:  # disk full, read-only cache: fast now, converted again on the next start
-        log.warning("--fast: could not cache the OpenVINO UNet in %s: %s", xml.parent, exc)
-        notes.append(f"--fast on CPU: could not save the converted UNet to {xml.parent} "
+        log.warning("--fast: could not cache the OpenVINO %s in %s: %s", label, xml.parent, exc)
+        notes.append(f"--fast on CPU: could not save the converted {label} to {xml.parent} "
                      f"({exc.strerror or exc}); it will be converted again on the next start")
     return model
 

@@ -73,6 +73,18 @@ def pick_free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """torch on one thread for a module's tests: tiny models run fastest that way, and far faster than on two
+    threads when the 2-core machine is busy. (``manager_fixtures`` sets it process-wide on import.)"""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def free_port() -> int:
     return pick_free_port()

@@ -80,12 +80,8 @@ def test_bench_rejects_unknown_mode() -> None:
 
 # --- speed-ups on a tiny pipeline -----------------------------------------------------------------------------
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and far faster than two on a busy 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread):
+    """The speed-up tests below run tiny pipelines: one thread (conftest.py's ``one_thread``)."""
 
 
 @pytest.fixture(scope="module")
