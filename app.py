@@ -45,6 +45,7 @@ PRECISIONS = ("auto", "fp16", "bf16", "fp32")
 FLAG_FIELDS = {
     "models_dir": "models_dir",
     "outputs_dir": "outputs_dir",
+    "cache_dir": "cache_dir",
     "checkpoint": "checkpoint",
     "device": "device",
     "precision": "precision",
@@ -91,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--models-dir", metavar="DIR", help="models folder (default models/; an A1111 or ComfyUI models folder works)"
     )
     models.add_argument("--outputs-dir", metavar="DIR", help="where images are saved (default outputs/)")
+    models.add_argument(
+        "--cache-dir", metavar="DIR",
+        help="model hashes, demo models and --fast's converted models (default .cache/; several GB with --fast)",
+    )
     models.add_argument("--checkpoint", metavar="NAME", help="checkpoint loaded first")
     models.add_argument(
         "--settings-file", metavar="FILE", help="saved Settings (default settings.json beside the outputs folder)"
@@ -206,6 +211,8 @@ def build_settings(args: argparse.Namespace):  # -> pipelines.settings.Settings
         settings.models_dir = Path(args.models_dir).expanduser().resolve()
     if args.outputs_dir:
         settings.outputs_dir = Path(args.outputs_dir).expanduser().resolve()
+    if args.cache_dir:
+        settings.cache_dir = Path(args.cache_dir).expanduser().resolve()
     for dest in ("checkpoint", "device", "precision"):
         if getattr(args, dest):
             setattr(settings, dest, getattr(args, dest))

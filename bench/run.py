@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import gc
 import json
 import math
@@ -94,21 +95,21 @@ class RssSampler:
 
 @dataclass
 class StepClock:
-    """Wall-clock time of each finished denoising step (from the step callback / progress events)."""
+    """When the denoising steps finished (from the step callback, or from polled progress)."""
 
-    times: list[float] = field(default_factory=list)
-    last_step: int = -1
+    last_step: int = 0  # steps done at the last tick
+    last_time: float | None = None
 
-    def tick(self, step: int) -> None:
-        if step != self.last_step:
-            self.last_step = step
-            self.times.append(time.perf_counter())
+    def tick(self, done: int) -> None:
+        """``done`` steps have finished (a poll may skip steps: the count, not the ticks, is what counts)."""
+        if done > self.last_step:
+            self.last_step, self.last_time = done, time.perf_counter()
 
     def seconds_per_step(self, start: float) -> float | None:
-        """Mean seconds per step: from the call's start to the last step callback, over the steps seen."""
-        if not self.times:
+        """Mean seconds per step: from the call's start to the last step seen, over the steps done by then."""
+        if self.last_time is None:
             return None
-        return (self.times[-1] - start) / len(self.times)
+        return (self.last_time - start) / self.last_step
 
 
 @dataclass
@@ -236,8 +237,12 @@ def ensure_checkpoint(family: str, tiny: bool, work_dir: Path, log: Callable[[st
 
 
 # --- plain diffusers ------------------------------------------------------------------------------------------
-def run_plain_diffusers(model: BenchModel, size: int, steps: int, cfg: float, repeats: int) -> Measurement:
-    """``from_single_file`` (fp32, SDPA, Euler) and two images: the first includes the checkpoint load."""
+def run_plain_diffusers(model: BenchModel, size: int, steps: int, cfg: float, repeats: int,
+                        keep: dict[str, Any] | None = None) -> Measurement:
+    """``from_single_file`` (fp32, SDPA, Euler) and two images: the first includes the checkpoint load.
+
+    With ``keep`` (``--interleave``) the pipeline stays loaded: ``keep["generate"]`` times one more cached image.
+    """
     import torch
     from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
 
@@ -258,7 +263,7 @@ def run_plain_diffusers(model: BenchModel, size: int, steps: int, cfg: float, re
             clock = StepClock()
 
             def on_step(_pipe: Any, step: int, _t: Any, kwargs: dict) -> dict:
-                clock.tick(step)
+                clock.tick(step + 1)  # diffusers passes the step's index
                 return kwargs
 
             t0 = time.perf_counter()
@@ -271,8 +276,18 @@ def run_plain_diffusers(model: BenchModel, size: int, steps: int, cfg: float, re
         m.first_image_s = m.load_s + first
         m.image, m.image_s, m.s_per_it = _best_of(generate, repeats, m)
     m.peak_rss, m.start_rss = rss.peak, rss.start
+    if keep is not None:
+        keep["generate"] = generate
+        return m
     pipe = None  # noqa: F841 - drop the weights before the next mode loads its own
     gc.collect()
+    return m
+
+
+def plain_twin(generate: Callable[[], tuple[Any, float, float | None]]) -> Measurement:
+    """One more cached plain-diffusers image (``--interleave``): the base for the Atelier mode timed just before."""
+    m = Measurement("diffusers")
+    m.image, m.image_s, m.s_per_it = _best_of(generate, 1, m)
     return m
 
 
@@ -415,8 +430,8 @@ class AtelierServer:
             port = sock.getsockname()[1]
         command = [sys.executable, str(REPO_ROOT / "app.py"), "--port", str(port), "--no-browser",
                    "--models-dir", str(model.models_dir), "--outputs-dir", str(work_dir / "outputs"),
-                   "--settings-file", str(work_dir / "settings.json"), "--device", "cpu", "--precision", "fp32",
-                   "--checkpoint", model.name]
+                   "--settings-file", str(work_dir / "settings.json"), "--cache-dir", str(work_dir / "cache"),
+                   "--device", "cpu", "--precision", "fp32", "--checkpoint", model.name]
         if fast:
             command.append("--fast")
         log(" ".join(command[1:]))
@@ -465,6 +480,9 @@ class AtelierServer:
                 self.proc.wait()
 
 
+POLL_S = 0.5  # /sdapi/v1/progress polling period of the API modes
+
+
 def api_body(size: int, steps: int, cfg: float, mode: str) -> dict[str, Any]:
     """An A1111-style txt2img body; the speed-up switches go in ``override_settings`` (A1111's ToMe key)."""
     interval, ratio = speedup_switches(mode)
@@ -493,7 +511,8 @@ def run_api_mode(server: AtelierServer, size: int, steps: int, cfg: float, mode:
         done = threading.Event()
 
         def poll() -> None:
-            while not done.wait(0.05):
+            # Twice a second, as a web client polls; 20 Hz polling cost the server ~5 % of a 2-core CPU.
+            while not done.wait(POLL_S):
                 try:
                     step = int(server.get("/sdapi/v1/progress?skip_current_image=true")["state"]["sampling_step"])
                 except Exception:
@@ -551,6 +570,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--token-merging", type=float, default=0.5,
                         help="token merging ratio of the token_merging modes (default: 0.5)")
     parser.add_argument("--repeats", type=int, default=1, help="cached runs per mode, fastest kept (default: 1)")
+    parser.add_argument("--interleave", action="store_true",
+                        help="keep plain diffusers loaded and time one more of its images right after each Atelier "
+                             "mode; that mode's time ratios are to this adjacent image (a shared machine's speed "
+                             "drifts over a long run)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     parser.add_argument("--via", choices=("manager", "api"), default="manager",
                         help="Atelier modes through PipelineManager.run in this process (default), or through "
@@ -619,8 +642,11 @@ def _ratio(value: float | None, base: float | None) -> float | None:
 
 
 def record_for(m: Measurement, family: str, size: int, args: argparse.Namespace, base: Measurement | None,
-               reference: Measurement | None, reference_name: str) -> dict[str, Any]:
-    """The JSON line for one measurement; ratios are to plain diffusers, pixel differences to ``reference``."""
+               reference: Measurement | None, reference_name: str, twin: Measurement | None = None) -> dict[str, Any]:
+    """The JSON line for one measurement; ratios are to plain diffusers (its image timed right after this mode's
+    when ``twin`` is given), pixel differences to ``reference``."""
+    if twin is not None and base is not None:
+        base = dataclasses.replace(base, image_s=twin.image_s, cpu_s=twin.cpu_s, s_per_it=twin.s_per_it)
     max_diff, psnr = pixel_difference(m.image, reference.image if reference else None)
     gib = 1024**3
     return {
@@ -645,6 +671,8 @@ def record_for(m: Measurement, family: str, size: int, args: argparse.Namespace,
         "pixels_vs": reference_name if reference is not None else None,
         "notes": m.notes,
         "error": m.error,
+        "base_image_s": _round(base.image_s) if base else None,
+        "base": "adjacent diffusers image" if twin is not None else "diffusers mode",
     }
 
 
@@ -681,9 +709,20 @@ def bench_size(family: str, size: int, model: BenchModel, args: argparse.Namespa
             results[mode] = Measurement(mode, error=f"{type(exc).__name__}: {exc}")
         gc.collect()
 
+    keep: dict[str, Any] | None = {} if args.interleave else None
+    twins: dict[str, Measurement] = {}
     if "diffusers" in order:
         measure("diffusers", lambda: in_worker_thread(
-            lambda: run_plain_diffusers(model, size, args.steps, args.cfg, args.repeats)))
+            lambda: run_plain_diffusers(model, size, args.steps, args.cfg, args.repeats, keep)))
+
+    def twin(mode: str) -> None:
+        if keep and "generate" in keep and results[mode].error is None:
+            printer.log(f"{family} {size}px diffusers again, beside {mode} ...")
+            try:
+                twins[mode] = in_worker_thread(lambda: plain_twin(keep["generate"]))
+            except Exception as exc:  # the mode's ratio falls back to the diffusers mode's image
+                printer.log(f"diffusers twin failed: {type(exc).__name__}: {exc}")
+
     groups = [({}, [m for m in order if m not in ("diffusers", *ATELIER_SETTINGS_MODES)])]
     groups += [(changes, [mode]) for mode, changes in ATELIER_SETTINGS_MODES.items() if mode in order]
     for changes, modes in groups:
@@ -693,17 +732,21 @@ def bench_size(family: str, size: int, model: BenchModel, args: argparse.Namespa
             with atelier_session(args.via, model, work_dir, changes, size, args, printer.log) as run_mode:
                 for i, mode in enumerate(modes):
                     measure(mode, lambda mode=mode, i=i: run_mode(mode, i == 0))
+                    twin(mode)
         except Exception as exc:  # the server or manager did not come up: say so on each of its lines
             for mode in modes:
                 results.setdefault(mode, Measurement(mode, error=f"{type(exc).__name__}: {exc}"))
 
+    if keep is not None:
+        keep.clear()  # plain diffusers' pipeline goes now
+        gc.collect()
     base = results.get("diffusers")
     reference_name = "default" if "default" in results else "diffusers"
     reference = results.get(reference_name)
     for mode in order:
         m = results[mode]
         ref, ref_name = (reference, reference_name) if mode != reference_name else (base, "diffusers")
-        record = record_for(m, family, size, args, base, ref, ref_name)
+        record = record_for(m, family, size, args, base, ref, ref_name, twins.get(mode))
         record["threads"] = torch.get_num_threads()
         printer.emit(record)
         records.append(record)

@@ -183,6 +183,7 @@ def _enable_cuda(pipe: Any, state: dict[str, Any], cache_dir: Path | None) -> No
 # CPU: the UNet and the VAE decoder through OpenVINO
 
 OPENVINO_DIR = "openvino"  # under Settings.cache_dir: one IR (model.xml + weights .bin) per UNet and per decoder
+OPENVINO_KEEP = 3  # IRs kept per kind (UNet, VAE decoder), most recently used first: an SD1.5 UNet's is 3.2 GiB
 IR_FORMAT = 1  # bump when the traced graph changes (wrapper, inputs), so old IRs are not read
 _EAGER_KWARGS = ("class_labels", "timestep_cond", "attention_mask", "cross_attention_kwargs", "added_cond_kwargs",
                  "down_block_additional_residuals", "mid_block_additional_residual",
@@ -244,7 +245,10 @@ def _fingerprint(module: Any, config: dict[str, Any], processors: list[tuple[str
 
     digest = hashlib.sha256()
     digest.update(f"{IR_FORMAT}|{diffusers.__version__}|{type(module).__name__}|".encode())
-    digest.update(json.dumps(config, sort_keys=True, default=str).encode())
+    # Private keys stay out: diffusers' ``_use_default_values`` is a list made from a set, in a different order in
+    # every process (string hashing is randomised), which made every restart convert again.
+    public = {k: v for k, v in config.items() if not str(k).startswith("_")}
+    digest.update(json.dumps(public, sort_keys=True, default=str).encode())
     if processors:
         digest.update("|".join(f"{k}={v}" for k, v in processors).encode())
     with torch.no_grad():
@@ -331,6 +335,8 @@ def _compiled_model(label: str, module: Any, xml: Path | None, convert: Any, not
     model = _read_cached_ir(core, label, xml, notes)
     if model is None:
         model = _convert_and_cache(label, module, convert, xml, notes)
+    if xml is not None:
+        _prune_ir_dir(xml)
     started = time.perf_counter()
     compiled = core.compile_model(model, "CPU", _compile_config())
     del model  # the compiled model holds its own (repacked) weights; drop the mapped/converted ones
@@ -553,6 +559,23 @@ def _convert_and_cache(label: str, module: Any, convert: Any, xml: Path | None, 
         notes.append(f"--fast on CPU: could not save the converted {label} to {xml.parent} "
                      f"({exc.strerror or exc}); it will be converted again on the next start")
     return model
+
+
+def _prune_ir_dir(current: Path) -> None:
+    """Mark ``current`` as just used and delete all but the ``OPENVINO_KEEP`` most recently used IRs of its kind
+    (a user who tries many checkpoints with --fast would otherwise collect 3+ GiB per checkpoint)."""
+    kind = current.name.rsplit("-", 1)[0]  # "unet" or "vae-decoder"
+    try:
+        if current.exists():
+            os.utime(current)
+        models = sorted(current.parent.glob(f"{kind}-*.xml"), key=lambda p: p.stat().st_mtime, reverse=True)
+        for xml in models[OPENVINO_KEEP:]:
+            if xml != current:
+                xml.unlink(missing_ok=True)
+                xml.with_suffix(".bin").unlink(missing_ok=True)
+                log.info("--fast: removed the least recently used OpenVINO IR %s", xml.name)
+    except OSError as exc:  # a read-only or vanished cache: nothing to tidy
+        log.warning("--fast: could not tidy %s: %s", current.parent, exc)
 
 
 def _weights_gib(module: Any) -> float:

@@ -112,6 +112,8 @@ def test_lowvram_paths_and_test_delay(tmp_path: Path):
         str(tmp_path / "m"),
         "--outputs-dir",
         str(tmp_path / "o"),
+        "--cache-dir",
+        str(tmp_path / "c"),
         "--checkpoint",
         "v1-5",
         "--step-delay",
@@ -122,9 +124,10 @@ def test_lowvram_paths_and_test_delay(tmp_path: Path):
     assert settings.memory_mode == "sequential"
     assert settings.models_dir == (tmp_path / "m").resolve() and settings.models_dir.is_absolute()
     assert settings.outputs_dir == (tmp_path / "o").resolve()
+    assert settings.cache_dir == (tmp_path / "c").resolve()
     assert settings.checkpoint == "v1-5" and settings.step_delay_s == 0.25
     assert settings.demo and settings.xformers
-    assert {"models_dir", "outputs_dir", "checkpoint", "demo", "xformers", "step_delay_s"} <= settings.from_cli
+    assert {"models_dir", "outputs_dir", "cache_dir", "checkpoint", "demo", "xformers", "step_delay_s"} <= settings.from_cli
 
 
 def test_settings_file_defaults_to_beside_the_outputs_folder(tmp_path: Path):

@@ -72,6 +72,22 @@ def test_bench_default_mode_gives_plain_diffusers_pixels(bench_lines: list[dict]
     assert by_mode["deep_cache@5+token_merging@0.25"]["notes"] == ["DeepCache: interval 5", "Token merging ratio: 0.25"]
 
 
+def test_bench_through_the_api_times_plain_diffusers_beside_each_mode(tmp_path: Path) -> None:
+    """``--via api --interleave``: each Atelier mode's ratios are to a plain-diffusers image timed right after it."""
+    proc = subprocess.run(
+        [sys.executable, str(BENCH), "--tiny", "--threads", "1", "--via", "api", "--interleave", "--modes",
+         "diffusers,default", "--work-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=600, env=dict(os.environ, HF_HUB_OFFLINE="1"), cwd=REPO_ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    plain, default = [json.loads(line) for line in proc.stdout.splitlines()[1:]]
+    assert plain["base"] == "diffusers mode" and default["base"] == "adjacent diffusers image"
+    assert default["error"] is None and default["max_pixel_diff"] == 0  # same pixels through the API
+    assert default["ratio_image"] == pytest.approx(default["image_s"] / default["base_image_s"], rel=0.02, abs=0.01)
+    assert "diffusers again, beside default" in proc.stderr
+    assert (tmp_path / "cache" / "model_cache.json").exists()  # the server used the bench's cache (--cache-dir)
+
+
 def test_bench_rejects_unknown_mode() -> None:
     proc = subprocess.run([sys.executable, str(BENCH), "--tiny", "--modes", "turbo"], capture_output=True,
                           text=True, timeout=120, cwd=REPO_ROOT)

@@ -179,6 +179,40 @@ def test_another_checkpoint_gets_its_own_ir(cache_dir):
     assert decoder_key == fast.decoder_fingerprint(make_pipe().vae.decoder, make_pipe().vae.config)
 
 
+def test_the_fingerprint_ignores_diffusers_private_config_keys():
+    """``_use_default_values`` comes out of a set, in another order in every process: it must not change the key,
+    or every restart converts again (and leaves another 3 GiB IR behind)."""
+    unet = tiny_sd15_pipeline(seed=0).unet
+    before = fast.unet_fingerprint(unet)
+    unet.register_to_config(_use_default_values=["dropout", "attention_type", "conv_in_kernel"])
+    first = fast.unet_fingerprint(unet)
+    unet.register_to_config(_use_default_values=["conv_in_kernel", "dropout", "attention_type"])
+    assert fast.unet_fingerprint(unet) == first == before
+
+
+def test_only_the_most_recently_used_irs_are_kept(default_image, tmp_path, quick_convert):
+    import os
+
+    ir_dir = tmp_path / "openvino"
+    ir_dir.mkdir()
+    old = []
+    for i in range(fast.OPENVINO_KEEP + 1):  # older checkpoints' IRs, oldest first
+        xml = ir_dir / f"unet-old{i}.xml"
+        xml.write_text("<net/>")
+        xml.with_suffix(".bin").write_bytes(b"\0")
+        os.utime(xml, (1_000_000 + i, 1_000_000 + i))
+        old.append(xml)
+    pipe = make_pipe()
+    fast.enable_fast(pipe, "cpu", tmp_path)
+    fast.disable_fast(pipe)
+    kept = sorted(p.name for p in ir_dir.glob("unet-*.xml"))
+    new = f"unet-{fast.unet_fingerprint(pipe.unet)}.xml"
+    assert new in kept and len(kept) == fast.OPENVINO_KEEP
+    assert kept == sorted([new] + [p.name for p in old[-(fast.OPENVINO_KEEP - 1):]])
+    assert sorted(p.name for p in ir_dir.glob("unet-*.bin")) == sorted(n[:-4] + ".bin" for n in kept)
+    assert len(list(ir_dir.glob("vae-decoder-*.xml"))) == 1
+
+
 def test_disable_gives_the_torch_unet_back(pipe, default_image, cache_dir):
     fast.enable_fast(pipe, "cpu", cache_dir)
     assert "forward" in pipe.unet.__dict__ and "forward" in pipe.vae.decoder.__dict__

@@ -140,7 +140,7 @@ def build_settings_tab(ctx: UiContext) -> SettingsTab:
                 elem_id="settings-fast",
                 **({"info": "The first image after switching it on prepares the model (minutes, once per "
                             "checkpoint; cached for later starts). On a CPU it keeps a second copy of the UNet "
-                            "in RAM (+3.2 GB for SD 1.5)."} | locked("fast")),
+                            "and VAE decoder in RAM (+3.4 GB for SD 1.5)."} | locked("fast")),
             )
             gr.Markdown("### Speed-ups that change the picture slightly",
                         elem_id="settings-speedups-heading")
