@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/run.py --tiny                      # CI-sized: tiny models, 64 px, 4 steps (~1 min)
     .venv/bin/python bench/run.py --sizes 256,512 --steps 20  # the full CPU table (see bench/README.md)
+    .venv/bin/python bench/run.py --sizes 256,512 --via api --interleave  # through the API, drift-corrected
 
 Modes: ``diffusers`` (plain ``StableDiffusionPipeline.from_single_file`` on the same file: fp32, SDPA, Euler, the
 same seed) and Atelier's manager (``PipelineManager.run``, the path every front door takes) in ``default``,
