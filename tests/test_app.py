@@ -127,7 +127,8 @@ def test_lowvram_paths_and_test_delay(tmp_path: Path):
     assert settings.cache_dir == (tmp_path / "c").resolve()
     assert settings.checkpoint == "v1-5" and settings.step_delay_s == 0.25
     assert settings.demo and settings.xformers
-    assert {"models_dir", "outputs_dir", "cache_dir", "checkpoint", "demo", "xformers", "step_delay_s"} <= settings.from_cli
+    given = {"models_dir", "outputs_dir", "cache_dir", "checkpoint", "demo", "xformers", "step_delay_s"}
+    assert given <= settings.from_cli
 
 
 def test_settings_file_defaults_to_beside_the_outputs_folder(tmp_path: Path):
