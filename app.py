@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--cache-dir", metavar="DIR",
         help="model hashes, demo models and --fast's converted models (default .cache/; several GB with --fast)",
     )
-    models.add_argument("--checkpoint", metavar="NAME", help="checkpoint loaded first")
+    models.add_argument("--checkpoint", metavar="NAME", help="checkpoint to use by default, loaded at start")
     models.add_argument(
         "--settings-file", metavar="FILE", help="saved Settings (default settings.json beside the outputs folder)"
     )
@@ -290,6 +290,24 @@ def build_manager(settings):  # -> pipelines.manager.PipelineManager
     return manager
 
 
+def preload_checkpoint(manager, name: str) -> None:
+    """Load ``name`` in the manager's worker while the UI is built (the first image waits only for the rest);
+    say when it is ready. A failure is logged by the manager, and the first request tries the load again."""
+    job = manager.preload(name)
+    if job is None:
+        return
+    print(f"Loading {job.request.checkpoint} in the background...", flush=True)
+
+    def report() -> None:
+        try:
+            result = job.wait()
+        except Exception:  # logged by the manager (or shutting down)
+            return
+        print(f"Loaded {result.checkpoint} in {(job.finished or 0) - (job.started or 0):.1f} s.", flush=True)
+
+    threading.Thread(target=report, name="atelier-preload", daemon=True).start()
+
+
 def launch_server(demo, host: str, port: int, auth: dict[str, str] | None, share: bool):
     """Start Gradio without blocking; retry on the next port if another program took ours meanwhile."""
     for _ in range(5):
@@ -365,6 +383,8 @@ def serve(args: argparse.Namespace) -> int:
         share = False
 
     manager = build_manager(settings)
+    if args.checkpoint:
+        preload_checkpoint(manager, settings.checkpoint)
     try:
         import ui
 

@@ -121,7 +121,8 @@ class Measurement:
     image: Any = None  # PIL image of the timed (cached) run
     image_s: float | None = None
     cpu_s: float | None = None  # CPU seconds (all threads) of the timed image
-    first_image_s: float | None = None
+    first_image_s: float | None = None  # start_s + load_s + the first image
+    start_s: float | None = None  # process start and imports (API runs: both sides start a process)
     load_s: float | None = None
     s_per_it: float | None = None
     peak_rss: int = 0
@@ -239,8 +240,9 @@ def ensure_checkpoint(family: str, tiny: bool, work_dir: Path, log: Callable[[st
 
 # --- plain diffusers ------------------------------------------------------------------------------------------
 def run_plain_diffusers(model: BenchModel, size: int, steps: int, cfg: float, repeats: int,
-                        keep: dict[str, Any] | None = None) -> Measurement:
-    """``from_single_file`` (fp32, SDPA, Euler) and two images: the first includes the checkpoint load.
+                        keep: dict[str, Any] | None = None, start_s: float = 0.0) -> Measurement:
+    """``from_single_file`` (fp32, SDPA, Euler) and two images: the first includes the checkpoint load (and
+    ``start_s``, a script's start and imports, when Atelier's figure includes its server's start).
 
     With ``keep`` (``--interleave``) the pipeline stays loaded: ``keep["generate"]`` times one more cached image.
     """
@@ -249,7 +251,7 @@ def run_plain_diffusers(model: BenchModel, size: int, steps: int, cfg: float, re
 
     from pipelines.tokenizers import clip_tokenizer
 
-    m = Measurement("diffusers")
+    m = Measurement("diffusers", start_s=start_s or None)
     with RssSampler() as rss:
         started = time.perf_counter()
         pipe = StableDiffusionPipeline.from_single_file(
@@ -274,7 +276,7 @@ def run_plain_diffusers(model: BenchModel, size: int, steps: int, cfg: float, re
             return image, time.perf_counter() - t0, clock.seconds_per_step(t0)
 
         _, first, _ = generate()
-        m.first_image_s = m.load_s + first
+        m.first_image_s = start_s + m.load_s + first
         m.image, m.image_s, m.s_per_it = _best_of(generate, repeats, m)
     m.peak_rss, m.start_rss = rss.peak, rss.start
     if keep is not None:
@@ -285,10 +287,25 @@ def run_plain_diffusers(model: BenchModel, size: int, steps: int, cfg: float, re
     return m
 
 
-def plain_twin(generate: Callable[[], tuple[Any, float, float | None]]) -> Measurement:
-    """One more cached plain-diffusers image (``--interleave``): the base for the Atelier mode timed just before."""
+def script_start_s() -> float:
+    """Seconds a plain-diffusers script takes to start: a fresh interpreter importing torch and diffusers' pipeline
+    (what Atelier's server start also pays, before its own imports). Best of two, so the disk cache is warm."""
+    import subprocess
+
+    code = "import torch, diffusers; from diffusers import StableDiffusionPipeline, EulerDiscreteScheduler"
+    times = []
+    for _ in range(2):
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT, capture_output=True)
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def plain_twin(generate: Callable[[], tuple[Any, float, float | None]], repeats: int = 1) -> Measurement:
+    """More cached plain-diffusers images (``--interleave``; as many as the mode's, fastest kept): the base for the
+    Atelier mode timed just before."""
     m = Measurement("diffusers")
-    m.image, m.image_s, m.s_per_it = _best_of(generate, 1, m)
+    m.image, m.image_s, m.s_per_it = _best_of(generate, repeats, m)
     return m
 
 
@@ -540,7 +557,9 @@ def run_api_mode(server: AtelierServer, size: int, steps: int, cfg: float, mode:
 
     with RssSampler(pid=server.proc.pid) as rss:
         if first:
-            m.load_s = server.start_s  # server start (--checkpoint given): the first image adds the rest
+            # Launch until the URL is printed; the --checkpoint load runs meanwhile and the first request waits
+            # for the rest of it.
+            m.start_s = server.start_s
             _, first_s, _ = generate()
             m.first_image_s = server.start_s + first_s
         m.image, m.image_s, m.s_per_it = _best_of(generate, repeats, m, pid=server.proc.pid)
@@ -660,6 +679,7 @@ def record_for(m: Measurement, family: str, size: int, args: argparse.Namespace,
         "image_s": _round(m.image_s),
         "cpu_s": _round(m.cpu_s),
         "first_image_s": _round(m.first_image_s, 2),
+        "start_s": _round(m.start_s, 2),
         "load_s": _round(m.load_s, 2),
         "peak_rss_gib": round(m.peak_rss / gib, 3) if m.peak_rss else None,
         "start_rss_gib": round(m.start_rss / gib, 3) if m.start_rss else None,
@@ -713,14 +733,15 @@ def bench_size(family: str, size: int, model: BenchModel, args: argparse.Namespa
     keep: dict[str, Any] | None = {} if args.interleave else None
     twins: dict[str, Measurement] = {}
     if "diffusers" in order:
+        start_s = script_start_s() if args.via == "api" else 0.0
         measure("diffusers", lambda: in_worker_thread(
-            lambda: run_plain_diffusers(model, size, args.steps, args.cfg, args.repeats, keep)))
+            lambda: run_plain_diffusers(model, size, args.steps, args.cfg, args.repeats, keep, start_s)))
 
     def twin(mode: str) -> None:
         if keep and "generate" in keep and results[mode].error is None:
             printer.log(f"{family} {size}px diffusers again, beside {mode} ...")
             try:
-                twins[mode] = in_worker_thread(lambda: plain_twin(keep["generate"]))
+                twins[mode] = in_worker_thread(lambda: plain_twin(keep["generate"], args.repeats))
             except Exception as exc:  # the mode's ratio falls back to the diffusers mode's image
                 printer.log(f"diffusers twin failed: {type(exc).__name__}: {exc}")
 

@@ -50,9 +50,11 @@ class Job:
     """One queued request. ``position()`` 0 = running now; ``wait()`` returns its ``Result`` or raises its error."""
 
     def __init__(self, manager: PipelineManager, request: GenerationRequest,
-                 on_progress: Callable[[ProgressEvent], Any] | None = None, cancel: Any = None):
+                 on_progress: Callable[[ProgressEvent], Any] | None = None, cancel: Any = None,
+                 preload: bool = False):
         self.id = uuid.uuid4().hex[:12]
         self.request = request
+        self.preload = preload  # load the checkpoint only (start-up with --checkpoint), no image
         self.state = "queued"
         self.created = time.time()
         self.started: float | None = None
@@ -299,6 +301,25 @@ class PipelineManager:
         """Submit and wait: for scripts, the benchmark and tests."""
         return self.submit(request, on_progress=on_progress, cancel=cancel).wait()
 
+    def preload(self, name: str | None = None) -> Job | None:
+        """Queue a load of checkpoint ``name`` (the default one when None), set up as a txt2img job would find it
+        (device, memory rung, ``--fast``), without generating: a start-up with ``--checkpoint`` loads while the UI
+        is still being built, and the first request then waits only for what is left of the load (it queues
+        behind this job). Returns the job, or None when there is nothing to load or the manager is closed."""
+        try:
+            info = self._find_checkpoint(name)
+        except ModelNotFound as exc:
+            log.warning("Not loading a checkpoint at start: %s", exc)
+            return None
+        job = Job(self, GenerationRequest(checkpoint=info.name), preload=True)
+        with self._cond:
+            if self._closed and self._worker is not None:
+                return None
+            self._queue.append(job)
+            self._cond.notify_all()
+        self.start()
+        return job
+
     def current_job(self) -> Job | None:
         with self._cond:
             return self._current
@@ -343,7 +364,7 @@ class PipelineManager:
                 job.state = "running"
                 job.started = time.time()
             try:
-                job._finish(result=self._generate(job))
+                job._finish(result=self._load(job) if job.preload else self._generate(job))
             except AtelierError as exc:
                 job._finish(error=exc)
             except Exception as exc:  # a bug: say so in words, keep the worker alive
@@ -392,6 +413,27 @@ class PipelineManager:
                     result.cancelled = True
                     break
         self.last_rung = result.mode
+        return result
+
+    def _load(self, job: Job) -> Result:
+        """A preload job: check the checkpoint out and prepare its txt2img pipeline; no image."""
+        targets = self._resolve(job.request)
+        name = targets.checkpoint.name
+        result = Result(request=job.request, checkpoint=name)
+        job._emit(ProgressEvent(job_id=job.id, state="loading", message=f"Loading {name}"))
+        started = time.perf_counter()
+        try:
+            with self.cache.checkout(targets.checkpoint, targets.vae) as entry:
+                result.mode, _reason = self._choose_rung(entry, job.request)
+                self._announce_fast(job, entry)
+                self._prepare_pipeline(entry, job.request.task, result.mode)
+        except Exception as exc:  # nobody waits on this job: say it in the log; a request will retry the load
+            log.warning("Could not load %s at start (%s); it will be tried again with the first image.", name, exc)
+            raise
+        finally:
+            result.notes.extend(self._fast_notes)
+            self._fast_notes.clear()
+        log.info("Loaded %s in %.1f s (%s mode).", name, time.perf_counter() - started, result.mode)
         return result
 
     def _generate_batch(self, job: Job, entry: CacheEntry, rung: str, seeds: list[int], batch_index: int,

@@ -228,6 +228,15 @@ def test_serves_the_page_on_the_next_free_port_and_stops_cleanly(start_app):
     assert "Traceback" not in running.text
 
 
+def test_checkpoint_flag_loads_it_at_start(start_app):
+    from pipelines.demo import DEMO_CHECKPOINT_NAME
+
+    running = start_app("--demo", "--checkpoint", DEMO_CHECKPOINT_NAME)
+    assert f"Loading {DEMO_CHECKPOINT_NAME} in the background" in running.text
+    running.wait_for(re.escape(f"Loaded {DEMO_CHECKPOINT_NAME} in ") + r"\d+\.\d s\.", timeout=120)
+    assert "Traceback" not in running.text
+
+
 def test_share_without_relay_warns_and_protects_with_a_password(start_app):
     dead_relay = f"http://127.0.0.1:{pick_free_port()}/tunnel-request"  # nothing listens: like an offline machine
     running = start_app("--share", env={"ATELIER_SHARE_RELAY_CHECK_URL": dead_relay})

@@ -31,6 +31,14 @@ STEPS = 6
 
 
 # --- the bench script -----------------------------------------------------------------------------------------
+def assert_ratio(ratio: float, value: float, base: float) -> None:
+    """``ratio`` (3 decimals) is ``value / base`` as the bench measured them, before it rounded each to 3 decimals
+    (tiny-model times are a few hundredths of a second, so the rounding alone moves the quotient by a few %)."""
+    half = 5e-4
+    low, high = (value - half) / (base + half), (value + half) / (base - half)
+    assert low - half <= ratio <= high + half, (ratio, value, base)
+
+
 @pytest.fixture(scope="module")
 def bench_lines(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     work = tmp_path_factory.mktemp("bench")
@@ -58,7 +66,7 @@ def test_bench_tiny_prints_one_json_line_per_mode(bench_lines: list[dict]) -> No
         assert record["error"] is None, record
         assert record["image_s"] > 0 and record["s_per_it"] > 0 and record["peak_rss_gib"] > 0
         assert record["cpu_s"] > 0
-        assert record["ratio_image"] == pytest.approx(record["image_s"] / results[0]["image_s"], rel=0.02, abs=0.01)
+        assert_ratio(record["ratio_image"], record["image_s"], results[0]["image_s"])
     assert results[0]["first_image_s"] > results[0]["load_s"] > 0
 
 
@@ -83,8 +91,11 @@ def test_bench_through_the_api_times_plain_diffusers_beside_each_mode(tmp_path: 
     plain, default = [json.loads(line) for line in proc.stdout.splitlines()[1:]]
     assert plain["base"] == "diffusers mode" and default["base"] == "adjacent diffusers image"
     assert default["error"] is None and default["max_pixel_diff"] == 0  # same pixels through the API
-    assert default["ratio_image"] == pytest.approx(default["image_s"] / default["base_image_s"], rel=0.02, abs=0.01)
+    assert_ratio(default["ratio_image"], default["image_s"], default["base_image_s"])
     assert "diffusers again, beside default" in proc.stderr
+    # Both first images count a process start: Atelier's server, and a script importing torch and diffusers.
+    assert plain["first_image_s"] > plain["start_s"] + plain["load_s"] and plain["start_s"] > 0.5
+    assert default["first_image_s"] > default["start_s"] > 0.5 and default["load_s"] is None
     assert (tmp_path / "cache" / "model_cache.json").exists()  # the server used the bench's cache (--cache-dir)
 
 

@@ -308,6 +308,43 @@ def test_a_failed_load_leaves_the_loaded_checkpoint_usable(tmp_path):
         manager.close()
 
 
+def test_preload_loads_at_start_and_the_first_image_does_not_load_again(tmp_path):
+    loader = TinyLoader()
+    manager = make_manager(tmp_path, loader=loader, registry=FakeRegistry(checkpoints=("tiny-a", "tiny-b")))
+    try:
+        job = manager.preload("tiny-b")
+        first = manager.submit(req(checkpoint="tiny-b"))  # sent right after start-up: it queues behind the load
+        loaded = job.wait(60)
+        assert loaded.images == [] and loaded.checkpoint == "tiny-b" and job.state == "done"
+        assert first.wait(60).images
+        assert loader.loads == ["tiny-b"]  # loaded once, at start
+        assert manager.status()["loaded_checkpoint"] == "tiny-b"
+    finally:
+        manager.close()
+
+
+def test_a_failed_preload_is_logged_and_the_next_request_loads_again(tmp_path, caplog):
+    loader = TinyLoader()
+    manager = make_manager(tmp_path, loader=loader, registry=FakeRegistry(checkpoints=("tiny-a",)))
+    try:
+        loader.fail_next = ModelLoadError("tiny-a is truncated.", field="checkpoint")
+        job = manager.preload()
+        with pytest.raises(ModelLoadError):
+            job.wait(60)
+        assert "Could not load tiny-a at start" in caplog.text
+        assert manager.run(req()).images and loader.loads[-1] == "tiny-a"
+    finally:
+        manager.close()
+
+
+def test_preload_without_any_checkpoint_does_nothing(tmp_path):
+    manager = make_manager(tmp_path, registry=FakeRegistry(checkpoints=()))
+    try:
+        assert manager.preload() is None and manager.queue_length() == 0
+    finally:
+        manager.close()
+
+
 def test_vae_override_changes_the_decode_and_is_recorded(manager):
     own = manager.run(req(checkpoint="tiny-a", seed=11, vae="Automatic"))
     other = manager.run(req(checkpoint="tiny-a", seed=11, vae="tiny-vae"))
