@@ -127,11 +127,11 @@ def _enable_cpu(pipe: Any, state: dict[str, Any], cache_dir: Path | None) -> Non
     runner.install()
     state["openvino"].append(runner)
     state["notes"].extend(runner.notes)
-    decoder = getattr(getattr(pipe, "vae", None), "decoder", None)
-    if decoder_blocker(pipe.vae) is not None:
+    vae = getattr(pipe, "vae", None)
+    if decoder_blocker(vae) is not None:
         return  # no AutoencoderKL decoder, or not fp32: it decodes eagerly, as in default mode (nothing to say)
     try:
-        decoding = OpenVinoDecoder.build(decoder, pipe.vae.config, ir_dir)
+        decoding = OpenVinoDecoder.build(vae.decoder, vae.config, ir_dir)
     except Exception as exc:  # the UNet is the part that matters: keep it, decode eagerly
         log.warning("--fast: OpenVINO could not take the VAE decoder", exc_info=True)
         state["notes"].append(f"--fast on CPU: the VAE decoder stays in torch ({type(exc).__name__}: {exc})")
@@ -442,6 +442,7 @@ class OpenVinoUNet(_OpenVinoRunner):
         """Read the UNet's cached IR from ``ir_dir`` (or convert it, then cache it there) and compile it."""
         xml = None if ir_dir is None else ir_dir / f"unet-{unet_fingerprint(unet)}.xml"
         notes: list[str] = []
+        # A lambda, not ``_convert`` itself: the name is looked up at call time, so tests can monkeypatch it.
         compiled, seconds = _compiled_model("UNet", unet, xml, lambda module: _convert(module), notes)
         notes.append(f"--fast on CPU: UNet runs through OpenVINO (exact fp32; compiled in {seconds:.0f} s). It keeps "
                      f"its own copy of the UNet weights beside torch's (+{_weights_gib(unet):.1f} GiB RAM); "
@@ -492,6 +493,7 @@ class OpenVinoDecoder(_OpenVinoRunner):
     def build(cls, decoder: Any, vae_config: Any, ir_dir: Path | None) -> OpenVinoDecoder:
         xml = None if ir_dir is None else ir_dir / f"vae-decoder-{decoder_fingerprint(decoder, vae_config)}.xml"
         notes: list[str] = []
+        # As in OpenVinoUNet.build: looked up at call time, for the tests' monkeypatch.
         compiled, seconds = _compiled_model("VAE decoder", decoder, xml, lambda module: _convert_decoder(module),
                                             notes)
         notes.append(f"--fast on CPU: VAE decoder runs through OpenVINO too (exact fp32; compiled in {seconds:.0f} s, "

@@ -79,7 +79,11 @@ class Job:
         with self._lock:
             event = self._progress
         if self.state == "queued":
-            event = replace(event, queue_position=self.position())
+            position = self.position()
+            event = replace(event, queue_position=position)
+            loading = self._manager._preloading() if position == 0 else None
+            if loading is not None:  # nothing ahead but the start-up load: say what it waits for
+                event = replace(event, state="loading", message=f"Loading {loading} (started with Atelier)…")
         return event
 
     def cancel(self) -> None:
@@ -336,13 +340,26 @@ class PipelineManager:
             job.cancel()
 
     def _position(self, job: Job) -> int:
+        """Jobs ahead of ``job``, the running one included; start-up loads are not counted (a request waiting for
+        one shows "Loading ..." instead of a queue position)."""
         with self._cond:
             if job is self._current or job.state != "queued":
                 return 0
             try:
-                return self._queue.index(job) + 1
+                index = self._queue.index(job)
             except ValueError:
                 return 0
+            ahead = [other for other in list(self._queue)[:index] if not other.preload]
+            running = self._current is not None and not self._current.preload
+            return len(ahead) + int(running)
+
+    def _preloading(self) -> str | None:
+        """The checkpoint a start-up load is loading now (or is about to), else None."""
+        with self._cond:
+            for job in (self._current, *self._queue):
+                if job is not None and job.preload:
+                    return job.request.checkpoint
+        return None
 
     def _drop_waiting(self, job: Job) -> None:
         with self._cond:

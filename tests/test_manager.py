@@ -323,6 +323,33 @@ def test_preload_loads_at_start_and_the_first_image_does_not_load_again(tmp_path
         manager.close()
 
 
+def test_a_request_waiting_for_the_start_up_load_says_so_instead_of_a_queue_position(tmp_path):
+    loader = TinyLoader()
+    release = threading.Event()
+    real = loader.__call__
+
+    def slow_load(info, dtype, vae=None):
+        release.wait(30)
+        return real(info, dtype, vae)
+
+    manager = make_manager(tmp_path, loader=slow_load, registry=FakeRegistry(checkpoints=("tiny-a",)))
+    try:
+        manager.preload()
+        job = manager.submit(req())
+        deadline = time.monotonic() + 10
+        while manager.current_job() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert job.position() == 0 and job.state == "queued"
+        assert job.progress.state == "loading" and job.progress.message.startswith("Loading tiny-a")
+        waiting = manager.submit(req(seed=2))
+        assert waiting.position() == 1 and waiting.progress.state == "queued"  # one real job ahead
+        release.set()
+        assert job.wait(60).images and waiting.wait(60).images and loader.loads == ["tiny-a"]
+    finally:
+        release.set()
+        manager.close()
+
+
 def test_a_failed_preload_is_logged_and_the_next_request_loads_again(tmp_path, caplog):
     loader = TinyLoader()
     manager = make_manager(tmp_path, loader=loader, registry=FakeRegistry(checkpoints=("tiny-a",)))
