@@ -12,6 +12,7 @@ still decode and save a half-done image); batches finished before the stop are a
 
 from __future__ import annotations
 
+import concurrent.futures
 import copy
 import json
 import logging
@@ -252,6 +253,8 @@ class PipelineManager:
         self._current: Job | None = None
         self._worker: threading.Thread | None = None
         self._closed = False
+        self._hash_lock = threading.Lock()
+        self._hashing: dict[str, concurrent.futures.Future[str]] = {}  # file path -> its short hash, being read
 
     # --- lifecycle ------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -315,6 +318,7 @@ class PipelineManager:
         except ModelNotFound as exc:
             log.warning("Not loading a checkpoint at start: %s", exc)
             return None
+        self._hash_soon(info)  # a new file's hash (seconds for GBs) is read meanwhile, on the other core
         job = Job(self, GenerationRequest(checkpoint=info.name), preload=True)
         with self._cond:
             if self._closed and self._worker is not None:
@@ -401,8 +405,8 @@ class PipelineManager:
         # 1. Resolve names again: a model may have gone since submit.
         targets = self._resolve(request)
         seed = request.resolved_seed()
-        result = Result(request=request, checkpoint=targets.checkpoint.name,
-                        checkpoint_hash=self._short_hash(targets.checkpoint))
+        self._hash_soon(targets.checkpoint)  # for the infotext: read while the model loads and the image runs
+        result = Result(request=request, checkpoint=targets.checkpoint.name)
         job._emit(ProgressEvent(job_id=job.id, state="loading", message=f"Loading {targets.checkpoint.name}"))
         # 2. Check out the checkpoint (RAM/VRAM cache; a miss loads it) with the VAE in place.
         with self.cache.checkout(targets.checkpoint, targets.vae) as entry:
@@ -430,6 +434,7 @@ class PipelineManager:
                     result.cancelled = True
                     break
         self.last_rung = result.mode
+        result.checkpoint_hash = self._short_hash(targets.checkpoint)
         return result
 
     def _load(self, job: Job) -> Result:
@@ -809,12 +814,48 @@ class PipelineManager:
         return installed[0]
 
     def _short_hash(self, info: Any) -> str:
+        """A1111's short hash of ``info``'s file ("" when it has none); waits for a read ``_hash_soon`` started."""
         if info is None:
             return ""
+        with self._hash_lock:
+            pending = self._hashing.get(str(getattr(info, "path", "")))
+        if pending is not None:
+            return pending.result()
         try:
             return self.registry.short_hash(info) or ""
         except Exception:  # a hash is metadata; an unreadable file shows up when it is loaded
             return ""
+
+    def _hash_soon(self, info: Any) -> None:
+        """Start reading ``info``'s hash in a background thread when the registry does not know it yet.
+
+        The first use of a file hashes all of it (~2.5 s for 4 GB here); in the job's own thread that would delay
+        the image. hashlib releases the GIL, so it overlaps with the load and the denoising."""
+        known = getattr(self.registry, "cached_short_hash", None)
+        key = str(getattr(info, "path", ""))
+        if info is None or known is None or not key:
+            return
+        try:
+            if known(info) is not None:
+                return
+        except Exception:  # an unreadable file: _short_hash says "" later
+            return
+        with self._hash_lock:
+            if key in self._hashing:
+                return
+            future: concurrent.futures.Future[str] = concurrent.futures.Future()
+            self._hashing[key] = future
+
+        def read() -> None:
+            try:
+                future.set_result(self.registry.short_hash(info) or "")
+            except Exception:  # metadata only: never fail an image over it
+                future.set_result("")
+            finally:
+                with self._hash_lock:
+                    self._hashing.pop(key, None)
+
+        threading.Thread(target=read, name="atelier-hash", daemon=True).start()
 
     def refresh_models(self) -> None:
         """Rescan the models folders."""

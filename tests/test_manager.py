@@ -372,6 +372,40 @@ def test_preload_without_any_checkpoint_does_nothing(tmp_path):
         manager.close()
 
 
+class SlowHashRegistry(FakeRegistry):
+    """A registry whose files are not hashed yet, and whose hashing takes a while (as 4 GB do)."""
+
+    def __init__(self):
+        super().__init__(checkpoints=("tiny-a",))
+        self.hashed_on: list[str] = []
+        self.known: set[str] = set()
+
+    def cached_short_hash(self, info):
+        return super().short_hash(info) if info.name in self.known else None
+
+    def short_hash(self, info):
+        if info.name not in self.known:
+            self.hashed_on.append(threading.current_thread().name)
+            time.sleep(0.3)
+            self.known.add(info.name)
+        return super().short_hash(info)
+
+
+def test_a_new_checkpoint_is_hashed_beside_the_image_not_before_it(tmp_path):
+    registry = SlowHashRegistry()
+    manager = make_manager(tmp_path, registry=registry)
+    try:
+        result = manager.run(req())
+        expected = FakeRegistry().short_hash(registry.checkpoints()[0])
+        assert registry.hashed_on == ["atelier-hash"]  # once, in its own thread
+        assert result.checkpoint_hash == expected
+        assert f"Model hash: {expected}" in result.infotexts[0]
+        manager.run(req(seed=2))
+        assert registry.hashed_on == ["atelier-hash"]  # known from then on
+    finally:
+        manager.close()
+
+
 def test_vae_override_changes_the_decode_and_is_recorded(manager):
     own = manager.run(req(checkpoint="tiny-a", seed=11, vae="Automatic"))
     other = manager.run(req(checkpoint="tiny-a", seed=11, vae="tiny-vae"))
