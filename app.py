@@ -291,8 +291,16 @@ def build_manager(settings):  # -> pipelines.manager.PipelineManager
 
 
 def preload_checkpoint(manager, name: str) -> None:
-    """Load ``name`` in the manager's worker while the UI is built (the first image waits only for the rest);
+    """Load ``name`` in the manager's worker while the server starts (the first image waits only for the rest);
     say when it is ready. A failure is logged by the manager, and the first request tries the load again."""
+    # transformers' and diffusers' lazy modules are not safe to import from two threads at once: a load in the
+    # worker beside the UI build once failed with "cannot import name 'PreTrainedModel'". Import them here first.
+    import diffusers.loaders  # noqa: F401
+    import transformers
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel  # noqa: F401
+    from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm  # noqa: F401
+
+    transformers.PreTrainedModel, transformers.CLIPTextModel  # noqa: B018 - resolve the lazy attributes now
     job = manager.preload(name)
     if job is None:
         return
@@ -383,12 +391,12 @@ def serve(args: argparse.Namespace) -> int:
         share = False
 
     manager = build_manager(settings)
-    if args.checkpoint:
-        preload_checkpoint(manager, settings.checkpoint)
     try:
         import ui
 
         demo = ui.build_ui(manager, settings)
+        if args.checkpoint:  # after the UI build, whose imports must not race the load's (see preload_checkpoint)
+            preload_checkpoint(manager, settings.checkpoint)
         app, _local_url, share_url = launch_server(demo, host, port, auth, share)
         import api
 
