@@ -310,8 +310,8 @@ class PipelineManager:
 
     def preload(self, name: str | None = None) -> Job | None:
         """Queue a load of checkpoint ``name`` (the default one when None), set up as a txt2img job would find it
-        (device, memory rung, ``--fast``), without generating: a start-up with ``--checkpoint`` loads while the UI
-        is still being built, and the first request then waits only for what is left of the load (it queues
+        (device, memory rung, ``--fast``), without generating: a start-up with ``--checkpoint`` loads while the
+        server starts, and the first request then waits only for what is left of the load (it queues
         behind this job). Returns the job, or None when there is nothing to load or the manager is closed."""
         try:
             info = self._find_checkpoint(name)
