@@ -156,7 +156,7 @@ class SdApi:
             interrupted=event.state == "cancelled" or job.state == "cancelled",
             queue_position=event.queue_position,
         )
-        textinfo = event.message or (f"Step {event.step}/{event.total_steps}" if event.total_steps else event.state)
+        textinfo = _progress_text(event)
         return ProgressResponse(
             progress=event.fraction,
             eta_relative=event.eta_s or 0.0,
@@ -278,10 +278,10 @@ class SdApi:
     def png_info(self, body: PNGInfoRequest) -> PNGInfoResponse:
         """The A1111 ``parameters`` text of an image, parsed, plus its other text chunks."""
         from pipelines.infotext import parse_infotext
-        from pipelines.outputs import read_png_parameters
+        from pipelines.outputs import read_parameters
 
         image = convert.open_image_keeping_text(body.image, "image")
-        text = read_png_parameters(image) or ""
+        text = read_parameters(image) or ""
         chunks = {**image.info, **(getattr(image, "text", None) or {})}
         items = {key: value for key, value in chunks.items() if key != "parameters" and isinstance(value, str)}
         return PNGInfoResponse(info=text, items=items, parameters=parse_infotext(text) if text else {})
@@ -486,3 +486,15 @@ def _extras_response(result: Result, target: tuple[int, int], crop: bool) -> Ext
     else:
         encoded = convert.png_base64(_fit(image, target, crop), infotext or None)
     return ExtrasSingleImageResponse(image=encoded, html_info=infotext)
+
+
+def _progress_text(event: Any) -> str:
+    """A1111's ``textinfo``: what the engine says in words (loading what, an error), else the step counts."""
+    if event.message:
+        return event.message
+    if event.state == "saving":
+        return "Saving"
+    if event.total_steps:
+        phase = f"{event.phase}: " if event.phase else ""
+        return f"{phase}Step {event.step}/{event.total_steps} · batch {event.batch_index + 1}/{event.batch_count}"
+    return str(event.state)

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import AtelierError
 from .infotext import ATELIER_VERSION as __version__
-from .request import GenerationRequest, ProgressEvent, Result
+from .progress import ProgressEvent
+from .request import GenerationRequest, Result
 from .samplers import SAMPLER_NAMES
 
 if TYPE_CHECKING:

@@ -19,9 +19,12 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
+from . import devices
 from .devices import DeviceChoice, total_ram
+from .errors import InvalidRequest, ModelLoadError
+from .families import FAMILIES, FamilySpec
 
 log = logging.getLogger(__name__)
 
@@ -30,29 +33,16 @@ GIB = 2**30
 _OPTIONAL_NONE = ("safety_checker", "feature_extractor", "image_encoder", "watermarker")
 
 
-def family_key(loaded: Any) -> str:
-    """The family key of a ``LoadedCheckpoint`` whether it carries a key or a ``FamilySpec``."""
-    fam = getattr(loaded, "family", None)
-    return getattr(fam, "key", fam) or "sd15"
+def family_spec(loaded: Any) -> FamilySpec:
+    """The ``FamilySpec`` of a loaded checkpoint (its pipelines per task, preview factors, ...)."""
+    return FAMILIES[loaded.family]
 
 
-def family_spec(loaded: Any) -> Any:
-    """The ``FamilySpec`` of a loaded checkpoint (None when families.py does not know it)."""
-    fam = getattr(loaded, "family", None)
-    if hasattr(fam, "pipelines"):
-        return fam
-    try:
-        from .families import FAMILIES
-    except ImportError:  # pragma: no cover - families.py is part of the package
-        return None
-    return FAMILIES.get(str(fam))
+class EntryKeeper(Protocol):
+    """Who sets entries up for a device (``placement.Placement``): the cache asks it to undo that set-up before it
+    moves an entry to the CPU, swaps its VAE or drops it."""
 
-
-_DEFAULT_PIPELINES = {
-    "txt2img": "StableDiffusionPipeline",
-    "img2img": "StableDiffusionImg2ImgPipeline",
-    "upscale": "StableDiffusionUpscalePipeline",
-}
+    def reset(self, entry: CacheEntry) -> None: ...
 
 
 def build_pipeline(class_name: str, components: dict[str, Any]) -> Any:
@@ -118,7 +108,7 @@ class CacheEntry:
 
     @property
     def family(self) -> str:
-        return family_key(self.loaded)
+        return str(self.loaded.family)
 
     @property
     def nbytes(self) -> int:
@@ -134,22 +124,17 @@ class CacheEntry:
     def pipeline_for(self, task: str) -> Any:
         """The diffusers pipeline for ``task`` over this entry's modules (built once, then reused)."""
         if task not in self.pipelines:
-            spec = family_spec(self.loaded)
-            names = dict(_DEFAULT_PIPELINES)
-            if spec is not None and getattr(spec, "pipelines", None):
-                names = dict(spec.pipelines)
+            names = family_spec(self.loaded).pipelines
             if task not in names:
-                from .errors import InvalidRequest
-
                 raise InvalidRequest(f"Checkpoint '{self.name}' cannot run {task}.", field="checkpoint")
             extra = dict(getattr(self.loaded, "pipeline_kwargs", None) or {})  # e.g. the x4's max_noise_level
             self.pipelines[task] = build_pipeline(names[task], {**extra, **self.components})
         return self.pipelines[task]
 
     def drop_pipelines(self) -> None:
-        """Forget the pipeline objects (modules stay); they are rebuilt on next use."""
+        """Forget the pipeline objects (modules stay); they are rebuilt on next use. Whatever set them up for a
+        device (``EntryKeeper.reset``) has undone that first."""
         self.pipelines.clear()
-        self.applied = None
 
     def set_vae(self, vae: Any | None, key: str | None) -> None:
         """Use ``vae`` (an external VAE module) or, with None, the checkpoint's own VAE."""
@@ -183,14 +168,14 @@ class CheckpointCache:
         vram_slots: int = 1,
         ram_slots: int = 0,
         vae_loader: Callable[..., Any] | None = None,
-        reset_entry: Callable[[CacheEntry], None] | None = None,
+        keeper: EntryKeeper | None = None,
     ):
         self.loader = loader
         self.vae_loader = vae_loader
         self.choice = choice
         self.vram_slots = max(1, vram_slots)
         self.ram_slots = ram_slots
-        self.reset_entry = reset_entry  # undoes memory-ladder hooks before an entry moves or goes
+        self.keeper = keeper  # undoes the memory ladder's and the fast path's set-up before an entry moves or goes
         self.entries: OrderedDict[str, CacheEntry] = OrderedDict()  # oldest first
         self.vaes: OrderedDict[str, Any] = OrderedDict()
         self.loads = 0  # file loads done (checkpoints), for status and tests
@@ -267,8 +252,8 @@ class CheckpointCache:
 
     def _use_vae(self, entry: CacheEntry, vae_info: Any | None) -> None:
         if vae_info is None:
-            if entry.vae_key is not None and self.reset_entry is not None:
-                self.reset_entry(entry)  # the pipelines over the external VAE are dropped: undo their set-up
+            if entry.vae_key is not None:
+                self._reset(entry)  # the pipelines over the external VAE are dropped: undo their set-up
             entry.set_vae(None, None)
             return
         # One VAE file may be configured differently per family group, so the family is part of the key.
@@ -278,15 +263,12 @@ class CheckpointCache:
         vae = self.vaes.get(key)
         if vae is None:
             if self.vae_loader is None:
-                from .errors import ModelLoadError
-
                 raise ModelLoadError("This build cannot load external VAEs.", field="vae")
             vae = self.vae_loader(vae_info, self.choice.dtype, entry.loaded)  # raises ModelLoadError if unfit
             self.vaes[key] = vae
             while len(self.vaes) > 2:  # external VAEs are small; keep the last two
                 self.vaes.popitem(last=False)
-        if self.reset_entry is not None:
-            self.reset_entry(entry)
+        self._reset(entry)
         vae.to(entry.location if entry.location != "cpu" else "cpu")
         entry.set_vae(vae, key)
 
@@ -313,26 +295,27 @@ class CheckpointCache:
             if not entry.pins:
                 self._to_ram(entry)
 
-    def _to_ram(self, entry: CacheEntry) -> None:
-        if self.reset_entry is not None:
-            self.reset_entry(entry)
-        entry.move("cpu")
-        from .devices import free_memory
+    def _reset(self, entry: CacheEntry) -> None:
+        if self.keeper is not None:
+            self.keeper.reset(entry)
 
-        free_memory(self.choice.device)
+    def _to_ram(self, entry: CacheEntry) -> None:
+        self._reset(entry)
+        entry.move("cpu")
+        devices.free_memory(self.choice.device)
 
     def _release(self, entry: CacheEntry) -> None:
-        if self.reset_entry is not None:
-            self.reset_entry(entry)
+        self._reset(entry)
         entry.drop_pipelines()
         if entry.location != "cpu":
             entry.move("cpu")
 
-    def clear(self) -> None:
-        """Unload every unpinned entry."""
+    def reset_unpinned(self) -> None:
+        """Undo every unused entry's device set-up (after the device choice changed: xformers on or off)."""
         with self._lock:
-            for key in [k for k, e in self.entries.items() if not e.pins]:
-                self._release(self.entries.pop(key))
+            for entry in list(self.entries.values()):
+                if not entry.pins:
+                    self._reset(entry)
 
     # --- facts ----------------------------------------------------------------------------------------------
     def names(self) -> list[str]:

@@ -30,10 +30,6 @@ class DeviceChoice:
     xformers: bool = False
 
     @property
-    def is_accelerator(self) -> bool:
-        return self.device.type in ("cuda", "mps")
-
-    @property
     def dtype_name(self) -> str:
         return DTYPE_NAMES.get(self.dtype, str(self.dtype))
 

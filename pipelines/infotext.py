@@ -14,7 +14,12 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .request import GenerationRequest
 
 ATELIER_VERSION = "0.1.0"
 
@@ -96,6 +101,48 @@ def generation_params(
     params.update(extra or {})
     params["Version"] = f"atelier-{ATELIER_VERSION}"
     return params
+
+
+@dataclass(frozen=True)
+class Note:
+    """Something a run tells the artist (shown under the image, returned by the API). Only a note made with
+    ``Note.param`` is also written into the image's parameters, as ``key: value``."""
+
+    text: str
+    infotext_key: str | None = None
+    infotext_value: str | None = None
+
+    @classmethod
+    def param(cls, key: str, value: Any) -> Note:
+        """A note that is also the infotext pair ``key: value`` (e.g. ``DeepCache: interval 3``)."""
+        return cls(f"{key}: {value}", key, str(value))
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def request_infotext(request: GenerationRequest, *, seed: int, size: tuple[int, int], model: str,
+                     model_hash: str | None, vae: str | None = None, vae_hash: str | None = None,
+                     notes: Iterable[Note] = ()) -> str:
+    """The infotext of one image of ``request``: A1111's keys for the task, then the notes that are parameters.
+
+    ``size`` is the image's own (an upscale's output size); ``vae`` is an external VAE's name (None: the
+    checkpoint's own)."""
+    extra = {note.infotext_key: note.infotext_value for note in notes if note.infotext_key}
+    if request.task == "upscale":
+        params = generation_params(
+            steps=request.steps, sampler=request.sampler, schedule=request.scheduler, cfg_scale=request.cfg_scale,
+            seed=seed, width=size[0], height=size[1], model=model, model_hash=model_hash,
+            noise_level=request.noise_level, extra=extra,
+        )
+    else:
+        params = generation_params(
+            steps=request.steps, sampler=request.sampler, schedule=request.scheduler, cfg_scale=request.cfg_scale,
+            seed=seed, width=request.width, height=request.height, model_hash=model_hash, model=model, vae=vae,
+            vae_hash=vae_hash, denoising_strength=request.denoising_strength if request.task == "img2img" else None,
+            extra=extra,
+        )
+    return build_infotext(request.prompt, request.negative_prompt, params)
 
 
 def parse_infotext(text: str) -> dict[str, Any]:

@@ -24,24 +24,21 @@ file, name hint, override or default), and is written into the pristine schedule
 
 from __future__ import annotations
 
-import _codecs
 import contextlib
 import json
 import logging
 import os
-import pickle
-import re
 import socket
 import tempfile
-import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .checkpoint_files import first_line, permission_error, read_safetensors_header, read_state_dict
 from .errors import ModelLoadError
 from .families import FAMILIES, VAE_GROUPS, FamilySpec
-from .registry import ModelInfo, detect_diffusers_folder, read_safetensors_header
+from .registry import ModelInfo, detect_diffusers_folder
 
 logger = logging.getLogger(__name__)
 
@@ -84,112 +81,6 @@ class LoadedCheckpoint:
     def spec(self) -> FamilySpec:
         """The family's ``FamilySpec``."""
         return FAMILIES[self.family]
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Safe unpickling of .ckpt / .pt
-
-
-class ModelCheckpoint:
-    """Stand-in for Lightning's ``ModelCheckpoint`` callback class, which real SD 1.x ``.ckpt`` files reference
-    (as a key of their ``callbacks`` dict). Lightning is not installed; the class is never instantiated with state
-    that matters. ComfyUI registers the same stand-in."""
-
-
-def _allowed_ckpt_globals() -> list[Any]:
-    """Exactly what real SD checkpoints carry beside tensors: Lightning's callback class, numpy scalars and dtypes
-    (``global_step``, ``best_model_score``), and ``_codecs.encode`` (how protocol-2 pickles store bytes)."""
-    import numpy as np
-
-    try:
-        scalar = np._core.multiarray.scalar
-    except AttributeError:  # numpy 1.x
-        scalar = np.core.multiarray.scalar
-    allowed: list[Any] = [
-        (ModelCheckpoint, "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint"),
-        (ModelCheckpoint, "lightning.pytorch.callbacks.model_checkpoint.ModelCheckpoint"),
-        (scalar, "numpy.core.multiarray.scalar"),
-        (scalar, "numpy._core.multiarray.scalar"),
-        np.dtype,
-        (_codecs.encode, "_codecs.encode"),
-    ]
-    allowed += [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")]
-    return allowed
-
-
-def safe_torch_load(path: Path, mmap: bool = False) -> Any:
-    """``torch.load(weights_only=True)`` with the small allow-list above; anything else is refused, never run.
-
-    ``mmap=True`` maps tensor storages instead of reading them (cheap key/shape inspection for the registry).
-    """
-    import torch
-
-    path = Path(path)
-    use_mmap = mmap and zipfile.is_zipfile(path)  # legacy (pre-1.6) pickles cannot be mapped
-    try:
-        with torch.serialization.safe_globals(_allowed_ckpt_globals()):
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=use_mmap)
-    except pickle.UnpicklingError as exc:
-        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
-        if not found:  # random bytes or a cut-short file fail the same way: do not call a broken download malicious
-            raise ModelLoadError(
-                f"{path.name} was refused: it is damaged or not a plain model checkpoint. "
-                "Nothing from it was run. Download it again, or use a .safetensors version of this model."
-            ) from None
-        raise ModelLoadError(
-            f"{path.name} was refused: its pickle contains objects or code that a plain model file does not "
-            f"need (it asks for {found[1]}). Nothing from it was run. Use a .safetensors version of this model."
-        ) from None
-    except PermissionError:
-        raise _permission_error(path) from None
-    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile) as exc:
-        raise ModelLoadError(
-            f"{path.name} cannot be read: the file is damaged or cut short ({_first_line(exc)}). Download it again."
-        ) from None
-
-
-def unwrap_state_dict(obj: Any) -> dict[str, Any]:
-    """The tensor dict inside a loaded checkpoint (``{"state_dict": {...}}`` nesting as Lightning writes it)."""
-    while isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict):
-        raise ModelLoadError("This file does not hold a state dict of named tensors; it is not a model checkpoint.")
-    import torch
-
-    return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-
-
-def _read_safetensors(path: Path) -> dict[str, Any]:
-    from safetensors.torch import load_file
-
-    return load_file(str(path), device="cpu")
-
-
-def read_state_dict(path: Path) -> dict[str, Any]:
-    """All tensors of a single-file model; ``ModelLoadError`` for damaged, refused or unreadable files."""
-    path = Path(path)
-    if path.suffix.lower() != ".safetensors":
-        return unwrap_state_dict(safe_torch_load(path))
-    try:
-        read_safetensors_header(path)  # cheap check for a cut-short download before mapping the file
-        return _read_safetensors(path)
-    except ModelLoadError:
-        raise
-    except PermissionError:
-        raise _permission_error(path) from None
-    except Exception as exc:  # safetensors raises its own error types
-        raise ModelLoadError(f"{path.name} cannot be read: the file is damaged ({_first_line(exc)}). "
-                             "Download it again.") from None
-
-
-def _permission_error(path: Path) -> ModelLoadError:
-    return ModelLoadError(f"{path.name}: permission denied. Make the file readable for the user running Atelier "
-                          f"({path}).")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:200]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -292,10 +183,10 @@ def _build(what: str, info: ModelInfo, spec: FamilySpec, build) -> Any:
     except ModelLoadError:
         raise
     except PermissionError:
-        raise _permission_error(info.path) from None
+        raise permission_error(info.path) from None
     except Exception as exc:
         raise ModelLoadError(
-            f"{info.name}: the {what} does not match the {spec.label} layout ({_first_line(exc)}). The file may be "
+            f"{info.name}: the {what} does not match the {spec.label} layout ({first_line(exc)}). The file may be "
             "damaged, a variant Atelier does not know, or of another family."
         ) from None
 
@@ -409,7 +300,7 @@ def download_hub_model(repo_id: str) -> Path:
     try:
         return Path(snapshot_download(repo_id, allow_patterns=HUB_ALLOW_PATTERNS))
     except Exception as exc:
-        raise ModelLoadError(f"Downloading {repo_id} failed ({_first_line(exc)}). Check the id, or put the model "
+        raise ModelLoadError(f"Downloading {repo_id} failed ({first_line(exc)}). Check the id, or put the model "
                              "file into models/checkpoints/.") from None
 
 
@@ -512,9 +403,9 @@ def load_vae(info: ModelInfo, dtype, family: str | None = None, config_dir: Path
             vae = AutoencoderKL.from_single_file(state_dict, config=str(cfg), subfolder="vae", torch_dtype=dtype,
                                                  local_files_only=True)
         except PermissionError:
-            raise _permission_error(info.path) from None
+            raise permission_error(info.path) from None
         except Exception as exc:
             raise ModelLoadError(
-                f"The VAE {info.name} does not fit this checkpoint ({_first_line(exc)}). Choose 'Automatic' or a "
+                f"The VAE {info.name} does not fit this checkpoint ({first_line(exc)}). Choose 'Automatic' or a "
                 "VAE made for this model family.", field="vae") from None
     return vae.eval()

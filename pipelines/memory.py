@@ -40,12 +40,24 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .devices import DeviceChoice
+from .strenum import StrEnum
 
 log = logging.getLogger(__name__)
 
-RUNGS: tuple[str, ...] = ("full", "sliced", "offload", "sequential", "cpu")
-START_RUNG = {"auto": "full", "full": "full", "sliced": "sliced", "offload": "offload",
-              "sequential": "sequential", "cpu": "cpu"}
+
+
+class Rung(StrEnum):
+    """A rung of the ladder, fastest first; the values are the names flags, Settings, the API and the log use."""
+
+    FULL = "full"
+    SLICED = "sliced"
+    OFFLOAD = "offload"
+    SEQUENTIAL = "sequential"
+    CPU = "cpu"
+
+
+RUNGS: tuple[Rung, ...] = tuple(Rung)
+START_RUNG: dict[str, Rung] = {"auto": Rung.FULL, **{rung.value: rung for rung in Rung}}
 
 RESERVE_BYTES = 400 * 2**20  # allocator fragmentation, cuDNN workspaces (ComfyUI's reserve)
 VAE_BYTES_PER_PIXEL = 2200  # per output pixel per image at 2 bytes/element (InvokeAI's decode constant)
@@ -202,10 +214,13 @@ DEFAULT_APPLIERS: dict[str, Callable[[Any, DeviceChoice], None]] = {
 class Ladder:
     """The rungs available on this device and how to apply each; appliers are injectable for tests."""
 
-    rungs: Sequence[str]
+    rungs: Sequence[Rung]  # strings are accepted and turned into Rungs
     appliers: dict[str, Callable[[Any, DeviceChoice], None]] = field(default_factory=lambda: dict(DEFAULT_APPLIERS))
     resetter: Callable[[Any, str | None, DeviceChoice], bool] = reset
     measured: dict[tuple[str, tuple[int, int, int, int]], int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.rungs = tuple(Rung(rung) for rung in self.rungs)
 
     @classmethod
     def for_device(cls, choice: DeviceChoice) -> Ladder:
@@ -213,10 +228,10 @@ class Ladder:
         if choice.device.type == "cuda":
             return cls(RUNGS)
         if choice.device.type == "mps":
-            return cls(("full", "sliced", "cpu"))
-        return cls(("cpu",))
+            return cls((Rung.FULL, Rung.SLICED, Rung.CPU))
+        return cls((Rung.CPU,))
 
-    def below(self, rung: str) -> str | None:
+    def below(self, rung: str) -> Rung | None:
         """The next rung down, or None at the bottom."""
         index = list(self.rungs).index(rung)
         return self.rungs[index + 1] if index + 1 < len(self.rungs) else None
@@ -229,7 +244,7 @@ class Ladder:
         if peak_bytes:
             self.measured[(rung, shape.key)] = peak_bytes
 
-    def choose(self, mode: str, shape: Shape, free_bytes: int | None) -> tuple[str, str]:
+    def choose(self, mode: str, shape: Shape, free_bytes: int | None) -> tuple[Rung, str]:
         """``(rung, reason)`` for memory ``mode`` (auto or a rung name) given free accelerator bytes."""
         rungs = list(self.rungs)
         if mode != "auto":

@@ -95,11 +95,18 @@ def write_png_with_parameters(image: Image.Image, parameters: str | None, folder
     return path
 
 
-def read_png_parameters(image_or_path: Any) -> str | None:
-    """The ``parameters`` text of a PNG (a PIL image, a path or bytes), or None when there is none."""
+EXIF_USER_COMMENT = 0x9286
+EXIF_IFD = 0x8769
+
+
+def read_parameters(image_or_path: Any) -> str | None:
+    """The A1111 ``parameters`` text of an image (a PIL image, a path or bytes), or None when it has none.
+
+    PNG: the ``parameters`` text chunk. JPEG/WebP: the EXIF UserComment, where A1111 writes the same text.
+    The PNG Info tab and ``/sdapi/v1/png-info`` both read through here.
+    """
     if isinstance(image_or_path, Image.Image):
-        image = image_or_path
-        return _parameters_of(image)
+        return _parameters_of(image_or_path)
     if isinstance(image_or_path, (bytes, bytearray)):
         with Image.open(io.BytesIO(bytes(image_or_path))) as image:
             return _parameters_of(image)
@@ -112,4 +119,24 @@ def _parameters_of(image: Image.Image) -> str | None:
     if isinstance(text, dict) and text.get("parameters"):
         return str(text["parameters"])
     value = image.info.get("parameters")
-    return str(value) if value else None
+    if value:
+        return str(value)
+    exif = image.getexif()
+    comment = exif.get_ifd(EXIF_IFD).get(EXIF_USER_COMMENT) or exif.get(EXIF_USER_COMMENT)
+    if isinstance(comment, bytes):
+        return _decode_user_comment(comment)
+    return str(comment) if comment else None
+
+
+def _decode_user_comment(raw: bytes) -> str | None:
+    """EXIF UserComment: an 8-byte charset header, then the text (A1111 writes ``UNICODE\\0`` + UTF-16)."""
+    header, body = raw[:8], raw[8:]
+    if header.startswith(b"UNICODE"):
+        for encoding in ("utf-16-be", "utf-16-le"):
+            try:
+                text = body.decode(encoding)
+            except UnicodeDecodeError:
+                continue
+            if text.isprintable() or "\n" in text:
+                return text.strip("\x00")
+    return body.decode("utf-8", "replace").strip("\x00") or None

@@ -27,13 +27,13 @@ v-prediction), a name hint (``768``, ``-v``, ``v-pred`` / ``512``, ``base``), el
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import hashlib
 import json
 import logging
 import os
 import re
-import struct
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .checkpoint_files import read_ckpt_shapes, read_safetensors_header
 from .errors import ModelLoadError, ModelNotFound
 from .families import FAMILIES
 
@@ -53,7 +54,6 @@ UPSCALER_DIRS = ("upscale_models", "ESRGAN")
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt")
 VAE_SUFFIXES = SINGLE_FILE_SUFFIXES + (".bin",)
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors refuses larger headers too
 CACHE_FILE = "model_cache.json"
 CACHE_VERSION = 1
 
@@ -114,47 +114,6 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Reading names and shapes without reading tensors
-
-
-def read_safetensors_header(path: Path) -> tuple[dict[str, list[int]], dict[str, str]]:
-    """Tensor name -> shape and the ``__metadata__`` dict, from the JSON header only.
-
-    Raises ``ModelLoadError`` for a file that is not safetensors or is cut short (its header points past the end).
-    """
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise ModelLoadError(f"{path.name} is empty or cut short ({size} bytes): download it again.")
-        (n,) = struct.unpack("<Q", head)
-        if n > MAX_HEADER_BYTES or n + 8 > size:
-            raise ModelLoadError(f"{path.name} is not a valid .safetensors file (corrupt or cut short): "
-                                 "download it again.")
-        raw = f.read(n)
-    try:
-        header = json.loads(raw)
-        metadata = header.pop("__metadata__", None) or {}
-        end = max((int(t["data_offsets"][1]) for t in header.values() if isinstance(t, dict)), default=0)
-    except (ValueError, KeyError, TypeError, IndexError, AttributeError):  # not JSON, or not safetensors' shape
-        raise ModelLoadError(f"{path.name} has a corrupt .safetensors header: download it again.") from None
-    if 8 + n + end > size:
-        raise ModelLoadError(
-            f"{path.name} is cut short ({size} of {8 + n + end} bytes): the download did not finish. "
-            "Download it again."
-        )
-    return {k: list(v.get("shape", [])) for k, v in header.items() if isinstance(v, dict)}, metadata
-
-
-def read_ckpt_shapes(path: Path) -> dict[str, list[int]]:
-    """Tensor name -> shape of a ``.ckpt``/``.pt`` through safe, memory-mapped unpickling (see ``safe_torch_load``)."""
-    from .loaders import safe_torch_load, unwrap_state_dict
-
-    sd = unwrap_state_dict(safe_torch_load(path, mmap=True))
-    return {k: list(getattr(v, "shape", [])) for k, v in sd.items()}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -350,6 +309,8 @@ class ModelRegistry:
         self.extra_dirs = [Path(d) for d in extra_dirs]
         self._cache = _DiskCache(self.cache_dir)
         self._lock = threading.RLock()
+        self._hash_lock = threading.Lock()
+        self._hashing: dict[str, concurrent.futures.Future[str]] = {}  # real path -> its short hash, being read
         self._overrides: dict[str, str] = self._load_overrides()
         self._entries: dict[str, list[ModelInfo]] = {"checkpoint": [], "vae": [], "lora": [], "upscaler": []}
         self.problems: list[str] = []  # folders that could not be read, for the log/status
@@ -554,26 +515,51 @@ class ModelRegistry:
         """A1111 short hash (first 10 hex of sha256), cached on disk by real path, size and mtime.
 
         For a diffusers folder, the hash of its UNet weights file (A1111 has no rule for folders). Hub ids and
-        unreadable files have no hash ("").
+        unreadable files have no hash (""). A file is read once at a time: a second caller waits for the read in
+        progress (one started by ``hash_soon``, say) instead of reading it again.
         """
         target = _hash_target(info)
-        if target is None:
-            return ""
-        stat = self._stat(target)
-        if stat is None:
+        stat = self._stat(target) if target is not None else None
+        if target is None or stat is None:
             return ""
         real, size, mtime = stat
         cached = self._cache.get(real, size, mtime, "sha256")
         if cached:
             return cached[:10]
+        with self._hash_lock:
+            pending = self._hashing.get(real)
+            reader = pending is None
+            if reader:
+                pending = self._hashing[real] = concurrent.futures.Future()
+        if not reader:
+            return pending.result()
+        digest = ""
         try:
             digest = sha256_file(target)
+            self._cache.put(real, size, mtime, "sha256", digest)
+            self._cache.save()
         except OSError as exc:
             logger.warning("cannot hash %s: %s", target, exc)
-            return ""
-        self._cache.put(real, size, mtime, "sha256", digest)
-        self._cache.save()
+        finally:
+            pending.set_result(digest[:10])
+            with self._hash_lock:
+                self._hashing.pop(real, None)
         return digest[:10]
+
+    def hash_soon(self, info: ModelInfo) -> None:
+        """Start reading ``info``'s hash in a background thread when it is not known yet.
+
+        The first use of a file hashes all of it (~2.5 s for 4 GB); in a job's own thread that would delay the
+        image. hashlib releases the GIL, so the read overlaps with the load and the denoising; ``short_hash``
+        called meanwhile waits for it."""
+        target = _hash_target(info)
+        stat = self._stat(target) if target is not None else None
+        if stat is None or self._cache.get(*stat, "sha256"):
+            return
+        with self._hash_lock:
+            if stat[0] in self._hashing:
+                return
+        threading.Thread(target=self.short_hash, args=(info,), name="atelier-hash", daemon=True).start()
 
     def cached_short_hash(self, info: ModelInfo) -> str | None:
         """The short hash if it is already known (never reads the file): for lists that must stay instant."""

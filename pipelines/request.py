@@ -258,6 +258,7 @@ class GenerationRequest(BaseModel):
         object.__setattr__(self, "sampler", label)
         object.__setattr__(self, "scheduler", sched)
         check_work_budget(self)
+        _check_steps_after_strength(self)
         if self.task == "img2img":
             if self.init_image is None:
                 raise InvalidRequest("Image to Image needs an init image: upload, drop or paste one.", "init_image")
@@ -278,6 +279,14 @@ class GenerationRequest(BaseModel):
     def resolved_seed(self) -> int:
         """The seed actually used: ``seed`` or, for -1, a fresh random one (call once per run)."""
         return self.seed if self.seed >= 0 else random.randint(0, MAX_SEED)
+
+    def batch_seeds(self, first_seed: int) -> list[list[int]]:
+        """The seeds of each batch, A1111's way: consecutive from ``first_seed`` over all images (an upscale is
+        one batch of one image)."""
+        if self.task == "upscale":
+            return [[first_seed]]
+        return [[first_seed + batch * self.batch_size + i for i in range(self.batch_size)]
+                for batch in range(self.batch_count)]
 
     @property
     def total_images(self) -> int:
@@ -323,6 +332,17 @@ def check_work_budget(request: GenerationRequest) -> None:
     )
 
 
+def _check_steps_after_strength(request: GenerationRequest) -> None:
+    """img2img runs ``int(steps * strength)`` steps; diffusers fails on zero, so say it in words."""
+    if request.task == "img2img" and int(request.steps * request.denoising_strength) < 1:
+        need = 1.0 / max(request.steps, 1)
+        raise InvalidRequest(
+            f"With {request.steps} steps a denoising strength of {request.denoising_strength:g} runs no step at all; "
+            f"use a strength of at least {need:.2f} or more steps.",
+            field="denoising_strength",
+        )
+
+
 def _first_field(exc: ValidationError) -> str | None:
     errors = exc.errors()
     if errors and errors[0].get("loc"):
@@ -340,32 +360,6 @@ def _describe(exc: ValidationError) -> str:
             msg = "is not a known field"
         parts.append(f"{loc} {msg}")
     return "Invalid request: " + "; ".join(parts) + "."
-
-
-@dataclass(frozen=True)
-class ProgressEvent:
-    """The latest state of a job, for progress bars (UI) and ``/sdapi/v1/progress`` (API)."""
-
-    job_id: str
-    state: str  # "queued", "loading", "running", "saving", "done", "failed", "cancelled"
-    step: int = 0
-    total_steps: int = 0
-    batch_index: int = 0
-    batch_count: int = 1
-    queue_position: int = 0  # 0: running now; n: n jobs ahead
-    eta_s: float | None = None
-    preview: Any = None  # PIL image or None
-    message: str = ""
-
-    @property
-    def fraction(self) -> float:
-        """Overall progress 0..1 across batches."""
-        if self.state == "done":
-            return 1.0
-        if self.total_steps <= 0:
-            return 0.0
-        per_batch = 1.0 / max(1, self.batch_count)
-        return min(1.0, per_batch * (self.batch_index + self.step / self.total_steps))
 
 
 @dataclass

@@ -6,7 +6,7 @@ command line in ``Settings.from_cli`` and never overwrites those from the file.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +72,3 @@ class Settings:
                 setattr(self, name, value)
                 changed.append(name)
         return changed
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)

@@ -35,6 +35,8 @@ from typing import Any
 
 import torch
 
+from .infotext import Note
+
 DEFAULT_CACHE_INTERVAL = 3  # DeepCache's recommended N for SD 1.x/2.x (2-3x fewer deep UNet passes)
 DEFAULT_CACHE_DEPTH = 1  # last up-block layers re-run on cached steps; 1 = DeepCache's cache_branch_id 0
 TOME_MAX_DOWNSAMPLE = 1  # merge only in the full-resolution transformer blocks, as tomesd recommends
@@ -396,21 +398,21 @@ def _self_attentions(unet: Any) -> list[Any]:
 # What the manager calls
 
 
-def speedup_notes(deep_cache: bool, token_merging: float, interval: int = DEFAULT_CACHE_INTERVAL) -> list[str]:
-    """Infotext entries for the switches in use, e.g. ``["DeepCache: interval 3", "Token merging ratio: 0.5"]``.
+def speedup_notes(deep_cache: bool, token_merging: float, interval: int = DEFAULT_CACHE_INTERVAL) -> list[Note]:
+    """Infotext entries for the switches in use, e.g. ``DeepCache: interval 3``, ``Token merging ratio: 0.5``.
 
     ``Token merging ratio`` is the key A1111 writes, so its PNG Info reads it back.
     """
     notes = []
     if deep_cache:
-        notes.append(f"DeepCache: interval {interval}")
+        notes.append(Note.param("DeepCache", f"interval {interval}"))
     if token_merging > 0:
-        notes.append(f"Token merging ratio: {token_merging:g}")
+        notes.append(Note.param("Token merging ratio", f"{token_merging:g}"))
     return notes
 
 
 @contextmanager
-def applied_speedups(pipe: Any, request: Any) -> Iterator[list[str]]:
+def applied_speedups(pipe: Any, request: Any) -> Iterator[list[Note]]:
     """Apply the request's ``deep_cache`` / ``token_merging`` to ``pipe.unet`` for the ``with`` block.
 
     Yields the infotext notes for what was applied (empty in default mode: nothing is touched then). A model
@@ -421,20 +423,20 @@ def applied_speedups(pipe: Any, request: Any) -> Iterator[list[str]]:
     interval = int(getattr(request, "deep_cache_interval", None) or DEFAULT_CACHE_INTERVAL)
     ratio = float(getattr(request, "token_merging", 0.0) or 0.0)
     unet = getattr(pipe, "unet", None)
-    notes: list[str] = []
+    notes: list[Note] = []
     with ExitStack() as stack:
         if deep_cache:
             if unet is not None and supports_deep_cache(unet):
                 stack.enter_context(DeepCache(unet, interval=interval))
                 notes += speedup_notes(True, 0.0, interval)
             else:
-                notes.append("DeepCache: off (not supported by this model)")
+                notes.append(Note.param("DeepCache", "off (not supported by this model)"))
         if ratio > 0:
             if unet is not None and _self_attentions(unet):
                 stack.enter_context(TokenMerging(unet, ratio))
                 notes += speedup_notes(False, ratio)
             else:
-                notes.append("Token merging: off (not supported by this model)")
+                notes.append(Note.param("Token merging", "off (not supported by this model)"))
         yield notes
 
 

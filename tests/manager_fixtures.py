@@ -11,8 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from pipelines.errors import ModelNotFound
 from pipelines.settings import Settings
 from pipelines.tiny import (
@@ -22,11 +20,6 @@ from pipelines.tiny import (
     tiny_vae,
     tiny_x4_components,
 )
-
-# One intra-op thread: the tiny models gain nothing from two, and on a shared 2-core machine OpenMP's spinning
-# threads make every conv 5-6x slower under load (measured: 82 ms vs 14 ms per 64x64 conv).
-torch.set_num_threads(1)
-
 
 
 @dataclass
@@ -110,6 +103,14 @@ class FakeRegistry:
 
     def short_hash(self, info) -> str:
         return short_hash(info.name)
+
+    def hash_soon(self, info) -> None:
+        """The real registry reads a new file's hash in a background thread; these hashes are instant."""
+
+    def empty_message(self) -> str:
+        from pipelines.registry import empty_models_message
+
+        return empty_models_message(Path("/nonexistent-models"))
 
 
 class TinyLoader:

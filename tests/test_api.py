@@ -24,7 +24,8 @@ from api import mount
 from pipelines.errors import ModelNotFound, OutputWriteError, QueueFull
 from pipelines.infotext import parse_infotext
 from pipelines.outputs import encode_png
-from pipelines.request import GenerationRequest, ProgressEvent, Result
+from pipelines.progress import ProgressEvent
+from pipelines.request import GenerationRequest, Result
 from pipelines.settings import Settings
 
 API = "/sdapi/v1"

@@ -106,11 +106,6 @@ def test_bench_rejects_unknown_mode() -> None:
 
 
 # --- speed-ups on a tiny pipeline -----------------------------------------------------------------------------
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread(one_thread):
-    """The speed-up tests below run tiny pipelines: one thread (conftest.py's ``one_thread``)."""
-
-
 @pytest.fixture(scope="module")
 def pipe():
     from diffusers import EulerDiscreteScheduler
@@ -146,7 +141,8 @@ def test_speedup_changes_the_image_a_little_and_is_removed_cleanly(pipe, default
     with speedups.applied_speedups(pipe, request(deep_cache, ratio)) as applied:
         assert not speedups.unet_is_pristine(pipe.unet)
         image = generate(pipe)
-    assert applied == notes
+    assert [str(note) for note in applied] == notes
+    assert all(note.infotext_key for note in applied)  # written into the image's parameters
     diff = np.abs(image - default_image)
     assert 0 < diff.max() < 0.25, diff.max()  # changed, but the same picture (values in 0..1)
     assert diff.mean() < 0.02
@@ -192,7 +188,7 @@ def test_the_requested_deep_cache_interval_is_used_and_written_down(pipe, monkey
     asked = SimpleNamespace(deep_cache=True, deep_cache_interval=6, token_merging=None)
     with speedups.applied_speedups(pipe, asked) as notes:
         generate(pipe)
-    assert notes == ["DeepCache: interval 6"]
+    assert [str(note) for note in notes] == ["DeepCache: interval 6"]
     assert (made[0].full_calls, made[0].cached_calls) == (1, STEPS - 1)  # interval 3 would give 2 full calls
     assert speedups.unet_is_pristine(pipe.unet)
 
@@ -238,7 +234,8 @@ def test_unsupported_model_runs_without_the_speedups_and_says_so():
     fake = SimpleNamespace(unet=torch.nn.Linear(2, 2))
     with speedups.applied_speedups(fake, request(True, 0.5)) as notes:
         assert "forward" not in fake.unet.__dict__
-    assert notes == ["DeepCache: off (not supported by this model)", "Token merging: off (not supported by this model)"]
+    assert [str(note) for note in notes] == [
+        "DeepCache: off (not supported by this model)", "Token merging: off (not supported by this model)"]
 
 
 def test_token_merging_merges_the_requested_share_and_unmerges_to_full_size():

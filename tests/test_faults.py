@@ -53,7 +53,7 @@ def every_file(folder: Path) -> list[Path]:
 def assert_png_complete(path: Path) -> None:
     with Image.open(path) as image:
         image.load()  # raises on a truncated file
-        assert outputs.read_png_parameters(image)
+        assert outputs.read_parameters(image)
 
 
 # --- a broken checkpoint, end to end ----------------------------------------------------------------------------

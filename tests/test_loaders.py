@@ -30,7 +30,7 @@ from model_fixtures import (
     write_vae_file,
 )
 
-from pipelines import loaders
+from pipelines import checkpoint_files, loaders
 from pipelines.errors import ModelLoadError, ModelNotFound
 from pipelines.registry import ModelRegistry
 
@@ -126,7 +126,7 @@ def test_real_ckpt_extras_need_the_allow_list_and_load_with_it(format_models):
     path = format_models / "checkpoints" / "tiny-sd15-ckpt.ckpt"
     with pytest.raises(pickle.UnpicklingError):
         torch.load(path, weights_only=True)  # what diffusers alone would do with a real SD 1.x .ckpt
-    checkpoint = loaders.safe_torch_load(path)
+    checkpoint = checkpoint_files.safe_torch_load(path)
     assert int(checkpoint["global_step"]) == 840000
     assert "model.diffusion_model.input_blocks.0.0.weight" in checkpoint["state_dict"]
 
@@ -156,7 +156,7 @@ def test_malicious_pickle_is_refused_and_nothing_runs(tmp_path, format_models):
     with pytest.raises(ModelLoadError, match="refused.*Nothing from it was run"):
         loaders.load_components(info, torch.float32)
     with pytest.raises(ModelLoadError, match="system"):
-        loaders.safe_torch_load(evil)
+        checkpoint_files.safe_torch_load(evil)
     assert not marker.exists()
 
 
@@ -241,7 +241,7 @@ def test_unreadable_file_says_permission_denied(tiny_models_dir, tiny_cache_dir,
     def denied(path):
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(loaders, "_read_safetensors", denied)
+    monkeypatch.setattr(checkpoint_files, "_read_safetensors", denied)
     with pytest.raises(ModelLoadError, match="permission denied"):
         loaders.load_components(info, torch.float32)
 

@@ -19,7 +19,7 @@ from PIL import Image
 from pipelines import memory
 from pipelines.errors import AtelierError, Cancelled, ModelLoadError, ModelNotFound, OutOfMemoryEverywhere, QueueFull
 from pipelines.infotext import parse_infotext
-from pipelines.outputs import read_png_parameters
+from pipelines.outputs import read_parameters
 from pipelines.request import GenerationRequest
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
@@ -66,7 +66,7 @@ def test_txt2img_makes_the_requested_count_and_size_and_saves_each(manager):
     for path, seed, text in zip(result.paths, result.seeds, result.infotexts, strict=True):
         assert path.exists() and path.name.endswith(f"-{seed}.png")
         assert path.parent.parent.name == "txt2img"
-        assert read_png_parameters(path) == text
+        assert read_parameters(path) == text
         assert f"Seed: {seed}," in text
 
 
@@ -147,13 +147,13 @@ def test_progress_events_count_steps_with_eta_and_preview(manager):
 def test_eta_after_the_first_step_leaves_out_the_warm_up(monkeypatch):
     from types import SimpleNamespace
 
-    from pipelines import manager as manager_module
+    from pipelines import progress
 
     events = []
-    job = SimpleNamespace(cancel_requested=False, id="j", _emit=events.append, _progress=SimpleNamespace(preview=None))
+    job = SimpleNamespace(cancel_requested=False, id="j", emit=events.append, latest=SimpleNamespace(preview=None))
     clock = iter([0.0, 30.0, 32.0, 34.0])  # start; a 30 s first step (encode, warm-up, compile); then 2 s a step
-    monkeypatch.setattr(manager_module.time, "monotonic", lambda: next(clock))
-    reporter = manager_module.StepReporter(job, 0, 2, 10, (64, 64), factors=False)
+    monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
+    reporter = progress.StepReporter(job, 0, 2, 10, (64, 64), preview_factors=False)
     for done in (1, 2, 3):
         reporter.on_step(done, 10, None)
     assert events[0].eta_s == 30.0 * (9 + 10)  # one step seen: all of it is the estimate
@@ -183,13 +183,14 @@ def test_cancel_after_step_one_stops_within_a_step_and_saves_nothing(slow, tmp_p
 
 def test_cancel_in_second_batch_keeps_the_first(slow):
     manager = slow
-    token = threading.Event()
+    job_box = {}
 
     def on_progress(event):
         if event.state == "running" and event.batch_index == 1:
-            token.set()
+            job_box["job"].cancel()
 
-    result = manager.run(req(steps=3, batch_count=3, seed=40), on_progress=on_progress, cancel=token)
+    job_box["job"] = manager.submit(req(steps=3, batch_count=3, seed=40), on_progress=on_progress)
+    result = job_box["job"].wait(timeout=60)
     assert result.cancelled
     assert result.seeds == [40]
     assert len(result.paths) == 1 and result.paths[0].exists()
@@ -278,7 +279,7 @@ def test_switching_between_cached_checkpoints_does_not_reload(manager, loader):
     ).images[0]
     assert len(loader.loads) == loads
     assert np.abs(pixels(a) - pixels(b)).mean() > 1.0  # two different models really ran
-    assert set(manager.status()["loaded_checkpoints"]) >= {"tiny-a", "tiny-b"}
+    assert set(manager.status().loaded_checkpoints) >= {"tiny-a", "tiny-b"}
 
 
 def test_txt2img_and_img2img_share_one_set_of_weights(manager):
@@ -303,7 +304,7 @@ def test_a_failed_load_leaves_the_loaded_checkpoint_usable(tmp_path):
             manager.run(req(checkpoint="tiny-c"))
         assert manager.run(req(checkpoint="tiny-a")).images
         assert loader.loads == ["tiny-a"]
-        assert manager.status()["loaded_checkpoint"] == "tiny-a"
+        assert manager.status().loaded_checkpoint == "tiny-a"
     finally:
         manager.close()
 
@@ -318,7 +319,7 @@ def test_preload_loads_at_start_and_the_first_image_does_not_load_again(tmp_path
         assert loaded.images == [] and loaded.checkpoint == "tiny-b" and job.state == "done"
         assert first.wait(60).images
         assert loader.loads == ["tiny-b"]  # loaded once, at start
-        assert manager.status()["loaded_checkpoint"] == "tiny-b"
+        assert manager.status().loaded_checkpoint == "tiny-b"
     finally:
         manager.close()
 
@@ -372,36 +373,29 @@ def test_preload_without_any_checkpoint_does_nothing(tmp_path):
         manager.close()
 
 
-class SlowHashRegistry(FakeRegistry):
-    """A registry whose files are not hashed yet, and whose hashing takes a while (as 4 GB do)."""
+class HashSoonRegistry(FakeRegistry):
+    """Records when the manager asks for a file's hash to be read in the background."""
 
-    def __init__(self):
+    def __init__(self, loader):
         super().__init__(checkpoints=("tiny-a",))
-        self.hashed_on: list[str] = []
-        self.known: set[str] = set()
+        self.events = loader.loads  # the loader appends the names it loads: one timeline for both
+        self.asked: list[str] = []
 
-    def cached_short_hash(self, info):
-        return super().short_hash(info) if info.name in self.known else None
-
-    def short_hash(self, info):
-        if info.name not in self.known:
-            self.hashed_on.append(threading.current_thread().name)
-            time.sleep(0.3)
-            self.known.add(info.name)
-        return super().short_hash(info)
+    def hash_soon(self, info):
+        self.asked.append(info.name)
+        self.events.append(f"hash {info.name}")
 
 
-def test_a_new_checkpoint_is_hashed_beside_the_image_not_before_it(tmp_path):
-    registry = SlowHashRegistry()
-    manager = make_manager(tmp_path, registry=registry)
+def test_a_checkpoint_hash_is_asked_for_before_the_load_and_written_into_the_infotext(tmp_path):
+    loader = TinyLoader()
+    registry = HashSoonRegistry(loader)
+    manager = make_manager(tmp_path, loader=loader, registry=registry)
     try:
         result = manager.run(req())
-        expected = FakeRegistry().short_hash(registry.checkpoints()[0])
-        assert registry.hashed_on == ["atelier-hash"]  # once, in its own thread
+        assert loader.loads == ["hash tiny-a", "tiny-a"]  # read beside the load, not after the image
+        expected = registry.short_hash(registry.checkpoints()[0])
         assert result.checkpoint_hash == expected
         assert f"Model hash: {expected}" in result.infotexts[0]
-        manager.run(req(seed=2))
-        assert registry.hashed_on == ["atelier-hash"]  # known from then on
     finally:
         manager.close()
 
@@ -493,7 +487,7 @@ def _oom_ladder(fail_on: set[str]):
 
 def test_oom_on_the_first_rung_retries_on_the_next_and_says_so(tmp_path):
     manager = make_manager(tmp_path)
-    manager.ladder, state = _oom_ladder({"full"})
+    manager.placement.ladder, state = _oom_ladder({"full"})
     manager.settings.memory_mode = "full"
     try:
         result = manager.run(req(seed=8))
@@ -501,7 +495,7 @@ def test_oom_on_the_first_rung_retries_on_the_next_and_says_so(tmp_path):
         assert state["applied"] == ["full", "sliced"]
         assert any("Out of memory in full mode; retried in sliced mode" in n for n in result.notes)
         assert result.images[0].size == (64, 64) and result.paths[0].exists()
-        assert manager.status()["mode_in_use"] == "sliced"
+        assert manager.status().mode_in_use == "sliced"
         # the same request in plain CPU mode gives the same picture: the retry used fresh, equal generators
         plain = make_manager(tmp_path / "plain")
         try:
@@ -509,13 +503,13 @@ def test_oom_on_the_first_rung_retries_on_the_next_and_says_so(tmp_path):
         finally:
             plain.close()
     finally:
-        manager.ladder.reset(manager.cache.current().applied[0], "sliced", manager.choice)
+        manager.placement.ladder.reset(manager.cache.current().applied[0], "sliced", manager.choice)
         manager.close()
 
 
 def test_oom_on_every_rung_is_a_clear_error(tmp_path):
     manager = make_manager(tmp_path)
-    manager.ladder, _ = _oom_ladder({"full", "sliced"})
+    manager.placement.ladder, _ = _oom_ladder({"full", "sliced"})
     manager.settings.memory_mode = "full"
     try:
         with pytest.raises(OutOfMemoryEverywhere, match="smaller size"):
@@ -543,11 +537,11 @@ def test_unwritable_outputs_fail_the_job_with_no_partial_file(manager, monkeypat
 def test_status_reports_the_cpu_setup(manager):
     manager.run(req())
     status = manager.status()
-    assert status["device"] == "cpu" and status["dtype"] == "fp32"
-    assert status["vram_used"] is None and status["vram_total"] is None
-    assert status["mode_in_use"] == "cpu" and status["memory_mode"] == "auto"
-    assert status["loaded_checkpoint"] in ("tiny-a", "tiny-b")
-    assert status["queue"] == 0 and status["demo"] is False
+    assert status.device == "cpu" and status.dtype == "fp32"
+    assert status.vram_used is None and status.vram_total is None
+    assert status.mode_in_use == "cpu" and status.memory_mode == "auto"
+    assert status.loaded_checkpoint in ("tiny-a", "tiny-b")
+    assert status.queue == 0 and status.demo is False
 
 
 def test_apply_settings_validates_and_applies(manager):
@@ -561,6 +555,31 @@ def test_apply_settings_validates_and_applies(manager):
         assert manager.cache.capacity() == 3
     finally:
         manager.apply_settings({"memory_mode": "auto", "checkpoint": "tiny-a", "ram_slots": 0})
+
+
+def test_settings_change_while_an_image_runs_and_both_finish(tmp_path):
+    manager = make_manager(tmp_path, step_delay_s=0.1, ram_slots=3)
+    seen_during_run = []
+    try:
+        manager.run(req(checkpoint="tiny-a", seed=3, steps=3))
+        reference = manager.run(req(checkpoint="tiny-b", seed=3, steps=6)).images[0]
+        running = threading.Event()
+        job = manager.submit(req(checkpoint="tiny-b", seed=3, steps=6),
+                             on_progress=lambda e: running.set() if e.state == "running" else None)
+        waiting = manager.submit(req(checkpoint="tiny-a", seed=3, steps=3))
+        assert running.wait(30)
+        started = time.monotonic()
+        changed = manager.apply_settings({"ram_slots": 1, "xformers": True, "memory_mode": "cpu"})
+        assert time.monotonic() - started < 0.5  # saved at once: the running image is not waited for
+        assert set(changed) == {"ram_slots", "xformers", "memory_mode"}
+        seen_during_run.append(manager.cache.capacity())  # the cache is the worker's until the image is done
+        assert np.array_equal(pixels(job.wait(60).images[0]), pixels(reference))
+        assert waiting.wait(60).images  # the change ran between the two jobs, ahead of the waiting one
+        assert manager.cache.capacity() == 1 and manager.cache.names() == ["tiny-a"]
+        assert manager.choice.xformers is False  # no CUDA here: asked for, never switched on
+    finally:
+        manager.close()
+    assert seen_during_run == [3]
 
 
 def test_fast_setting_on_cpu_keeps_the_pixels(manager):
@@ -664,7 +683,7 @@ def test_real_models_generate_switch_without_rereading_files_and_upscale(tiny_mo
         assert upscaled.paths[0].parent.parent.name == "upscale"
         assert parse_infotext(upscaled.infotexts[0])["Model"] == "tiny-x4"
         status = manager.status()  # the bar names the checkpoint in use, and the upscaler beside it
-        assert (status["loaded_checkpoint"], status["loaded_upscaler"]) == ("tiny-sd15", "tiny-x4")
+        assert (status.loaded_checkpoint, status.loaded_upscaler) == ("tiny-sd15", "tiny-x4")
     finally:
         manager.close()
 

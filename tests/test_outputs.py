@@ -75,10 +75,10 @@ def test_png_round_trips_through_sd_parsers_and_png_info(tmp_path):
 
     text = build_infotext("a red fox in snow", "ugly", sample_params(model="tiny-sd15"))
     path = outputs.write_png_with_parameters(Image.new("RGB", (64, 64), "red"), text, tmp_path, seed=1234)
-    assert outputs.read_png_parameters(path) == text
-    assert outputs.read_png_parameters(path.read_bytes()) == text
+    assert outputs.read_parameters(path) == text
+    assert outputs.read_parameters(path.read_bytes()) == text
     with Image.open(path) as image:
-        assert outputs.read_png_parameters(image) == text
+        assert outputs.read_parameters(image) == text
 
     info = ParserManager().parse(str(path))
     assert info is not None and info.generator.name == "AUTOMATIC1111"
@@ -95,7 +95,7 @@ def test_png_round_trips_through_sd_parsers_and_png_info(tmp_path):
 def test_plain_png_has_no_parameters(tmp_path):
     buffer = io.BytesIO()
     Image.new("RGB", (8, 8)).save(buffer, format="PNG")
-    assert outputs.read_png_parameters(buffer.getvalue()) is None
+    assert outputs.read_parameters(buffer.getvalue()) is None
 
 
 def test_names_use_the_next_free_counter_and_the_seed(tmp_path):

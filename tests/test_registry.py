@@ -232,6 +232,33 @@ def test_cached_hash_never_reads_the_file(tmp_path, monkeypatch):
     assert registry.cached_short_hash(info) == full
 
 
+def test_a_new_file_is_hashed_once_in_the_background_and_a_caller_meanwhile_waits_for_it(tmp_path, monkeypatch):
+    import threading
+
+    models = tmp_path / "models"
+    path = fake_checkpoint(models / "checkpoints" / "m.safetensors")
+    registry = ModelRegistry(models, tmp_path / "cache")
+    info = registry.find_checkpoint("m")
+    started, release, read_on = threading.Event(), threading.Event(), []
+    real_sha = registry_module.sha256_file
+
+    def slow_sha(target):  # a 4 GB file takes seconds
+        read_on.append(threading.current_thread().name)
+        started.set()
+        release.wait(10)
+        return real_sha(target)
+
+    monkeypatch.setattr(registry_module, "sha256_file", slow_sha)
+    registry.hash_soon(info)
+    assert started.wait(10)
+    registry.hash_soon(info)  # asked again while it reads: no second read
+    threading.Timer(0.2, release.set).start()
+    assert registry.short_hash(info) == hashlib.sha256(path.read_bytes()).hexdigest()[:10]  # waited for it
+    assert read_on == ["atelier-hash"]
+    registry.hash_soon(info)  # known now: nothing to read
+    assert registry.short_hash(info) and read_on == ["atelier-hash"]
+
+
 def test_same_name_in_two_formats_lists_both(tmp_path):
     models = tmp_path / "models"
     fake_checkpoint(models / "checkpoints" / "dream.safetensors")

@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from pipelines.errors import InvalidRequest
-from pipelines.request import MAX_SIZE, MAX_STEPS, GenerationRequest, ProgressEvent, decode_image
+from pipelines.progress import ProgressEvent
+from pipelines.request import MAX_SIZE, MAX_STEPS, GenerationRequest, decode_image
 
 
 def png_bytes(size=(32, 32), mode="RGB", color=(10, 20, 30)) -> bytes:

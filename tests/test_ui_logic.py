@@ -23,7 +23,9 @@ import pytest
 from PIL import Image, PngImagePlugin
 
 from pipelines.errors import Cancelled, InvalidRequest, QueueFull
-from pipelines.request import GenerationRequest, ProgressEvent, Result
+from pipelines.interface import EngineStatus
+from pipelines.progress import ProgressEvent
+from pipelines.request import GenerationRequest, Result
 from pipelines.settings import Settings
 from ui import build_ui
 from ui.common import count_tokens, preset_size, request_fields, token_label
@@ -120,18 +122,9 @@ class FakeManager:
     def refresh_models(self) -> None:
         pass
 
-    def status(self) -> dict[str, Any]:
-        return {
-            "device": "cpu",
-            "dtype": "float32",
-            "memory_mode": "auto",
-            "mode_in_use": "cpu",
-            "vram_used": None,
-            "vram_total": None,
-            "loaded_checkpoint": self.default,
-            "demo": self.settings.demo,
-            "queue": len(self._queue),
-        }
+    def status(self) -> EngineStatus:
+        return EngineStatus(device="cpu", dtype="float32", memory_mode="auto", mode_in_use="cpu",
+                            loaded_checkpoint=self.default, demo=self.settings.demo, queue=len(self._queue))
 
     def apply_settings(self, changes: dict[str, Any]) -> list[str]:
         self.applied.append(dict(changes))
@@ -456,9 +449,9 @@ def test_status_bar_shows_device_checkpoint_and_demo_label(manager: FakeManager,
 def test_status_bar_names_the_upscaler_beside_the_checkpoint() -> None:
     from ui.status import status_items
 
-    items = dict(status_items({"loaded_checkpoint": "sd15", "loaded_upscaler": "x4"}))
+    items = dict(status_items(EngineStatus(loaded_checkpoint="sd15", loaded_upscaler="x4")))
     assert (items["Checkpoint"], items["Upscaler"]) == ("sd15", "x4")
-    assert "Upscaler" not in dict(status_items({"loaded_checkpoint": "sd15", "loaded_upscaler": None}))
+    assert "Upscaler" not in dict(status_items(EngineStatus(loaded_checkpoint="sd15", loaded_upscaler=None)))
 
 
 def test_build_ui_has_every_contract_id_and_tab_label(manager: FakeManager, settings: Settings) -> None:

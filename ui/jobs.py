@@ -16,12 +16,12 @@ from typing import Any
 import gradio as gr
 
 from pipelines.errors import AtelierError, Cancelled
-from pipelines.request import GenerationRequest, ProgressEvent, Result
+from pipelines.progress import FINISHED_STATES, ProgressEvent
+from pipelines.request import GenerationRequest, Result
 
 log = logging.getLogger(__name__)
 
 POLL_INTERVAL_S = 0.25  # how often a running job is polled for progress (the manager coalesces its events)
-FINISHED_STATES = ("done", "failed", "cancelled")
 
 
 # --------------------------------------------------------------------------------------------- session state
@@ -108,8 +108,9 @@ def progress_text(event: ProgressEvent | None, position: int) -> str:
     eta = format_eta(event.eta_s)
     if eta:
         parts.append(eta)
-    # The engine's own running message repeats the step count; only other notes are worth showing.
-    if event.message and not event.message.startswith("Step"):
+    if event.phase:
+        parts.insert(0, event.phase)
+    if event.message:
         parts.append(event.message)
     return " · ".join(parts)
 

@@ -2,7 +2,7 @@
 
 Parameters live in the PNG text chunk ``parameters`` (A1111's format, DESIGN.md "Output files"); JPEG/WebP
 files from A1111 carry them in the EXIF UserComment. Reading and parsing are the engine's
-(``pipelines.outputs.read_png_parameters``, ``pipelines.infotext.parse_infotext``), so the tab and the files agree.
+(``pipelines.outputs.read_parameters``, ``pipelines.infotext.parse_infotext``), so the tab and the files agree.
 """
 
 from __future__ import annotations
@@ -11,47 +11,19 @@ import contextlib
 import html
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
-from PIL import Image
 
 from pipelines.errors import AtelierError
 from pipelines.infotext import parse_infotext
-from pipelines.outputs import read_png_parameters
+from pipelines.outputs import read_parameters
 from pipelines.samplers import resolve_sampler
 
 from .common import UiContext
 from .txt2img import Txt2ImgTab
 
-EXIF_USER_COMMENT = 0x9286
-
-
-def read_parameters(path: str | Path) -> str | None:
-    """The ``parameters`` text of an image file, or None when it carries none."""
-    with Image.open(path) as image:
-        text = read_png_parameters(image)
-        if text:
-            return text
-        exif = image.getexif().get_ifd(0x8769).get(EXIF_USER_COMMENT) or image.getexif().get(EXIF_USER_COMMENT)
-    if isinstance(exif, bytes):
-        return _decode_user_comment(exif)
-    return str(exif) if exif else None
-
-
-def _decode_user_comment(raw: bytes) -> str | None:
-    # EXIF UserComment: 8-byte charset header then the text (A1111 writes "UNICODE\0" + UTF-16).
-    header, body = raw[:8], raw[8:]
-    if header.startswith(b"UNICODE"):
-        for encoding in ("utf-16-be", "utf-16-le"):
-            try:
-                text = body.decode(encoding)
-            except UnicodeDecodeError:
-                continue
-            if text.isprintable() or "\n" in text:
-                return text.strip("\x00")
-    return body.decode("utf-8", "replace").strip("\x00") or None
+PNG_INFO_ROUTE = "png_info_read"  # Gradio's /gradio_api/call/<route> for the reader
 
 
 def parse_parameters(text: str) -> dict[str, str]:
@@ -141,7 +113,9 @@ def build_pnginfo_tab(ctx: UiContext, txt2img: Txt2ImgTab) -> PngInfoTab:
         found = parse_parameters(text)
         return text, fields_html(found), found
 
-    image.change(read, inputs=image, outputs=[output, fields, parsed], queue=False, show_progress="hidden")
+    # A named route, so that the security test that calls it (naming a server path) cannot silently miss it.
+    image.change(read, inputs=image, outputs=[output, fields, parsed], queue=False, show_progress="hidden",
+                 api_name=PNG_INFO_ROUTE)
 
     form = txt2img.form
     targets = {

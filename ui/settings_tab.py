@@ -40,12 +40,9 @@ class SettingsTab:
 def xformers_available(manager: Any) -> bool:
     """Whether xformers can be switched on: the manager says so, or the package is installed."""
     try:
-        reported = manager.status().get("xformers_available")
+        return manager.status().xformers_available
     except Exception:
-        reported = None
-    if reported is not None:
-        return bool(reported)
-    return importlib.util.find_spec("xformers") is not None
+        return importlib.util.find_spec("xformers") is not None
 
 
 def collect_changes(settings: Any, values: dict[str, Any]) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import html
 import logging
 from typing import Any
 
+from pipelines.interface import EngineStatus
 from pipelines.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -26,28 +27,29 @@ def format_bytes(value: Any) -> str | None:
     return f"{gib:.1f} GB"
 
 
-def status_items(status: dict[str, Any]) -> list[tuple[str, str]]:
-    """(label, value) pairs for the bar, skipping what the manager did not report."""
+def status_items(status: EngineStatus | None) -> list[tuple[str, str]]:
+    """(label, value) pairs for the bar, skipping what the manager did not report (None: it reported nothing)."""
+    if status is None:
+        return [("Checkpoint", "none loaded")]
     items: list[tuple[str, str]] = []
-    if status.get("device"):
-        items.append(("Device", str(status["device"])))
-    if status.get("dtype"):
-        items.append(("Precision", str(status["dtype"])))
-    mode, in_use = status.get("memory_mode"), status.get("mode_in_use")
+    if status.device:
+        items.append(("Device", status.device))
+    if status.dtype:
+        items.append(("Precision", status.dtype))
+    mode, in_use = status.memory_mode, status.mode_in_use
     if mode or in_use:
         text = str(mode or in_use)
         if in_use and mode and in_use != mode:
             text = f"{mode} → {in_use}"
         items.append(("Memory", text))
-    used, total = format_bytes(status.get("vram_used")), format_bytes(status.get("vram_total"))
+    used, total = format_bytes(status.vram_used), format_bytes(status.vram_total)
     if total:
         items.append(("VRAM", f"{used or '?'} / {total}"))
-    items.append(("Checkpoint", str(status.get("loaded_checkpoint") or "none loaded")))
-    if status.get("loaded_upscaler"):
-        items.append(("Upscaler", str(status["loaded_upscaler"])))
-    queue = status.get("queue")
-    if isinstance(queue, (int, float)) and queue:
-        items.append(("Queue", f"{int(queue)} waiting"))
+    items.append(("Checkpoint", status.loaded_checkpoint or "none loaded"))
+    if status.loaded_upscaler:
+        items.append(("Upscaler", status.loaded_upscaler))
+    if status.queue:
+        items.append(("Queue", f"{status.queue} waiting"))
     return items
 
 
@@ -63,11 +65,12 @@ def speedup_label(settings: Settings) -> str | None:
 
 def status_html(manager: Any, settings: Settings) -> str:
     """The bar's HTML from ``manager.status()``; a failing status call shows a note instead of an error."""
+    status: EngineStatus | None
     try:
-        status = dict(manager.status())
+        status = manager.status()
     except Exception as exc:
         log.warning("manager.status() failed: %s", exc)
-        status = {}
+        status = None
     parts = [
         f'<span class="status-item"><span class="status-label">{html.escape(label)}</span> {html.escape(value)}</span>'
         for label, value in status_items(status)
@@ -76,6 +79,6 @@ def status_html(manager: Any, settings: Settings) -> str:
     if speedups:
         parts.append(f'<span class="status-item"><span class="status-label">Speed-ups</span> '
                      f'{html.escape(speedups)}</span>')
-    if settings.demo or status.get("demo"):
+    if settings.demo or (status is not None and status.demo):
         parts.insert(0, f'<span class="demo-badge">{html.escape(DEMO_LABEL)}</span>')
     return f'<div class="status-line">{"".join(parts)}</div>'

@@ -1,0 +1,102 @@
+"""Request names → installed models: which checkpoint, VAE or upscaler a request means.
+
+A request may name a model by ``name``, ``name [hash]`` or file name, or leave it to the Settings' default (the
+checkpoint chosen in the UI, the VAE menu's "Automatic", the first installed SD x4 upscaler). An unknown name is a
+``ModelNotFound`` that names the request field. The registry answers what is installed; this room adds the
+defaults and the field names.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ModelNotFound
+from .request import GenerationRequest
+from .settings import Settings
+from .upscale import no_upscaler_error
+
+log = logging.getLogger(__name__)
+
+AUTOMATIC_VAE_NAMES = ("automatic", "none", "auto")  # the checkpoint's own VAE
+
+
+@dataclass
+class Targets:
+    """The models a request resolved to."""
+
+    checkpoint: Any  # ModelInfo of the checkpoint (or of the upscaler for task "upscale")
+    vae: Any = None  # ModelInfo of an external VAE, or None for the checkpoint's own
+
+
+class ModelCatalog:
+    """Looks names up in ``registry`` (a ``ModelRegistry`` or a stand-in) with the ``settings``' defaults."""
+
+    def __init__(self, registry: Any, settings: Settings):
+        self.registry = registry
+        self.settings = settings
+
+    def resolve(self, request: GenerationRequest) -> Targets:
+        """The checkpoint (or upscaler) and external VAE ``request`` will run with."""
+        if request.task == "upscale":
+            return Targets(self.upscaler(request.upscaler))
+        vae_name = request.vae if request.vae is not None else self.settings.vae
+        return Targets(self.checkpoint(request.checkpoint), self.vae(vae_name))
+
+    def checkpoint(self, name: str | None) -> Any:
+        """The checkpoint called ``name``, or the default one for None/""."""
+        if name:
+            return _with_field(lambda: self.registry.find_checkpoint(name), "checkpoint")
+        info = self.default_checkpoint()
+        if info is None:
+            raise ModelNotFound(self.registry.empty_message(), field="checkpoint")
+        return info
+
+    def vae(self, name: str | None) -> Any | None:
+        """The external VAE called ``name``; None for the checkpoint's own ("Automatic", "None", empty)."""
+        if not name or name.strip().lower() in AUTOMATIC_VAE_NAMES:
+            return None
+        return _with_field(lambda: self.registry.find_vae(name), "vae")
+
+    def upscaler(self, name: str | None) -> Any:
+        """The upscaler called ``name``, or the first installed one for None/""."""
+        if name:
+            return _with_field(lambda: self.registry.find_upscaler(name), "upscaler")
+        installed = list(self.registry.upscalers())
+        if not installed:
+            raise no_upscaler_error()
+        return installed[0]
+
+    def default_checkpoint(self) -> Any | None:
+        """The checkpoint used when a request names none: the setting, else the first installed usable one."""
+        if self.settings.checkpoint:
+            try:
+                return self.registry.find_checkpoint(self.settings.checkpoint)
+            except ModelNotFound:
+                log.warning("default checkpoint %r is not installed; using the first one", self.settings.checkpoint)
+        installed = list(self.registry.checkpoints())
+        # A file the registry already knows cannot load (refused pickle, cut-short download) is never the default.
+        usable = [info for info in installed if not getattr(info, "problem", None)]
+        return (usable or installed)[0] if installed else None
+
+    def set_default_checkpoint(self, name: str) -> Any:
+        """Make ``name`` the default checkpoint (raises ``ModelNotFound``)."""
+        info = _with_field(lambda: self.registry.find_checkpoint(name), "checkpoint")
+        self.settings.checkpoint = info.name
+        return info
+
+    def set_default_vae(self, name: str | None) -> None:
+        """Make ``name`` ("Automatic" or a models/vae file) the default VAE (raises ``ModelNotFound``)."""
+        info = self.vae(name)
+        self.settings.vae = info.name if info is not None else "Automatic"
+
+
+def _with_field(find: Callable[[], Any], field_name: str) -> Any:
+    try:
+        return find()
+    except ModelNotFound as exc:
+        if exc.field is None:
+            exc.field = field_name
+        raise

@@ -1,0 +1,93 @@
+"""The engine as the front doors see it: everything ``ui/``, ``api/``, ``app.py`` and ``bench/`` call.
+
+``PipelineManager`` satisfies ``Engine``; so do the test stand-ins (``tests/fakes.py``), and a test checks both
+against these Protocols, so a method added here and forgotten there fails loudly. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from .progress import ProgressEvent
+from .request import GenerationRequest, Result
+
+
+@dataclass(frozen=True)
+class EngineStatus:
+    """What the status bar shows: the device, the memory mode, what is loaded, the queue."""
+
+    device: str = ""
+    dtype: str = ""
+    memory_mode: str = "auto"  # the Settings' mode (auto or a rung)
+    mode_in_use: str | None = None  # the rung the last job ran on
+    vram_used: int | None = None  # bytes; None on a CPU
+    vram_total: int | None = None
+    loaded_checkpoint: str | None = None
+    loaded_upscaler: str | None = None
+    loaded_checkpoints: list[str] = field(default_factory=list)  # most recently used first
+    demo: bool = False
+    queue: int = 0  # jobs waiting
+    running: bool = False
+    xformers: bool = False
+    xformers_available: bool = False
+
+
+@runtime_checkable
+class JobHandle(Protocol):
+    """A submitted job, as the UI follows it and the API waits for it."""
+
+    id: str
+    request: GenerationRequest
+    state: str  # a JobState
+    started: float | None
+
+    def position(self) -> int:
+        """0 when running (or finished), n when n jobs are ahead of it."""
+
+    @property
+    def progress(self) -> ProgressEvent:
+        """The latest progress event, with the queue position filled in."""
+
+    def cancel(self) -> None:
+        """Remove the job if it waits; stop it within one step if it runs."""
+
+    def wait(self, timeout: float | None = None) -> Result:
+        """Block until the job ends: its ``Result``, or its ``AtelierError``."""
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """The pipeline manager's public face."""
+
+    settings: Any  # pipelines.settings.Settings
+    registry: Any  # pipelines.registry.ModelRegistry
+
+    # lifecycle
+    def start(self) -> None: ...
+    def close(self, timeout: float = 30.0) -> None: ...
+
+    # jobs
+    def submit(self, request: GenerationRequest,
+               on_progress: Callable[[ProgressEvent], Any] | None = None) -> JobHandle: ...
+    def run(self, request: GenerationRequest,
+            on_progress: Callable[[ProgressEvent], Any] | None = None) -> Result: ...
+    def preload(self, name: str | None = None) -> JobHandle | None: ...
+    def current_job(self) -> JobHandle | None: ...
+    def queue_length(self) -> int: ...
+    def interrupt(self) -> None: ...
+
+    # models
+    def refresh_models(self) -> None: ...
+    def checkpoints(self) -> list[Any]: ...
+    def vaes(self) -> list[Any]: ...
+    def upscalers(self) -> list[Any]: ...
+    def default_checkpoint(self) -> Any | None: ...
+    def set_default_checkpoint(self, name: str) -> Any: ...
+    def set_default_vae(self, name: str | None) -> None: ...
+    def count_tokens(self, text: str) -> int: ...
+
+    # status and settings
+    def status(self) -> EngineStatus: ...
+    def apply_settings(self, changes: dict[str, Any]) -> list[str]: ...

@@ -1,0 +1,65 @@
+"""What a task module gets from the manager (``TaskRun``) and gives back (``BatchOutput``).
+
+The manager checks the checkpoint out, chooses the memory rung and prepares the pipeline for it; a task module only
+runs one batch over that prepared pipeline, top-down like a diffusers ``__call__``, and never touches the cache,
+the ladder or the queue.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..cache import family_spec
+from ..families import FamilySpec
+from ..infotext import Note
+from ..progress import ProgressSink, StepReporter
+from ..request import GenerationRequest
+from ..samplers import SchedulerTemplates
+from ..upscale import DEFAULT_OVERLAP, DEFAULT_TILE
+
+
+@dataclass
+class TaskRun:
+    """One batch of one request, ready to run."""
+
+    request: GenerationRequest
+    pipe: Any  # the diffusers pipeline for the task, set up for the memory rung
+    loaded: Any  # the checkpoint's LoadedCheckpoint: pristine scheduler config, family
+    seeds: list[int]  # one per image of the batch
+    sink: ProgressSink  # the job: Stop and progress
+    schedulers: SchedulerTemplates
+    batch_index: int = 0
+    batch_count: int = 1
+    step_delay_s: float = 0.0  # test-only: slows each step so that Stop can be clicked
+    tile: int = DEFAULT_TILE  # tiled tasks: tile side and overlap, in input pixels
+    overlap: int = DEFAULT_OVERLAP
+
+    @property
+    def spec(self) -> FamilySpec:
+        return family_spec(self.loaded)
+
+    def reporter(self, steps: int, size: tuple[int, int], previews: bool = True) -> StepReporter:
+        """The step hook for this batch: progress, ETA, Stop and (``previews``) cheap latent previews."""
+        spec = self.spec
+        return StepReporter(self.sink, self.batch_index, self.batch_count, steps, size,
+                            spec.latent_rgb_factors if previews else False, spec.latent_rgb_bias, self.step_delay_s)
+
+    def fresh_scheduler(self) -> Any:
+        """A new scheduler for the request's sampler and schedule over the checkpoint's pristine config."""
+        request = self.request
+        return self.schedulers.fresh(request.sampler, request.scheduler, self.loaded.scheduler_config, self.seeds[0])
+
+    def generators(self) -> list[torch.Generator]:
+        """One CPU generator per image, seeded with its seed (A1111's and diffusers' reproducible noise)."""
+        return [torch.Generator("cpu").manual_seed(seed) for seed in self.seeds]
+
+
+@dataclass
+class BatchOutput:
+    """One batch's images (PIL) and what the run wants to say about them."""
+
+    images: list[Any]
+    notes: list[Note] = field(default_factory=list)

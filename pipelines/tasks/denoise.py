@@ -1,0 +1,131 @@
+"""The steps txt2img and img2img share: the diffusers call with the request's speed-ups and the NaN guard, and the
+VAE decode with its own NaN guard.
+
+The pipeline is called with ``output_type="latent"`` so that the decode is ours: diffusers' SD pipelines would
+decode in the VAE's dtype and return NaN (a black image) where an fp16 VAE overflows; here a NaN decode is redone
+in fp32 and said so (A1111's automatic ``--no-half-vae``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from PIL import Image
+
+from .. import memory
+from ..errors import AtelierError
+from ..infotext import Note
+from ..request import GenerationRequest
+from ..speedups import applied_speedups
+
+
+def prompt_arguments(request: GenerationRequest, generators: list[torch.Generator], reporter: Any) -> dict[str, Any]:
+    """The arguments every SD pipeline call of a request shares: prompts, steps, CFG, noise and the step hook."""
+    return dict(
+        prompt=request.prompt,
+        negative_prompt=request.negative_prompt or None,
+        num_inference_steps=request.steps,
+        guidance_scale=request.cfg_scale,
+        num_images_per_prompt=len(generators),
+        generator=generators,
+        output_type="latent",
+        callback_on_step_end=reporter,
+    )
+
+
+def is_inpaint_model(pipe: Any) -> bool:
+    """An inpainting checkpoint's pipeline (9-channel UNet): it needs an image and a mask even to draw afresh."""
+    return "Inpaint" in type(pipe).__name__
+
+
+def whole_picture_mask(size: tuple[int, int]) -> Image.Image:
+    """A mask that repaints everything (white), for an inpainting checkpoint used for txt2img or img2img."""
+    return Image.new("L", size, 255)
+
+
+def denoise(pipe: Any, kwargs: dict[str, Any], request: GenerationRequest, seeds: list[int],
+            notes: list[Note]) -> torch.Tensor:
+    """The pipeline call (latents out); NaN latents from a half-precision UNet are redone once in fp32."""
+    memory.return_freed_memory()  # what the previous batch or job left in the allocator
+    latents = _call(pipe, kwargs, request, notes)
+    if bool(torch.isnan(latents).any()):
+        latents = _retry_in_fp32(pipe, kwargs, request, seeds, notes)
+    memory.return_freed_memory()  # the denoising loop's freed activations, before the decoder's peak
+    return latents
+
+
+def decode(pipe: Any, latents: torch.Tensor, notes: list[Note], upcast: bool = False) -> list[Image.Image]:
+    """VAE decode with the NaN guard: NaN from a half-precision decode → decode again in fp32, noted.
+
+    ``upcast``: SDXL's VAE overflows in fp16 (``force_upcast`` in its config, which diffusers' SDXL pipelines
+    honour), so it decodes in fp32 from the start rather than failing once per image.
+    """
+    vae = pipe.vae
+    if upcast and vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
+        vae.to(dtype=torch.float32)
+        try:
+            images = vae_decode(pipe, latents.float())
+        finally:
+            vae.to(dtype=torch.float16)
+    else:
+        images = vae_decode(pipe, latents)
+    if bool(torch.isnan(images).any()):
+        dtype = vae.dtype
+        vae.to(dtype=torch.float32)
+        try:
+            images = vae_decode(pipe, latents.float())
+        finally:
+            vae.to(dtype=dtype)
+        if bool(torch.isnan(images).any()):
+            raise AtelierError("The VAE decoded to NaN (a black image) even in fp32. Choose another VAE.", field="vae")
+        notes.append(Note.param("NaN guard", "VAE decoded in fp32"))
+    return pipe.image_processor.postprocess(images.float(), output_type="pil")
+
+
+def vae_decode(pipe: Any, latents: torch.Tensor) -> torch.Tensor:
+    """Latents → image tensor in [-1, 1], as the pipelines do (SDXL's latents mean/std honoured)."""
+    vae = pipe.vae
+    config = vae.config
+    latents = latents.to(device=pipe._execution_device, dtype=vae.dtype)
+    mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
+    if mean is not None and std is not None:
+        mean_t = torch.tensor(mean).view(1, -1, 1, 1).to(latents.device, latents.dtype)
+        std_t = torch.tensor(std).view(1, -1, 1, 1).to(latents.device, latents.dtype)
+        latents = latents * std_t / config.scaling_factor + mean_t
+    else:
+        latents = latents / config.scaling_factor
+    with torch.no_grad():
+        return vae.decode(latents, return_dict=False)[0]
+
+
+def _call(pipe: Any, kwargs: dict[str, Any], request: GenerationRequest, notes: list[Note]) -> torch.Tensor:
+    """One diffusers call with the request's speed-ups; the offload hooks are freed even after an error."""
+    try:
+        with applied_speedups(pipe, request) as speed_notes:
+            latents = pipe(**kwargs).images
+        notes.extend(note for note in speed_notes if note not in notes)
+        return latents
+    finally:
+        pipe.maybe_free_model_hooks()
+
+
+def _retry_in_fp32(pipe: Any, kwargs: dict[str, Any], request: GenerationRequest, seeds: list[int],
+                   notes: list[Note]) -> torch.Tensor:
+    """NaN from the UNet: one retry in fp32 (when running lower), then a clear error."""
+    unet_dtype = pipe.unet.dtype
+    if unet_dtype != torch.float32:
+        kwargs["generator"] = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+        pipe.to(dtype=torch.float32)
+        try:
+            latents = _call(pipe, kwargs, request, notes)
+        finally:
+            pipe.to(dtype=unet_dtype)
+        if not bool(torch.isnan(latents).any()):
+            notes.append(Note.param("NaN guard", "UNet ran in fp32"))
+            return latents
+    raise AtelierError(
+        "The model produced NaN values (a black image) even in full precision. The checkpoint may be broken or "
+        "need a different VAE or precision; try --precision fp32 or another checkpoint.",
+        field="checkpoint",
+    )

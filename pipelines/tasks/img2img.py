@@ -1,0 +1,46 @@
+"""Image to image: one batch of an img2img request over a prepared diffusers pipeline."""
+
+from __future__ import annotations
+
+from PIL import Image, ImageOps
+
+from ..infotext import Note
+from . import denoise
+from .base import BatchOutput, TaskRun
+
+
+def run(task: TaskRun) -> BatchOutput:
+    request, pipe = task.request, task.pipe
+    # 1. check and prepare inputs: a fresh scheduler, one generator per image, the step hook, the init image
+    pipe.scheduler = task.fresh_scheduler()
+    generators = task.generators()
+    reporter = task.reporter(request.steps, (request.width, request.height))
+    reporter.check_cancel()
+    init = resize_init(request.init_image, request.width, request.height, request.resize_mode)
+    # 2. the pipeline call's arguments
+    kwargs = denoise.prompt_arguments(request, generators, reporter)
+    kwargs.update(image=init, strength=request.denoising_strength)
+    if denoise.is_inpaint_model(pipe):  # a 9-channel checkpoint: the whole picture is masked
+        kwargs.update(mask_image=denoise.whole_picture_mask(init.size), width=request.width, height=request.height)
+    # 3. denoise
+    notes: list[Note] = []
+    latents = denoise.denoise(pipe, kwargs, request, task.seeds, notes)
+    # 4. decode
+    images = denoise.decode(pipe, latents, notes, upcast=task.spec.is_xl)
+    return BatchOutput(images, notes)
+
+
+def resize_init(image: Image.Image, width: int, height: int, mode: str) -> Image.Image:
+    """A1111's resize modes for the init image: ``just resize``, ``crop and resize``, ``resize and fill``."""
+    if image.size == (width, height):
+        return image
+    if mode == "crop and resize":
+        return ImageOps.fit(image, (width, height), Image.Resampling.LANCZOS)
+    if mode == "resize and fill":
+        scale = min(width / image.width, height / image.height)
+        inner = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                             Image.Resampling.LANCZOS)
+        canvas = image.resize((width, height), Image.Resampling.LANCZOS)  # stretched edges fill the margins
+        canvas.paste(inner, ((width - inner.width) // 2, (height - inner.height) // 2))
+        return canvas
+    return image.resize((width, height), Image.Resampling.LANCZOS)
