@@ -8,6 +8,7 @@ be written, and speed-ups that need the torch UNet (DeepCache, token merging) st
 from __future__ import annotations
 
 import errno
+import platform
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,12 +20,16 @@ import torch
 from pipelines import fast, speedups
 from pipelines.tiny import tiny_sd15_pipeline
 
-pytest.importorskip("openvino")
+# requirements.txt installs OpenVINO on x86-64 Linux/Windows and Apple silicon: there a missing package is a broken
+# set-up and these tests fail; elsewhere --fast on CPU falls back to eager, and there is nothing to test here.
+if platform.machine().lower() in ("x86_64", "amd64") or (sys.platform == "darwin" and platform.machine() == "arm64"):
+    import openvino  # noqa: F401
+else:
+    pytest.skip("OpenVINO has no wheel for this platform; --fast on CPU runs eagerly here", allow_module_level=True)
 
 STEPS = 4
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def make_pipe():

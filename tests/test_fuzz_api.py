@@ -26,13 +26,12 @@ from typing import Any
 
 import pytest
 import requests
+import schemathesis
 from conftest import AppProcess
+from hypothesis import HealthCheck, Phase, given, settings  # schemathesis brings hypothesis
+from hypothesis.errors import Unsatisfiable
 from PIL import Image
-
-schemathesis = pytest.importorskip("schemathesis")
-from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402  (schemathesis brings hypothesis)
-from hypothesis.errors import Unsatisfiable  # noqa: E402
-from schemathesis import GenerationMode  # noqa: E402
+from schemathesis import GenerationMode
 
 API = "/sdapi/v1"
 REQUEST_TIMEOUT_S = 120.0  # a request that takes longer counts as a hang

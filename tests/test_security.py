@@ -23,6 +23,7 @@ from conftest import AppProcess, pick_free_port, spawn_app
 from PIL import Image, PngImagePlugin
 
 import app as atelier_app
+from ui.pnginfo import PNG_INFO_ROUTE
 
 API = "/sdapi/v1"
 SMALL = {"width": 64, "height": 64, "steps": 2}
@@ -142,8 +143,6 @@ def test_no_route_serves_files_outside_outputs(demo_app: AppProcess, planted: di
 
 def test_ui_file_inputs_cannot_name_server_paths(demo_app: AppProcess, planted: dict[str, Path]) -> None:
     """PNG Info's reader takes a file; a client naming a server path (not an upload) must not get it read."""
-    if requests.post(f"{demo_app.url}/gradio_api/call/read", json={"data": [None]}, timeout=30).status_code == 404:
-        pytest.skip("the PNG Info reader is not exposed as /read")
     real = read_via_ui(demo_app.url, planted["real"])  # the positive control: an output is readable
     assert "event: complete" in real and "Steps:" in real, real[:500]
     for path in (planted["secret"], planted["link"], planted["dir_link"] / "secret.png"):
@@ -154,11 +153,11 @@ def test_ui_file_inputs_cannot_name_server_paths(demo_app: AppProcess, planted: 
 def read_via_ui(url: str, path: Path) -> str:
     """Call the PNG Info reader through Gradio's /call route naming a server-side ``path``; the event stream."""
     payload = {"data": [{"path": str(path), "meta": {"_type": "gradio.FileData"}}]}
-    started = requests.post(f"{url}/gradio_api/call/read", json=payload, timeout=30)
+    started = requests.post(f"{url}/gradio_api/call/{PNG_INFO_ROUTE}", json=payload, timeout=30)
     if started.status_code != 200:
         return f"event: error\n{started.status_code} {started.text}"
     event_id = started.json()["event_id"]
-    return requests.get(f"{url}/gradio_api/call/read/{event_id}", timeout=60).text
+    return requests.get(f"{url}/gradio_api/call/{PNG_INFO_ROUTE}/{event_id}", timeout=60).text
 
 
 # --- logins (a --auth app) ----------------------------------------------------------------------------------------
