@@ -294,8 +294,7 @@ def download_hub_model(repo_id: str) -> Path:
     if not _hub_reachable():
         raise ModelLoadError(
             f"{repo_id} is a Hugging Face hub id, and the hub cannot be reached (offline). Download the model "
-            "elsewhere and put its .safetensors file (or its diffusers folder) into models/checkpoints/, then "
-            "refresh the model list."
+            "elsewhere and put its .safetensors file (or its diffusers folder) into models/checkpoints/."
         )
     try:
         return Path(snapshot_download(repo_id, allow_patterns=HUB_ALLOW_PATTERNS))
@@ -343,7 +342,7 @@ def load_components(info: ModelInfo, dtype, vae: ModelInfo | None = None) -> Loa
         vae_config_dir = info.path
     else:
         if not info.path.is_file():
-            raise ModelLoadError(f"{info.path} no longer exists; refresh the model list.")
+            raise ModelLoadError(f"{info.path} no longer exists.", field="checkpoint")
         components, scheduler_config = _load_single_file(info, spec, dtype, notes)
         components.update(_tokenizers(spec))
         vae_config_dir = None

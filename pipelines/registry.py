@@ -437,7 +437,7 @@ class ModelRegistry:
         except PermissionError:
             # Not cached: the person may fix the permissions and refresh.
             return Detection(None, f"{path.name}: permission denied. Make the file readable for the user running "
-                                   "Atelier, then refresh the model list.")
+                                   "Atelier.")
         except OSError as exc:
             return Detection(None, f"{path.name} could not be read ({exc.strerror or exc}).")
         except Exception as exc:  # one odd file must never break the whole list
@@ -607,8 +607,8 @@ class ModelRegistry:
         if not self._entries["checkpoint"]:
             raise ModelNotFound(self.empty_message(), field="checkpoint")
         known = ", ".join(i.name for i in self._entries["checkpoint"][:10])
-        raise ModelNotFound(f"No checkpoint named {name!r} in {self.models_dir}. Known: {known}. "
-                            "Press refresh after adding files.", field="checkpoint")
+        raise ModelNotFound(f"No checkpoint named {name!r} in {self.models_dir}. Known: {known}.",
+                            field="checkpoint")
 
     def find_vae(self, name: str | None) -> ModelInfo | None:
         """A VAE by name; "Automatic", "None" or empty mean the checkpoint's own VAE (None)."""
@@ -618,7 +618,7 @@ class ModelRegistry:
         found = _lookup(self._entries["vae"], name)
         if found is None:
             raise ModelNotFound(f"No VAE named {name!r} in {self.models_dir / 'vae'}. Choose 'Automatic' or put "
-                                "the VAE file there and refresh.", field="vae")
+                                "the VAE file there.", field="vae")
         return found
 
     def find_upscaler(self, name: str) -> ModelInfo:

@@ -23,8 +23,7 @@ _ALIGN = 8  # the upscaler UNet down-samples 3 times: tile sides must be multipl
 NO_UPSCALER_MESSAGE = (
     "No SD x4 upscaler is installed. Download the diffusers folder of stabilityai/stable-diffusion-x4-upscaler "
     "(model_index.json with its unet/, vae/, text_encoder/, tokenizer/, scheduler/, low_res_scheduler/ folders) and "
-    "put it in models/upscale_models/ (for example models/upscale_models/stable-diffusion-x4-upscaler/), then press "
-    "the refresh button."
+    "put it in models/upscale_models/ (for example models/upscale_models/stable-diffusion-x4-upscaler/)."
 )
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import gradio as gr
 
-from pipelines.errors import AtelierError, Cancelled
+from pipelines.errors import AtelierError, Cancelled, ModelLoadError, ModelNotFound
 from pipelines.progress import FINISHED_STATES, ProgressEvent
 from pipelines.request import GenerationRequest, Result
 
@@ -51,11 +51,19 @@ class SessionJobs:
 # --------------------------------------------------------------------------------------------- errors
 
 
+MODEL_FIELDS = ("checkpoint", "vae", "upscaler")
+REFRESH_HINT = "After adding or removing model files, press ↻ beside the checkpoint menu."
+
+
 def user_error(exc: AtelierError) -> gr.Error:
-    """An ``AtelierError`` as a Gradio toast: the plain message, no traceback."""
+    """An ``AtelierError`` as a Gradio toast: the plain message, no traceback; a missing or unreadable model gets
+    the UI's own hint (the refresh button)."""
     title = "Please check the settings" if exc.http_status == 422 else "Could not generate"
+    message = str(exc)
+    if isinstance(exc, (ModelNotFound, ModelLoadError)) and exc.field in MODEL_FIELDS:
+        message = f"{message} {REFRESH_HINT}"
     # gr.Error renders HTML; the message may quote what the user typed.
-    return gr.Error(html.escape(str(exc), quote=False), title=title, print_exception=False)
+    return gr.Error(html.escape(message, quote=False), title=title, print_exception=False)
 
 
 def unexpected_error(exc: BaseException) -> gr.Error:
