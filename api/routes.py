@@ -142,8 +142,6 @@ class SdApi:
                 return ProgressResponse(state=ProgressState(job_count=waiting), textinfo=f"{waiting} job(s) queued")
             return ProgressResponse()
         event = job.progress
-        if event is None:
-            return ProgressResponse(state=ProgressState(job=job.id, job_count=1), current_task=job.id)
         preview = None
         if not skip_current_image and event.preview is not None:
             preview = convert.png_base64(event.preview)

@@ -212,8 +212,10 @@ class JobQueue:
 
     # --- facts ----------------------------------------------------------------------------------------------
     def current(self) -> Job | None:
+        """The running job; None while nothing runs or the worker applies a control job (it is no one's job)."""
         with self._cond:
-            return self._current
+            job = self._current
+        return job if job is not None and job.kind != JobKind.CONTROL else None
 
     def idle(self) -> bool:
         """Nothing runs and nothing waits."""

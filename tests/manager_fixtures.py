@@ -1,4 +1,5 @@
-"""Helpers for the manager tests: an in-memory registry and loaders over the tiny random-weight models.
+"""Helpers for the manager tests: loaders over the tiny random-weight models, and a manager built on them and on
+``fakes.FakeRegistry`` (re-exported here for the tests that import it from this module).
 
 They let the manager tests run without model files (the real registry/loaders have their own tests, and
 tests/test_manager.py also runs through them when tests/model_fixtures.py provides ``tiny_models_dir``).
@@ -6,12 +7,12 @@ tests/test_manager.py also runs through them when tests/model_fixtures.py provid
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.errors import ModelNotFound
+from fakes import FakeRegistry, name_hash
+
 from pipelines.settings import Settings
 from pipelines.tiny import (
     SD15_SCHEDULER_CONFIG,
@@ -20,23 +21,6 @@ from pipelines.tiny import (
     tiny_vae,
     tiny_x4_components,
 )
-
-
-@dataclass
-class FakeInfo:
-    """Shaped like registry.ModelInfo."""
-
-    name: str
-    path: Path
-    kind: str = "checkpoint"
-    format: str = "safetensors"
-    size: int = 0
-    family: str = "sd15"
-    family_source: str = "test"
-
-    @property
-    def title(self) -> str:
-        return f"{self.name} [{short_hash(self.name)}]"
 
 
 @dataclass
@@ -50,67 +34,6 @@ class FakeLoaded:
     nbytes: int = 0
     prediction_type: str = "epsilon"
     notes: list[str] = field(default_factory=list)
-
-
-def short_hash(name: str) -> str:
-    return hashlib.sha256(name.encode()).hexdigest()[:10]
-
-
-class FakeRegistry:
-    """In-memory ``ModelRegistry`` stand-in: checkpoints, VAEs and upscalers by name."""
-
-    def __init__(self, checkpoints=("tiny-a", "tiny-b"), vaes=("tiny-vae",), upscalers=("tiny-x4",)):
-        root = Path("/nonexistent-models")
-        self._checkpoints = [FakeInfo(n, root / f"{n}.safetensors") for n in checkpoints]
-        self._vaes = [FakeInfo(n, root / "vae" / f"{n}.safetensors", kind="vae") for n in vaes]
-        self._upscalers = [
-            FakeInfo(n, root / "upscale_models" / n, kind="upscaler", format="diffusers", family="x4-upscaler")
-            for n in upscalers
-        ]
-        self.refreshed = 0
-
-    def refresh(self) -> None:
-        self.refreshed += 1
-
-    def checkpoints(self):
-        return list(self._checkpoints)
-
-    def vaes(self):
-        return list(self._vaes)
-
-    def upscalers(self):
-        return list(self._upscalers)
-
-    def loras(self):
-        return []
-
-    def _find(self, items, name, what):
-        for info in items:
-            if name in (info.name, info.title, info.path.name):
-                return info
-        raise ModelNotFound(f"No {what} named '{name}'.")
-
-    def find_checkpoint(self, name):
-        return self._find(self._checkpoints, name, "checkpoint")
-
-    def find_vae(self, name):
-        if name in ("Automatic", "None", None):
-            return None
-        return self._find(self._vaes, name, "VAE")
-
-    def find_upscaler(self, name):
-        return self._find(self._upscalers, name, "upscaler")
-
-    def short_hash(self, info) -> str:
-        return short_hash(info.name)
-
-    def hash_soon(self, info) -> None:
-        """The real registry reads a new file's hash in a background thread; these hashes are instant."""
-
-    def empty_message(self) -> str:
-        from pipelines.registry import empty_models_message
-
-        return empty_models_message(Path("/nonexistent-models"))
 
 
 class TinyLoader:
@@ -129,7 +52,7 @@ class TinyLoader:
             components = tiny_x4_components()
             config = dict(X4_SCHEDULER_CONFIG)
         else:
-            seed = int(short_hash(info.name), 16) % 1000
+            seed = int(name_hash(info.name), 16) % 1000
             components = {k: v for k, v in tiny_sd15_components(seed).items() if v is not None}
             config = dict(SD15_SCHEDULER_CONFIG)
         for module in components.values():

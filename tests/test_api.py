@@ -11,191 +11,39 @@ import base64
 import io
 import json
 import threading
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from fakes import FakeManager, FakeRegistry
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image, PngImagePlugin
 
 from api import mount
-from pipelines.errors import ModelNotFound, OutputWriteError, QueueFull
+from pipelines.errors import OutputWriteError
 from pipelines.infotext import parse_infotext
-from pipelines.outputs import encode_png
 from pipelines.progress import ProgressEvent
-from pipelines.request import GenerationRequest, Result
+from pipelines.request import GenerationRequest
 from pipelines.settings import Settings
 
 API = "/sdapi/v1"
 
 
-# --- a stand-in manager with the interface of docs/ARCHITECTURE.md --------------------------------------------
-@dataclass
-class FakeInfo:
-    name: str
-    path: Path
-    hash10: str
-
-    @property
-    def title(self) -> str:
-        return f"{self.name} [{self.hash10}]"
-
-
-class FakeRegistry:
-    def __init__(self, root: Path):
-        self.checkpoint_list = [
-            FakeInfo("demo", root / "demo.safetensors", "0123456789"),
-            FakeInfo("other", root / "other.safetensors", "abcdefabcd"),
-        ]
-        self.vae_list = [FakeInfo("vae-ft", root / "vae-ft.safetensors", "1111111111")]
-        self.upscaler_list = [FakeInfo("x4-demo", root / "x4-demo", "2222222222")]
-
-    def short_hash(self, info: FakeInfo) -> str:
-        return info.hash10
-
-    def find_checkpoint(self, name: str) -> FakeInfo:
-        for info in self.checkpoint_list:
-            if name in (info.name, info.title, info.path.name):
-                return info
-        raise ModelNotFound(f"No checkpoint named '{name}'.", field="checkpoint")
-
-    def find_vae(self, name: str) -> FakeInfo | None:
-        if name in ("Automatic", "None"):
-            return None
-        for info in self.vae_list:
-            if name in (info.name, info.path.name):
-                return info
-        raise ModelNotFound(f"No VAE named '{name}'.", field="vae")
-
-    def find_upscaler(self, name: str) -> FakeInfo:
-        for info in self.upscaler_list:
-            if name == info.name:
-                return info
-        raise ModelNotFound(f"No upscaler named '{name}'.", field="upscaler")
-
-
-@dataclass
-class FakeJob:
-    id: str
-    request: GenerationRequest
-    result: Result | None = None
-    error: Exception | None = None
-    state: str = "done"
-    progress: ProgressEvent | None = None
-    released: threading.Event = field(default_factory=threading.Event)
-
-    def wait(self, timeout: float | None = None) -> Result:
-        self.released.wait(timeout)
-        if self.error is not None:
-            raise self.error
-        assert self.result is not None
-        return self.result
-
-
-class FakeManager:
-    """Runs a request instantly: one flat-colour image per seed, saved as a PNG with an infotext."""
-
-    def __init__(self, root: Path):
-        self.root = root
-        self.registry = FakeRegistry(root)
-        self.requests: list[GenerationRequest] = []
-        self.queue_full = False
-        self.fail_with: Exception | None = None
-        self.hold_jobs = False
-        self.running: FakeJob | None = None
-        self.interrupted = 0
-        self.waiting = 0
-        self.default = self.registry.checkpoint_list[0]
-        self.settings = Settings(queue_size=4, default_steps=20)
-
-    # queue
-    def submit(self, request: GenerationRequest) -> FakeJob:
-        if self.queue_full:
-            raise QueueFull("The queue is full (100 jobs). Try again when some have finished.")
-        if request.checkpoint is not None:
-            self.registry.find_checkpoint(request.checkpoint)
-        if request.task == "upscale" and request.upscaler is not None:
-            self.registry.find_upscaler(request.upscaler)
-        self.requests.append(request)
-        job = FakeJob(id=f"job-{len(self.requests)}", request=request)
-        if self.fail_with is not None:
-            job.error = self.fail_with
-        else:
-            job.result = self._run(request)
-        if not self.hold_jobs:
-            job.released.set()
-        self.running = job
-        return job
-
-    def _run(self, request: GenerationRequest) -> Result:
-        folder = self.root / "outputs" / request.task
-        folder.mkdir(parents=True, exist_ok=True)
-        result = Result(checkpoint=self.default.name, checkpoint_hash=self.default.hash10, mode="cpu", request=request)
-        if request.task == "upscale":
-            source = request.image
-            sizes_and_seeds = [((source.width * 4, source.height * 4), 7)]
-        else:
-            base = request.seed if request.seed >= 0 else 1000
-            sizes_and_seeds = [((request.width, request.height), base + i) for i in range(request.total_images)]
-        for index, (size, seed) in enumerate(sizes_and_seeds):
-            image = Image.new("RGB", size, (10 * index, 100, 200))
-            infotext = (
-                f"{request.prompt}\nSteps: {request.steps}, Sampler: {request.sampler}, Seed: {seed}, Model: demo"
-            )
-            path = folder / f"{len(self.requests):05d}-{index}-{seed}.png"
-            path.write_bytes(encode_png(image, infotext))
-            result.images.append(image)
-            result.seeds.append(seed)
-            result.infotexts.append(infotext)
-            result.paths.append(path)
-        return result
-
-    def current_job(self) -> FakeJob | None:
-        return self.running if self.running is not None and self.running.state == "running" else None
-
-    def interrupt(self) -> None:
-        self.interrupted += 1
-
-    def queue_length(self) -> int:
-        return self.waiting
-
-    # models
-    def checkpoints(self) -> list[FakeInfo]:
-        return list(self.registry.checkpoint_list)
-
-    def vaes(self) -> list[FakeInfo]:
-        return list(self.registry.vae_list)
-
-    def upscalers(self) -> list[FakeInfo]:
-        return list(self.registry.upscaler_list)
-
-    def apply_settings(self, changes: dict) -> list[str]:
-        """The real manager's range checks on the speed-up switches, then the shared Settings."""
-        from pipelines.manager import _check_speedup_settings
-
-        _check_speedup_settings(changes)
-        return self.settings.update(changes, respect_cli=False)
-
-    def refresh_models(self) -> None:
-        pass
-
-    def default_checkpoint(self) -> FakeInfo:
-        return self.default
-
-    def set_default_checkpoint(self, name: str) -> None:
-        self.default = self.registry.find_checkpoint(name)
-
-    def set_default_vae(self, name: str) -> None:
-        self.registry.find_vae(name)
-        self.settings.vae = name  # as the real manager: the default VAE lives in the shared settings
-
-
 # --- fixtures ------------------------------------------------------------------------------------------------
 @pytest.fixture
-def manager(tmp_path: Path) -> FakeManager:
-    return FakeManager(tmp_path)
+def manager(tmp_path: Path) -> Iterator[FakeManager]:
+    """The engine stand-in (tests/fakes.py): two checkpoints, one VAE and one x4 upscaler with A1111 hashes."""
+    registry = FakeRegistry(
+        checkpoints=("demo", "other"),
+        vaes=("vae-ft",),
+        upscalers=("x4-demo",),
+        hashes={"demo": "0123456789", "other": "abcdefabcd", "vae-ft": "1111111111", "x4-demo": "2222222222"},
+    )
+    fake = FakeManager(Settings(queue_size=4, default_steps=20, outputs_dir=tmp_path / "outputs"), registry)
+    yield fake
+    fake.close()
 
 
 def make_client(manager: FakeManager, auth: dict[str, str] | None = None, **app_kwargs: Any) -> TestClient:
@@ -313,7 +161,7 @@ def test_txt2img_answers_in_a1111_shape(client: TestClient, manager: FakeManager
     assert info["sd_model_name"] == "demo" and info["sd_model_hash"] == "0123456789"
     assert info["width"] == 64 and info["sampler_name"] == "Euler a"
     # The request the manager saw: A1111 names mapped onto GenerationRequest.
-    request = manager.requests[-1]
+    request = manager.submitted[-1]
     assert (request.task, request.batch_count, request.steps, request.negative_prompt) == ("txt2img", 2, 2, "blurry")
 
 
@@ -324,7 +172,7 @@ def test_returned_pngs_carry_the_same_parameters_as_the_saved_files(client: Test
     image = decode_png(body["images"][0])
     assert image.size == (64, 64)
     assert image.text["parameters"] == info["infotexts"][0]
-    saved = sorted((manager.root / "outputs" / "txt2img").iterdir())[0]
+    saved = sorted((manager.settings.outputs_dir / "txt2img").rglob("*.png"))[0]
     assert Image.open(saved).text["parameters"] == image.text["parameters"]
 
 
@@ -334,19 +182,19 @@ def test_sampler_index_is_an_alias_and_scheduler_automatic_is_accepted(client: T
         json={"sampler_index": "DPM++ 2M Karras", "scheduler": "automatic", "steps": 2, "width": 64, "height": 64},
     )
     assert resp.status_code == 200, resp.text
-    assert manager.requests[-1].sampler == "DPM++ 2M Karras"
+    assert manager.submitted[-1].sampler == "DPM++ 2M Karras"
     # sampler_name wins over sampler_index, as in A1111.
     client.post(
         f"{API}/txt2img",
         json={"sampler_name": "DDIM", "sampler_index": "Euler a", "steps": 2, "width": 64, "height": 64},
     )
-    assert manager.requests[-1].sampler == "DDIM"
+    assert manager.submitted[-1].sampler == "DDIM"
 
 
 def test_defaults_come_from_the_server_settings(client: TestClient, manager: FakeManager) -> None:
     resp = client.post(f"{API}/txt2img", json={"prompt": "x", "width": 64, "height": 64, "steps": None})
     assert resp.status_code == 200, resp.text
-    request = manager.requests[-1]
+    request = manager.submitted[-1]
     assert (request.steps, request.sampler, request.checkpoint) == (20, "Euler a", None)
 
 
@@ -370,7 +218,7 @@ def test_img2img_takes_raw_base64_or_data_urls(client: TestClient, manager: Fake
     }
     resp = client.post(f"{API}/img2img", json=payload)
     assert resp.status_code == 200, resp.text
-    request = manager.requests[-1]
+    request = manager.submitted[-1]
     assert request.task == "img2img"
     assert request.init_image.size == (96, 64)
     assert request.denoising_strength == 0.5 and request.resize_mode == "crop and resize"
@@ -388,16 +236,16 @@ def test_override_settings_switch_checkpoint_and_vae_for_one_request(client: Tes
     }
     resp = client.post(f"{API}/txt2img", json=payload)
     assert resp.status_code == 200, resp.text
-    request = manager.requests[-1]
+    request = manager.submitted[-1]
     assert (request.checkpoint, request.vae) == ("other [abcdefabcd]", "Automatic")
-    assert manager.default.name == "demo"  # the default did not change
+    assert manager.default_checkpoint().name == "demo"  # the default did not change
 
 
 def test_speedup_switches_in_override_settings_reach_the_request(client: TestClient, manager) -> None:
     payload = {**BASE, "override_settings": {"token_merging_ratio": 0.5, "deep_cache": True}}
     resp = client.post(f"{API}/txt2img", json=payload)
     assert resp.status_code == 200, resp.text
-    request = manager.requests[-1]
+    request = manager.submitted[-1]
     assert (request.token_merging, request.deep_cache) == (0.5, True)
 
     resp = client.post(f"{API}/txt2img", json={**BASE, "override_settings": {"token_merging_ratio": 0.9}})
@@ -486,7 +334,7 @@ def test_non_finite_numbers_never_break_the_answer(client: TestClient) -> None:
 
 
 def test_queue_full_is_429(client: TestClient, manager: FakeManager) -> None:
-    manager.queue_full = True
+    manager.settings.queue_size = 0
     resp = client.post(f"{API}/txt2img", json=BASE)
     assert resp.status_code == 429
     assert resp.json()["error"] == "QueueFull"
@@ -531,7 +379,7 @@ def test_options_switch_the_default_checkpoint(client: TestClient, manager: Fake
     assert client.get(f"{API}/options").json()["sd_model_checkpoint"] == "demo [0123456789]"
     resp = client.post(f"{API}/options", json={"sd_model_checkpoint": name, "unrelated_a1111_option": 1})
     assert resp.status_code == 200, resp.text
-    assert manager.default.name == "other"
+    assert manager.default_checkpoint().name == "other"
     assert client.get(f"{API}/options").json()["sd_model_checkpoint"] == "other [abcdefabcd]"
 
 
@@ -543,7 +391,7 @@ def test_options_unknown_names_are_422_listing_valid_names(client: TestClient, m
     assert "demo [0123456789]" in body["detail"] and "other [abcdefabcd]" in body["detail"]
     resp = client.post(f"{API}/options", json={"sd_model_checkpoint": "other", "sd_vae": "nope"})
     assert resp.status_code == 422 and resp.json()["field"] == "sd_vae" and "vae-ft" in resp.json()["detail"]
-    assert manager.default.name == "demo"  # nothing applied when one name is wrong
+    assert manager.default_checkpoint().name == "demo"  # nothing applied when one name is wrong
     assert client.get(f"{API}/options").json()["sd_vae"] == "Automatic"
     assert client.post(f"{API}/options", json={"sd_vae": "vae-ft"}).status_code == 200
     assert client.get(f"{API}/options").json()["sd_vae"] == "vae-ft"
@@ -581,22 +429,26 @@ def test_progress_idle_matches_what_clients_poll_for(client: TestClient, manager
     body = client.get(f"{API}/progress").json()
     assert body["progress"] == 0 and body["state"]["job_count"] == 0  # webuiapi's util_wait_for_ready
     assert body["current_image"] is None
-    manager.waiting = 2  # jobs queued but none picked up yet: not idle
+    manager.pause()  # jobs queued but none picked up yet: not idle
+    jobs = [manager.submit(GenerationRequest.create(**BASE)) for _ in range(2)]
     assert client.get(f"{API}/progress").json()["state"]["job_count"] == 2
+    manager.resume()
+    for job in jobs:
+        job.wait(10)
+    assert client.get(f"{API}/progress").json()["state"]["job_count"] == 0
 
 
 def test_progress_reports_the_running_job_with_a_preview(client: TestClient, manager: FakeManager) -> None:
-    manager.hold_jobs = True
+    manager.hold()  # the job starts, then waits before its first step: its progress is the test's
     results: list = []
     worker = threading.Thread(target=lambda: results.append(client.post(f"{API}/txt2img", json=BASE)))
     worker.start()
     try:
         for _ in range(200):
-            if manager.running is not None:
+            if manager.current_job() is not None:
                 break
             threading.Event().wait(0.02)
-        job = manager.running
-        job.state = "running"
+        job = manager.current_job()
         job.progress = ProgressEvent(
             job_id=job.id,
             state="running",
@@ -617,7 +469,7 @@ def test_progress_reports_the_running_job_with_a_preview(client: TestClient, man
         assert client.post(f"{API}/interrupt").status_code == 200
         assert manager.interrupted == 1
     finally:
-        manager.running.released.set()
+        manager.release()
         worker.join(10)
     assert results[0].status_code == 200
 
@@ -650,11 +502,11 @@ def test_extra_single_image_runs_the_x4_upscaler(client: TestClient, manager: Fa
     image = decode_png(resp.json()["image"])
     assert image.size == (128, 96)
     assert image.text["parameters"] == resp.json()["html_info"] != ""
-    assert manager.requests[-1].task == "upscale" and manager.requests[-1].upscaler == "x4-demo"
-    assert manager.requests[-1].steps == 20  # the server's default steps
+    assert manager.submitted[-1].task == "upscale" and manager.submitted[-1].upscaler == "x4-demo"
+    assert manager.submitted[-1].steps == 20  # the server's default steps
     # Atelier's optional upscaler fields
     client.post(f"{API}/extra-single-image", json={**payload, "steps": 3, "prompt": "crisp", "noise_level": 50})
-    assert (manager.requests[-1].steps, manager.requests[-1].prompt, manager.requests[-1].noise_level) == (
+    assert (manager.submitted[-1].steps, manager.submitted[-1].prompt, manager.submitted[-1].noise_level) == (
         3,
         "crisp",
         50,
@@ -663,9 +515,9 @@ def test_extra_single_image_runs_the_x4_upscaler(client: TestClient, manager: Fa
     half = decode_png(client.post(f"{API}/extra-single-image", json={**payload, "upscaling_resize": 2}).json()["image"])
     assert half.size == (64, 48) and half.text["parameters"]
     # "None": a plain resize, no job
-    count = len(manager.requests)
+    count = len(manager.submitted)
     plain = client.post(f"{API}/extra-single-image", json={**payload, "upscaler_1": "None", "upscaling_resize": 2})
-    assert decode_png(plain.json()["image"]).size == (64, 48) and len(manager.requests) == count
+    assert decode_png(plain.json()["image"]).size == (64, 48) and len(manager.submitted) == count
 
 
 @pytest.mark.parametrize(

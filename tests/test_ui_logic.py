@@ -1,31 +1,28 @@
 """The UI's handlers without a browser: requests built from the form, progress text, Stop, errors as toasts,
 PNG Info parsing, settings saved without overwriting command-line flags, last values remembered.
 
-A small in-file fake manager (same interface as ``pipelines.manager.PipelineManager``) makes images of the
-requested size instantly, so these tests need no model and run in about a second.
+The engine stand-in of tests/fakes.py (the ``Engine`` interface of ``pipelines.manager.PipelineManager``) makes
+images of the requested size instantly, so these tests need no model and run in about a second.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import itertools
 import json
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 import pytest
+from fakes import FakeManager, FakeRegistry
 from PIL import Image, PngImagePlugin
 
-from pipelines.errors import Cancelled, InvalidRequest, QueueFull
 from pipelines.interface import EngineStatus
 from pipelines.progress import ProgressEvent
-from pipelines.request import GenerationRequest, Result
+from pipelines.request import GenerationRequest
 from pipelines.settings import Settings
 from ui import build_ui
 from ui.common import count_tokens, preset_size, request_fields, token_label
@@ -37,188 +34,7 @@ from ui.status import DEMO_LABEL, status_html
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# --------------------------------------------------------------------------------------------- fake manager
-
-
-@dataclass
-class FakeInfo:
-    name: str
-    kind: str = "checkpoint"
-
-    @property
-    def title(self) -> str:
-        return f"{self.name} [0123456789]"
-
-
-class FakeJob:
-    """A job run by ``FakeManager``'s worker: one step every ``step_delay`` seconds, cancellable."""
-
-    _ids = itertools.count(1)
-
-    def __init__(self, manager: FakeManager, request: GenerationRequest):
-        self.id = f"job-{next(self._ids)}"
-        self.request = request
-        self.state = "queued"
-        self.started: float | None = None
-        self.manager = manager
-        self.progress = ProgressEvent(self.id, "queued", total_steps=request.steps, batch_count=request.batch_count)
-        self._cancel = threading.Event()
-        self._done = threading.Event()
-        self._result: Result | None = None
-        self._error: Exception | None = None
-
-    def position(self) -> int:
-        return self.manager.position_of(self)
-
-    def cancel(self) -> None:
-        self._cancel.set()
-        self.manager.drop_waiting(self)
-
-    def wait(self, timeout: float | None = None) -> Result:
-        self._done.wait(timeout)
-        if self._error is not None:
-            raise self._error
-        assert self._result is not None
-        return self._result
-
-
-class FakeManager:
-    """The PipelineManager interface the UI calls, with solid-colour images of the requested size."""
-
-    def __init__(self, settings: Settings, step_delay: float = 0.0):
-        self.settings = settings
-        self.step_delay = step_delay
-        self.submitted: list[GenerationRequest] = []
-        self.applied: list[dict[str, Any]] = []
-        self.default = "demo-sd15"
-        self._queue: list[FakeJob] = []
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._closed = False
-        self._thread = threading.Thread(target=self._work, daemon=True)
-        self._thread.start()
-
-    # models
-    def checkpoints(self) -> list[FakeInfo]:
-        return [FakeInfo("demo-sd15"), FakeInfo("other")]
-
-    def vaes(self) -> list[FakeInfo]:
-        return [FakeInfo("demo-vae", "vae")]
-
-    def upscalers(self) -> list[FakeInfo]:
-        return [FakeInfo("demo-x4-upscaler", "upscaler")]
-
-    def default_checkpoint(self) -> FakeInfo:
-        return FakeInfo(self.default)
-
-    def set_default_checkpoint(self, name: str) -> None:
-        if name not in {c.name for c in self.checkpoints()}:
-            raise InvalidRequest(f"Unknown checkpoint '{name}'.", field="checkpoint")
-        self.default = name
-
-    def set_default_vae(self, name: str) -> None:
-        pass
-
-    def refresh_models(self) -> None:
-        pass
-
-    def status(self) -> EngineStatus:
-        return EngineStatus(device="cpu", dtype="float32", memory_mode="auto", mode_in_use="cpu",
-                            loaded_checkpoint=self.default, demo=self.settings.demo, queue=len(self._queue))
-
-    def apply_settings(self, changes: dict[str, Any]) -> list[str]:
-        self.applied.append(dict(changes))
-        return [name for name in changes if name in ("memory_mode", "default_sampler", "default_steps")]
-
-    # queue
-    def submit(self, request: GenerationRequest) -> FakeJob:
-        if request.checkpoint and request.checkpoint not in {c.name for c in self.checkpoints()}:
-            raise InvalidRequest(f"Unknown checkpoint '{request.checkpoint}'.", field="checkpoint")
-        job = FakeJob(self, request)
-        with self._lock:
-            if len(self._queue) >= self.settings.queue_size:
-                raise QueueFull("The queue is full; try again in a moment.")
-            self._queue.append(job)
-            self.submitted.append(request)
-        self._wake.set()
-        return job
-
-    def drop_waiting(self, job: FakeJob) -> None:
-        """As the real manager: a job that has not started leaves the queue at once."""
-        with self._lock:
-            if job.state != "queued" or job not in self._queue[1:]:
-                return
-            self._queue.remove(job)
-        job.state = "cancelled"
-        job._error = Cancelled("Cancelled before it started.")
-        job._done.set()
-
-    def position_of(self, job: FakeJob) -> int:
-        with self._lock:
-            return self._queue.index(job) if job in self._queue else 0
-
-    def close(self) -> None:
-        self._closed = True
-        self._wake.set()
-        self._thread.join(5)
-
-    def _work(self) -> None:
-        while not self._closed:
-            self._wake.wait(0.05)
-            self._wake.clear()
-            while self._queue:
-                job = self._queue[0]
-                try:
-                    self._run(job)
-                finally:
-                    with self._lock:
-                        self._queue.pop(0)
-                    job._done.set()
-
-    def _run(self, job: FakeJob) -> None:
-        req = job.request
-        job.started = time.monotonic()
-        job.state = "running"
-        images, seeds = [], []
-        base_seed = req.resolved_seed()
-        for batch in range(req.batch_count):
-            for step in range(1, req.steps + 1):
-                if job._cancel.is_set():
-                    break
-                time.sleep(self.step_delay)
-                preview = Image.new("RGB", (8, 8), (step * 10 % 255, 0, 0))
-                job.progress = ProgressEvent(
-                    job.id,
-                    "running",
-                    step,
-                    req.steps,
-                    batch,
-                    req.batch_count,
-                    eta_s=self.step_delay * (req.steps - step),
-                    preview=preview,
-                )
-            if job._cancel.is_set():
-                break
-            for i in range(req.batch_size):
-                seed = base_seed + batch * req.batch_size + i
-                size = (req.width, req.height)
-                if req.task == "upscale":
-                    size = (req.image.width * 4, req.image.height * 4)
-                images.append(Image.new("RGB", size, (seed % 255, 80, 160)))
-                seeds.append(seed)
-        if not images and job._cancel.is_set():
-            job.state = "cancelled"
-            job._error = Cancelled("Stopped before the first image finished.")
-            return
-        infotexts = [
-            f"{req.prompt}\nNegative prompt: {req.negative_prompt}\nSteps: {req.steps}, Sampler: {req.sampler}, "
-            f"CFG scale: {req.cfg_scale:g}, Seed: {s}, Size: {im.width}x{im.height}, Model: {self.default}"
-            for s, im in zip(seeds, images, strict=True)
-        ]
-        job._result = Result(
-            images, seeds, infotexts, [], mode="cpu", notes=[], cancelled=job._cancel.is_set(), request=req
-        )
-        job.state = "done"
+# --------------------------------------------------------------------------------------------- fixtures
 
 
 @pytest.fixture
@@ -234,7 +50,8 @@ def settings(tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def manager(settings: Settings) -> Iterator[FakeManager]:
-    fake = FakeManager(settings)
+    registry = FakeRegistry(checkpoints=("demo-sd15", "other"), vaes=("demo-vae",), upscalers=("demo-x4-upscaler",))
+    fake = FakeManager(settings, registry)
     yield fake
     fake.close()
 
@@ -557,3 +374,13 @@ def test_settings_tab_speedup_switches_are_typed_and_shown_in_the_status_bar() -
     assert speedup_label(settings) is None
     settings.update(changes)
     assert speedup_label(settings) == "DeepCache every 4 · ToMe 0.5"
+
+
+def test_a_missing_model_toast_adds_the_uis_refresh_hint_and_other_errors_do_not():
+    from pipelines.errors import ModelNotFound, OutputWriteError
+    from ui.jobs import REFRESH_HINT, user_error
+
+    missing = user_error(ModelNotFound("No checkpoint named 'gone' in /models. Known: a.", field="checkpoint"))
+    assert str(missing.message).endswith(REFRESH_HINT) and "'gone'" in str(missing.message)
+    disk = user_error(OutputWriteError("The disk holding /out is full; the image was not saved."))
+    assert REFRESH_HINT not in str(disk.message)

@@ -1,0 +1,404 @@
+"""Stand-ins for the engine, shared by the UI, API and manager tests: no model file, no torch model, no GPU.
+
+* ``FakeInfo`` stands in for ``pipelines.registry.ModelInfo``;
+* ``FakeRegistry`` for ``pipelines.registry.ModelRegistry`` (what ``PipelineManager`` and the API ask a registry);
+* ``FakeManager`` for ``pipelines.manager.PipelineManager`` (``pipelines.interface.Engine``), and ``FakeJob`` for
+  ``pipelines.jobs.Job`` (``JobHandle``).
+
+tests/test_interface.py checks ``FakeManager`` and ``FakeJob`` against the Protocols, as it checks the real classes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from pipelines import outputs
+from pipelines.catalog import ModelCatalog
+from pipelines.errors import AtelierError, Cancelled, ModelNotFound, QueueFull
+from pipelines.infotext import request_infotext
+from pipelines.interface import EngineStatus
+from pipelines.progress import JobState, ProgressEvent, ProgressState
+from pipelines.registry import empty_models_message
+from pipelines.request import GenerationRequest, Result
+from pipelines.settings import Settings
+
+MODELS_DIR = Path("/nonexistent-models")
+
+
+def name_hash(name: str) -> str:
+    """A made-up A1111 short hash (10 hex digits), fixed for each name."""
+    return hashlib.sha256(name.encode()).hexdigest()[:10]
+
+
+@dataclass
+class FakeInfo:
+    """Stands in for ``registry.ModelInfo``: a model no file backs."""
+
+    name: str
+    path: Path
+    kind: str = "checkpoint"
+    format: str = "safetensors"
+    size: int = 0
+    family: str = "sd15"
+    family_source: str = "test"
+    short_hash: str = ""  # "": made up from the name
+
+    def __post_init__(self) -> None:
+        self.short_hash = self.short_hash or name_hash(self.name)
+
+    @property
+    def title(self) -> str:
+        return f"{self.name} [{self.short_hash}]"
+
+
+class FakeRegistry:
+    """Stands in for ``registry.ModelRegistry``: checkpoints, VAEs and upscalers by name under a models folder that
+    does not exist; found by name, title or file name; hashes known at once (``hashes`` names some: name → hash)."""
+
+    def __init__(self, checkpoints=("tiny-a", "tiny-b"), vaes=("tiny-vae",), upscalers=("tiny-x4",),
+                 hashes: dict[str, str] | None = None):
+        def info(name: str, path: Path, **fields: Any) -> FakeInfo:
+            return FakeInfo(name, path, short_hash=(hashes or {}).get(name, ""), **fields)
+
+        self._checkpoints = [info(n, MODELS_DIR / f"{n}.safetensors") for n in checkpoints]
+        self._vaes = [info(n, MODELS_DIR / "vae" / f"{n}.safetensors", kind="vae") for n in vaes]
+        self._upscalers = [info(n, MODELS_DIR / "upscale_models" / n, kind="upscaler", format="diffusers",
+                                family="x4-upscaler") for n in upscalers]
+
+    def refresh(self) -> None:
+        """Nothing to rescan."""
+
+    def checkpoints(self) -> list[FakeInfo]:
+        return list(self._checkpoints)
+
+    def vaes(self) -> list[FakeInfo]:
+        return list(self._vaes)
+
+    def upscalers(self) -> list[FakeInfo]:
+        return list(self._upscalers)
+
+    def loras(self) -> list[FakeInfo]:
+        return []
+
+    def find_checkpoint(self, name: str) -> FakeInfo:
+        return _find(self._checkpoints, name, "checkpoint")
+
+    def find_vae(self, name: str | None) -> FakeInfo | None:
+        if name is None or name.strip() in ("", "Automatic", "None", "auto"):
+            return None  # the checkpoint's own VAE
+        return _find(self._vaes, name, "vae")
+
+    def find_upscaler(self, name: str) -> FakeInfo:
+        return _find(self._upscalers, name, "upscaler")
+
+    def short_hash(self, info: FakeInfo) -> str:
+        return info.short_hash
+
+    def cached_short_hash(self, info: FakeInfo) -> str | None:
+        return info.short_hash
+
+    def hash_soon(self, info: FakeInfo) -> None:
+        """The real registry reads a new file's hash in a background thread; these hashes are known at once."""
+
+    def empty_message(self) -> str:
+        return empty_models_message(MODELS_DIR)
+
+
+def _find(items: list[FakeInfo], name: str, kind: str) -> FakeInfo:
+    for info in items:
+        if name in (info.name, info.title, info.path.name):
+            return info
+    raise ModelNotFound(f"Unknown {'VAE' if kind == 'vae' else kind} '{name}'.", field=kind)
+
+
+class FakeJob:
+    """Stands in for ``jobs.Job``: a job of ``FakeManager``'s queue. ``progress`` is a plain attribute (a test may set
+    it while the job is held, see ``FakeManager.hold``)."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, manager: FakeManager, request: GenerationRequest,
+                 on_progress: Callable[[ProgressEvent], Any] | None = None):
+        self.id = f"job-{next(self._ids)}"
+        self.request = request
+        self.state: str = JobState.QUEUED
+        self.started: float | None = None
+        self.progress = ProgressEvent(self.id, ProgressState.QUEUED, total_steps=request.steps,
+                                      batch_count=request.batch_count)
+        self._manager = manager
+        self._on_progress = on_progress
+        self._cancel = threading.Event()
+        self._done = threading.Event()
+        self._result: Result | None = None
+        self._error: BaseException | None = None
+
+    def position(self) -> int:
+        return self._manager._position(self)
+
+    def cancel(self) -> None:
+        self._cancel.set()
+        self._manager._remove_waiting(self)
+
+    def wait(self, timeout: float | None = None) -> Result:
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"job {self.id} still {self.state} after {timeout} s")
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+    def _emit(self, event: ProgressEvent) -> None:
+        self.progress = event
+        if self._on_progress is not None:
+            self._on_progress(event)
+
+    def _finish(self, result: Result | None = None, error: BaseException | None = None) -> None:
+        self._result, self._error = result, error
+        if error is not None:
+            self.state = JobState.CANCELLED if isinstance(error, Cancelled) else JobState.FAILED
+        else:
+            self.state = JobState.CANCELLED if result.cancelled else JobState.DONE
+        self._done.set()
+
+
+class FakeManager:
+    """Stands in for ``manager.PipelineManager``: the same FIFO queue run by one worker thread, the same model lookup
+    (the real ``ModelCatalog`` over ``registry``), but each step waits ``step_delay`` s and each image is one flat
+    colour of the requested size (x4 for an upscale), saved with its infotext as the real one saves it.
+
+    Test controls: ``step_delay``; ``fail_with`` (every job ends with this error, raised as is by ``wait()``);
+    ``pause()``/``resume()`` and ``hold()``/``release()``. Records: ``submitted`` (requests), ``applied`` (the
+    ``apply_settings`` changes) and ``interrupted`` (calls to ``interrupt()``).
+    """
+
+    def __init__(self, settings: Settings, registry: FakeRegistry, step_delay: float = 0.0):
+        self.settings = settings
+        self.registry = registry
+        self.step_delay = step_delay
+        self.fail_with: BaseException | None = None
+        self.submitted: list[GenerationRequest] = []
+        self.applied: list[dict[str, Any]] = []
+        self.interrupted = 0
+        self._catalog = ModelCatalog(registry, settings)
+        self._cond = threading.Condition()
+        self._waiting: deque[FakeJob] = deque()
+        self._current: FakeJob | None = None
+        self._paused = self._holding = self._closed = False
+        self._worker: threading.Thread | None = None
+
+    # --- test controls --------------------------------------------------------------------------------------
+    def pause(self) -> None:
+        """Start no job until ``resume()``: submitted jobs wait, none runs (what a client sees between two jobs)."""
+        with self._cond:
+            self._paused = True
+
+    def resume(self) -> None:
+        with self._cond:
+            self._paused = False
+            self._take_next()
+
+    def hold(self) -> None:
+        """Until ``release()``, a job that runs waits before its first step (so a test can set its progress)."""
+        with self._cond:
+            self._holding = True
+
+    def release(self) -> None:
+        with self._cond:
+            self._holding = False
+            self._cond.notify_all()
+
+    # --- lifecycle ------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        with self._cond:
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._work, name="fake-worker", daemon=True)
+                self._worker.start()
+
+    def close(self, timeout: float = 30.0) -> None:
+        with self._cond:
+            self._closed = True
+            waiting, self._waiting = list(self._waiting), deque()
+            current = self._current
+            self._cond.notify_all()
+        for job in waiting:
+            job._finish(error=Cancelled("Atelier is shutting down; the job was not run."))
+        if current is not None:
+            current._cancel.set()
+        if self._worker is not None:
+            self._worker.join(timeout)
+
+    # --- jobs -----------------------------------------------------------------------------------------------
+    def submit(self, request: GenerationRequest,
+               on_progress: Callable[[ProgressEvent], Any] | None = None) -> FakeJob:
+        self._catalog.resolve(request)  # unknown names raise ModelNotFound, as in the real submit
+        with self._cond:
+            if self._closed:
+                raise AtelierError("Atelier is shutting down; no new jobs are taken.")
+            limit = self.settings.queue_size
+            if len(self._waiting) >= limit:
+                raise QueueFull(f"The queue is full ({limit} jobs waiting). Try again when some have finished.")
+            job = FakeJob(self, request, on_progress)
+            self._waiting.append(job)
+            self.submitted.append(request)
+            self._take_next()
+        self.start()
+        return job
+
+    def run(self, request: GenerationRequest, on_progress: Callable[[ProgressEvent], Any] | None = None) -> Result:
+        return self.submit(request, on_progress).wait()
+
+    def preload(self, name: str | None = None) -> FakeJob | None:
+        """Nothing to load ahead: None, as the real one answers when there is nothing to load."""
+        return None
+
+    def current_job(self) -> FakeJob | None:
+        with self._cond:
+            return self._current
+
+    def queue_length(self) -> int:
+        with self._cond:
+            return len(self._waiting)
+
+    def interrupt(self) -> None:
+        """Counted in ``interrupted``; the running job goes on (the API tests check that /interrupt gets here)."""
+        self.interrupted += 1
+
+    def _position(self, job: FakeJob) -> int:
+        with self._cond:
+            if job not in self._waiting:
+                return 0
+            return self._waiting.index(job) + (self._current is not None)
+
+    def _remove_waiting(self, job: FakeJob) -> None:
+        with self._cond:
+            if job not in self._waiting:
+                return
+            self._waiting.remove(job)
+        job._finish(error=Cancelled("Cancelled before it started."))
+
+    # --- the worker -----------------------------------------------------------------------------------------
+    def _take_next(self) -> None:
+        """Under the lock: an idle, unpaused engine starts the next job at once (a Stop right after a submit then
+        stops a started job, as on the real engine, where the waiting worker takes it within microseconds)."""
+        if self._current is None and self._waiting and not self._paused:
+            job = self._current = self._waiting.popleft()
+            job.state, job.started = JobState.RUNNING, time.time()
+            self._cond.notify_all()
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._closed or self._current is not None)
+                job = self._current
+            if job is None:  # closed, nothing left to run
+                return
+            try:
+                job._finish(result=self._run(job))
+            except Exception as exc:
+                job._finish(error=exc)
+            finally:
+                with self._cond:
+                    self._current = None
+                    self._take_next()
+
+    def _run(self, job: FakeJob) -> Result:
+        with self._cond:
+            self._cond.wait_for(lambda: self._closed or not self._holding)
+        if self.fail_with is not None:
+            raise self.fail_with
+        request = job.request
+        targets = self._catalog.resolve(request)
+        model = targets.checkpoint
+        result = Result(request=request, checkpoint=model.name, checkpoint_hash=self.registry.short_hash(model),
+                        mode="cpu")
+        batches = request.batch_seeds(request.resolved_seed())
+        for batch_index, seeds in enumerate(batches):
+            if not self._steps(job, batch_index, len(batches)):
+                if not result.images:
+                    raise Cancelled("Stopped before the first image finished.")
+                result.cancelled = True
+                break
+            for seed in seeds:
+                self._save(request, targets, seed, result)
+        return result
+
+    def _steps(self, job: FakeJob, batch_index: int, batch_count: int) -> bool:
+        """The denoising steps of one batch; False when the job was cancelled."""
+        steps = job.request.steps
+        for step in range(1, steps + 1):
+            if job._cancel.wait(self.step_delay):
+                return False
+            job._emit(ProgressEvent(
+                job.id, ProgressState.RUNNING, step=step, total_steps=steps, batch_index=batch_index,
+                batch_count=batch_count, eta_s=self.step_delay * (steps - step),
+                preview=Image.new("RGB", (8, 8), (step * 10 % 256, 0, 0)),
+            ))
+        return True
+
+    def _save(self, request: GenerationRequest, targets: Any, seed: int, result: Result) -> None:
+        source = request.image if request.task == "upscale" else None
+        size = (source.width * 4, source.height * 4) if source is not None else (request.width, request.height)
+        image = Image.new("RGB", size, (seed % 256, 80, 160))
+        vae = targets.vae
+        infotext = request_infotext(
+            request, seed=seed, size=size, model=targets.checkpoint.name, model_hash=result.checkpoint_hash,
+            vae=vae and vae.name, vae_hash=vae and self.registry.short_hash(vae),
+        )
+        folder = outputs.output_folder(self.settings.outputs_dir, request.task)
+        result.paths.append(outputs.write_png_with_parameters(image, infotext, folder, seed))
+        result.images.append(image)
+        result.seeds.append(seed)
+        result.infotexts.append(infotext)
+
+    # --- models ---------------------------------------------------------------------------------------------
+    def refresh_models(self) -> None:
+        self.registry.refresh()
+
+    def checkpoints(self) -> list[FakeInfo]:
+        return self.registry.checkpoints()
+
+    def vaes(self) -> list[FakeInfo]:
+        return self.registry.vaes()
+
+    def upscalers(self) -> list[FakeInfo]:
+        return self.registry.upscalers()
+
+    def default_checkpoint(self) -> FakeInfo | None:
+        return self._catalog.default_checkpoint()
+
+    def set_default_checkpoint(self, name: str) -> FakeInfo:
+        return self._catalog.set_default_checkpoint(name)
+
+    def set_default_vae(self, name: str | None) -> None:
+        self._catalog.set_default_vae(name)
+
+    def count_tokens(self, text: str) -> int:
+        from pipelines.tokenizers import count_tokens
+
+        return count_tokens(text or "")
+
+    # --- status and settings --------------------------------------------------------------------------------
+    def status(self) -> EngineStatus:
+        """A CPU engine with the default checkpoint loaded."""
+        default = self.default_checkpoint()
+        return EngineStatus(device="cpu", dtype="float32", memory_mode=self.settings.memory_mode, mode_in_use="cpu",
+                            loaded_checkpoint=default.name if default is not None else None,
+                            demo=bool(self.settings.demo), queue=self.queue_length(),
+                            running=self.current_job() is not None)
+
+    def apply_settings(self, changes: dict[str, Any]) -> list[str]:
+        """The real manager's range checks on the speed-up switches, then the shared Settings; returns names changed."""
+        from pipelines.manager import _check_speedup_settings
+
+        _check_speedup_settings(changes)
+        self.applied.append(dict(changes))
+        return self.settings.update(changes, respect_cli=False)
