@@ -89,6 +89,7 @@ class CacheEntry:
     applied: tuple[Any, str] | None = None  # (pipeline object, rung) the memory ladder last set up
     vae_key: str | None = None  # external VAE in use (None: the checkpoint's own)
     own_vae: Any = None
+    loras: OrderedDict[str, str] = field(default_factory=OrderedDict)  # LoRA adapters in the modules (networks.py)
 
     def __post_init__(self) -> None:
         self.own_vae = self.components.get("vae")

@@ -11,9 +11,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .errors import ModelNotFound
+from .prompt_parser import PromptStyle, load_styles
 from .request import GenerationRequest
 from .settings import Settings
 from .upscale import no_upscaler_error
@@ -37,6 +39,35 @@ class ModelCatalog:
     def __init__(self, registry: Any, settings: Settings):
         self.registry = registry
         self.settings = settings
+        self._styles: tuple[tuple[str, int] | None, dict[str, PromptStyle]] = (None, {})
+
+    # --- styles ---------------------------------------------------------------------------------------------
+    def styles_path(self) -> Path | None:
+        """A1111's ``styles.csv``: ``--styles-file``, else beside the settings file (None when there is neither)."""
+        if self.settings.styles_file is not None:
+            return Path(self.settings.styles_file)
+        if self.settings.settings_file is not None:
+            return Path(self.settings.settings_file).with_name("styles.csv")
+        return None
+
+    def styles(self) -> dict[str, PromptStyle]:
+        """The styles by name, read again whenever the file changes; {} without a file. A file that cannot be read
+        keeps the styles read before (and says why in the log)."""
+        path = self.styles_path()
+        try:
+            stat = path.stat() if path is not None else None
+        except OSError:
+            stat = None
+        version = (str(path), stat.st_mtime_ns) if stat is not None else None
+        if version == self._styles[0]:
+            return self._styles[1]
+        try:
+            styles = load_styles(path) if version is not None else {}
+        except Exception as exc:  # an unreadable styles file never stops an image (AtelierError, OSError, bad UTF-8)
+            log.warning("Could not read the styles file %s: %s", path, exc)
+            return self._styles[1]
+        self._styles = (version, styles)
+        return styles
 
     def resolve(self, request: GenerationRequest) -> Targets:
         """The checkpoint (or upscaler) and external VAE ``request`` will run with."""

@@ -111,11 +111,17 @@ class Note:
     text: str
     infotext_key: str | None = None
     infotext_value: str | None = None
+    warning: bool = False  # something the request asked for and did not get (the API lists these as "warnings")
 
     @classmethod
     def param(cls, key: str, value: Any) -> Note:
         """A note that is also the infotext pair ``key: value`` (e.g. ``DeepCache: interval 3``)."""
         return cls(f"{key}: {value}", key, str(value))
+
+    @classmethod
+    def warn(cls, text: str) -> Note:
+        """A warning: the image was made, without something the request named (a LoRA not found)."""
+        return cls(text, warning=True)
 
     def __str__(self) -> str:
         return self.text
@@ -123,11 +129,11 @@ class Note:
 
 def request_infotext(request: GenerationRequest, *, seed: int, size: tuple[int, int], model: str,
                      model_hash: str | None, vae: str | None = None, vae_hash: str | None = None,
-                     notes: Iterable[Note] = ()) -> str:
+                     notes: Iterable[Note] = (), prompt: str | None = None, negative_prompt: str | None = None) -> str:
     """The infotext of one image of ``request``: A1111's keys for the task, then the notes that are parameters.
 
     ``size`` is the image's own (an upscale's output size); ``vae`` is an external VAE's name (None: the
-    checkpoint's own)."""
+    checkpoint's own); ``prompt``/``negative_prompt`` the texts as run (styles applied), else the request's."""
     extra = {note.infotext_key: note.infotext_value for note in notes if note.infotext_key}
     if request.task == "upscale":
         params = generation_params(
@@ -142,7 +148,8 @@ def request_infotext(request: GenerationRequest, *, seed: int, size: tuple[int, 
             vae_hash=vae_hash, denoising_strength=request.denoising_strength if request.task == "img2img" else None,
             extra=extra,
         )
-    return build_infotext(request.prompt, request.negative_prompt, params)
+    return build_infotext(request.prompt if prompt is None else prompt,
+                          request.negative_prompt if negative_prompt is None else negative_prompt, params)
 
 
 def parse_infotext(text: str) -> dict[str, Any]:

@@ -20,11 +20,14 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
-from . import devices, outputs
+from . import devices, networks, outputs
 from .cache import CacheEntry, CheckpointCache
 from .catalog import ModelCatalog, Targets
+from .conditioning import JobPrompts, job_prompts
+from .embeddings import EmbeddingLibrary
 from .errors import Cancelled, InvalidRequest, ModelNotFound, OutOfMemoryEverywhere
 from .infotext import request_infotext
 from .interface import EngineStatus
@@ -41,6 +44,8 @@ from .upscale import DEFAULT_OVERLAP, DEFAULT_TILE
 log = logging.getLogger(__name__)
 
 __all__ = ["Job", "PipelineManager"]
+
+PROMPT_TASKS = ("txt2img", "img2img")  # tasks that read A1111's prompt language (the x4 upscaler takes plain text)
 
 
 class PipelineManager:
@@ -62,6 +67,7 @@ class PipelineManager:
             vae_loader=vae_loader or _default_vae_loader, keeper=self.placement,
         )
         self.schedulers = SchedulerTemplates()
+        self.embedding_library = EmbeddingLibrary()
         self.upscale_tile = DEFAULT_TILE
         self.upscale_overlap = DEFAULT_OVERLAP
         self.last_rung: str | None = None
@@ -91,7 +97,10 @@ class PipelineManager:
         """Check model names and queue ``request``. Raises ``InvalidRequest``/``ModelNotFound``/``QueueFull``."""
         if not isinstance(request, GenerationRequest):
             raise InvalidRequest("submit() takes a GenerationRequest.")
-        self.catalog.resolve(request)
+        targets = self.catalog.resolve(request)
+        if request.task in PROMPT_TASKS:  # prompt syntax and LoRAs for another model: 422 now, not after the wait
+            prompts = job_prompts(request, self.settings, self.catalog.styles(), self.registry)
+            networks.check_family(prompts.loras, targets.checkpoint.family)
         return self.jobs.put(Job(self.jobs, self._with_speedup_defaults(request), on_progress))
 
     def run(self, request: GenerationRequest, on_progress: Callable[[ProgressEvent], Any] | None = None) -> Result:
@@ -138,9 +147,15 @@ class PipelineManager:
         seed = request.resolved_seed()
         self.registry.hash_soon(targets.checkpoint)  # for the infotext: read while the model loads and runs
         result = Result(request=request, checkpoint=targets.checkpoint.name)
+        prompts = None
+        if request.task in PROMPT_TASKS:  # styles, <lora:...> tags, embeddings: read once for every batch
+            prompts = job_prompts(request, self.settings, self.catalog.styles(), self.registry,
+                                  self.embedding_library)
         job.emit(ProgressEvent(job.id, ProgressState.LOADING, message=f"Loading {targets.checkpoint.name}"))
         # 2. Check out the checkpoint (RAM/VRAM cache; a miss loads it) with the VAE in place.
         with self.cache.checkout(targets.checkpoint, targets.vae) as entry:
+            if prompts is not None:
+                networks.check_family(prompts.loras, entry.family)
             # 3. Choose the memory rung for this request's shape.
             rung, reason = self.placement.choose(entry, request, self.upscale_tile)
             result.mode = rung
@@ -148,9 +163,11 @@ class PipelineManager:
                 result.notes.append(reason)
             # 4. Batches: each one generated and saved before the next, so a cancel keeps finished images.
             batches = request.batch_seeds(seed)
+            job_cache: dict = {}  # the prompt encoding, shared by the batches
             for batch_index, seeds in enumerate(batches):
                 try:
-                    output, rung = self._run_batch(job, entry, rung, seeds, batch_index, len(batches), result)
+                    output, rung = self._run_batch(job, entry, rung, seeds, batch_index, len(batches), result,
+                                                   prompts, job_cache)
                 except Cancelled:
                     if not result.images:
                         raise
@@ -158,7 +175,7 @@ class PipelineManager:
                     result.notes.append(f"Stopped after {len(result.images)} image(s).")
                     break
                 result.mode = rung
-                self._save(job, targets, output, seeds, result)
+                self._save(job, targets, output, seeds, result, prompts)
                 if job.cancel_requested and batch_index + 1 < len(batches):
                     result.cancelled = True
                     break
@@ -167,16 +184,21 @@ class PipelineManager:
         return result
 
     def _run_batch(self, job: Job, entry: CacheEntry, rung: Rung, seeds: list[int], batch_index: int,
-                   batch_count: int, result: Result) -> tuple[BatchOutput, Rung]:
+                   batch_count: int, result: Result, prompts: JobPrompts | None = None,
+                   job_cache: dict | None = None) -> tuple[BatchOutput, Rung]:
         """Run one batch; on out-of-memory free memory, step one rung down and retry with fresh generators."""
+        prompt_fields = {} if prompts is None else dict(
+            prompts=prompts.plan, encode_options=prompts.options, embeddings=prompts.embeddings,
+            embedding_hash=self._embedding_hash)
         while True:
             devices.reset_peak(self.choice.device)
             try:
-                pipe = self._prepare(job, entry, rung, result)
+                pipe = self._prepare(job, entry, rung, result, prompts)
                 output = run_task(TaskRun(
                     request=job.request, pipe=pipe, loaded=entry.loaded, seeds=seeds, sink=job,
                     schedulers=self.schedulers, batch_index=batch_index, batch_count=batch_count,
                     step_delay_s=self.settings.step_delay_s, tile=self.upscale_tile, overlap=self.upscale_overlap,
+                    job_cache=job_cache if job_cache is not None else {}, **prompt_fields,
                 ))
                 self.placement.record_peak(rung, self.placement.shape(entry, job.request, self.upscale_tile))
                 return output, rung
@@ -192,18 +214,27 @@ class PipelineManager:
                 result.notes.append(note)
                 rung = lower
 
-    def _prepare(self, job: Job, entry: CacheEntry, rung: Rung, result: Result) -> Any:
-        """The task's pipeline set up for ``rung``; a fresh ``--fast`` switch-on is announced first (it can take
-        minutes) and what it said goes into the result's notes."""
-        if self.placement.fast_pending(entry, job.request.task):
+    def _prepare(self, job: Job, entry: CacheEntry, rung: Rung, result: Result,
+                 prompts: JobPrompts | None = None) -> Any:
+        """The task's pipeline set up for ``rung`` with the request's LoRAs switched on (the others off); a fresh
+        ``--fast`` switch-on is announced first (it can take minutes) and what it said goes into the result's
+        notes. A request with LoRAs runs without ``--fast``: their layers live in the torch UNet."""
+        loras = prompts.loras if prompts is not None else []
+        fast_allowed = not loras
+        if self.placement.fast_pending(entry, job.request.task, fast_allowed):
             job.emit(ProgressEvent(
                 job.id, ProgressState.LOADING,
                 message="Preparing the fast path (--fast): the first time for a checkpoint it converts or compiles "
                         "the UNet and the VAE decoder, which takes minutes; later starts reuse the cached result."))
         try:
-            return self.placement.prepare(entry, job.request.task, rung)
+            pipe = self.placement.prepare(entry, job.request.task, rung, fast_allowed)
         finally:
             result.notes.extend(note for note in self.placement.take_notes() if note not in result.notes)
+        if prompts is not None:
+            networks.apply_loras(entry, pipe, loras)
+            if loras and self.settings.fast and "--fast is off for requests with a LoRA." not in result.notes:
+                result.notes.append("--fast is off for requests with a LoRA.")
+        return pipe
 
     def _load(self, job: Job) -> Result:
         """A preload job: check the checkpoint out and prepare its txt2img pipeline; no image."""
@@ -222,24 +253,31 @@ class PipelineManager:
         log.info("Loaded %s in %.1f s (%s mode).", name, time.perf_counter() - started, result.mode)
         return result
 
-    def _save(self, job: Job, targets: Targets, output: BatchOutput, seeds: list[int], result: Result) -> None:
+    def _save(self, job: Job, targets: Targets, output: BatchOutput, seeds: list[int], result: Result,
+              prompts: JobPrompts | None = None) -> None:
         """Write each image of the batch with its infotext; add them to the result."""
         request = job.request
         job.emit(replace(job.latest, state=ProgressState.SAVING, message=""))
         folder = outputs.output_folder(self.settings.outputs_dir, request.task)
         vae = targets.vae
+        notes = [*(prompts.notes if prompts is not None else []), *output.notes]
+        texts = {} if prompts is None else dict(prompt=prompts.plan.infotext_prompt,
+                                                negative_prompt=prompts.plan.infotext_negative)
         for image, seed in zip(output.images, seeds, strict=True):
             infotext = request_infotext(
                 request, seed=seed, size=image.size, model=targets.checkpoint.name,
                 model_hash=self._short_hash(targets.checkpoint), vae=vae.name if vae is not None else None,
-                vae_hash=self._short_hash(vae) if vae is not None else None, notes=output.notes,
+                vae_hash=self._short_hash(vae) if vae is not None else None, notes=notes, **texts,
             )
             path = outputs.write_png_with_parameters(image, infotext, folder, seed)
             result.images.append(image)
             result.seeds.append(seed)
             result.infotexts.append(infotext)
             result.paths.append(path)
-        result.notes.extend(note.text for note in output.notes if note.text not in result.notes)
+        for note in notes:
+            said = result.warnings if note.warning else result.notes
+            if note.text not in said:
+                said.append(note.text)
 
     # --- models ---------------------------------------------------------------------------------------------
     def _with_speedup_defaults(self, request: GenerationRequest) -> GenerationRequest:
@@ -258,6 +296,11 @@ class PipelineManager:
             return self.registry.short_hash(info) or ""
         except Exception:  # an unreadable file shows up when it is loaded
             return ""
+
+    def _embedding_hash(self, name: str) -> str:
+        """A1111's 12-digit hash of the embedding file called ``name`` ("" when there is none)."""
+        info = next((e for e in self.registry.embeddings() if Path(e.path).stem == name), None)
+        return self.registry.network_hash(info) if info is not None else ""
 
     def refresh_models(self) -> None:
         """Rescan the models folders."""

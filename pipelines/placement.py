@@ -62,8 +62,11 @@ class Placement:
         self.ladder.record(rung, shape, devices.peak_memory(self.choice.device))
 
     # --- preparing ------------------------------------------------------------------------------------------
-    def prepare(self, entry: CacheEntry, task: str, rung: Rung) -> Any:
-        """The task pipeline over the entry's modules, set up for ``rung`` (undoing the previous set-up first)."""
+    def prepare(self, entry: CacheEntry, task: str, rung: Rung, fast_allowed: bool = True) -> Any:
+        """The task pipeline over the entry's modules, set up for ``rung`` (undoing the previous set-up first).
+
+        ``fast_allowed`` False keeps ``--fast`` off for this run (a LoRA's layers live in the torch UNet, which a
+        converted or compiled copy would bypass)."""
         pipe = entry.pipeline_for(task)
         if entry.applied is not None and entry.applied != (pipe, rung):
             old_pipe, old_rung = entry.applied
@@ -77,7 +80,7 @@ class Placement:
             entry.applied = (pipe, rung)
             entry.location = str(self.choice.device) if rung in ON_DEVICE_RUNGS else "cpu"
         on_device = rung in ON_DEVICE_RUNGS or self.choice.device.type == "cpu"  # not under offload hooks
-        self._sync_fast(entry, pipe if on_device else None)
+        self._sync_fast(entry, pipe if on_device and fast_allowed else None)
         return pipe
 
     def reset(self, entry: CacheEntry) -> None:
@@ -91,13 +94,13 @@ class Placement:
             entry.drop_pipelines()
 
     # --- the fast path --------------------------------------------------------------------------------------
-    def fast_pending(self, entry: CacheEntry, task: str) -> bool:
+    def fast_pending(self, entry: CacheEntry, task: str, fast_allowed: bool = True) -> bool:
         """True when ``prepare`` is about to switch ``--fast`` on: converting or compiling takes minutes, so the
         caller tells the job's watchers first."""
         from . import fast
 
         pipe = entry.pipelines.get(task)
-        return bool(self.settings.fast) and (pipe is None or not fast.is_fast(pipe))
+        return bool(self.settings.fast) and fast_allowed and (pipe is None or not fast.is_fast(pipe))
 
     def take_notes(self) -> list[str]:
         """The notes of a fresh ``--fast`` switch-on (what was converted, its memory cost, why it fell back)."""

@@ -50,6 +50,14 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_DIRS = ("checkpoints", "Stable-diffusion", "diffusers")
 VAE_DIRS = ("vae", "VAE")
 LORA_DIRS = ("loras", "Lora", "LyCORIS")
+EMBEDDING_DIRS = ("embeddings",)  # also an A1111 install's embeddings/ beside its models/ folder
+EMBEDDING_SUFFIXES = (".pt", ".safetensors", ".bin")
+KINDS = ("checkpoint", "vae", "lora", "embedding", "upscaler")
+# A LoRA's model group, from its keys: SDXL's two text encoders, else the width of the UNet's cross-attention input.
+LORA_GROUP_BY_CONTEXT = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
+FAMILY_GROUP = {"sd15": "sd1", "sd15-inpaint": "sd1", "sd2": "sd2", "sd2-v": "sd2", "sd2-inpaint": "sd2",
+                "sdxl": "sdxl", "sdxl-inpaint": "sdxl"}
+NETWORK_GROUP_LABELS = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
 UPSCALER_DIRS = ("upscale_models", "ESRGAN")
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt")
 VAE_SUFFIXES = SINGLE_FILE_SUFFIXES + (".bin",)
@@ -111,6 +119,18 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     """Full sha256 of a file, read in 1 MiB chunks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def addnet_hash(path: Path, chunk: int = 1 << 20) -> str:
+    """sha256 of a safetensors file's tensor data, its JSON header left out (kohya's "addnet" hash, which A1111
+    writes for LoRAs: the same weights with other metadata keep their hash)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        header = int.from_bytes(f.read(8), "little")
+        f.seek(8 + header)
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()
@@ -196,6 +216,21 @@ def detect_vae_group(shapes: dict[str, list[int]], filename: str) -> Detection:
     if levels and len(levels) == 3:
         return Detection("x4")
     return Detection("sdxl" if "xl" in filename.lower() else "sd")
+
+
+def detect_lora_group(shapes: dict[str, list[int]], filename: str) -> Detection:
+    """A LoRA's model group ("sd1", "sd2", "sdxl"; None when its keys do not say) from names and shapes only.
+
+    kohya/A1111 files name SDXL's encoders ``lora_te1_``/``lora_te2_``; otherwise the input width of a
+    cross-attention key projection (``attn2`` ``to_k``) tells SD 1.x (768), SD 2.x (1024) and SDXL (2048)."""
+    if not shapes:
+        return Detection(None, f"{filename} holds no tensors: it is not a LoRA.")
+    if any(k.startswith(("lora_te1_", "lora_te2_", "text_encoder_2.")) for k in shapes):
+        return Detection("sdxl")
+    for key, shape in shapes.items():
+        if "attn2" in key and "to_k" in key and key.endswith(("lora_down.weight", "lora_A.weight", "lora.down.weight")):
+            return Detection(LORA_GROUP_BY_CONTEXT.get(shape[-1] if len(shape) == 2 else 0))
+    return Detection(None)
 
 
 def sd2_prediction(path: Path, name: str) -> tuple[str, str]:
@@ -312,7 +347,7 @@ class ModelRegistry:
         self._hash_lock = threading.Lock()
         self._hashing: dict[str, concurrent.futures.Future[str]] = {}  # real path -> its short hash, being read
         self._overrides: dict[str, str] = self._load_overrides()
-        self._entries: dict[str, list[ModelInfo]] = {"checkpoint": [], "vae": [], "lora": [], "upscaler": []}
+        self._entries: dict[str, list[ModelInfo]] = {kind: [] for kind in KINDS}
         self.problems: list[str] = []  # folders that could not be read, for the log/status
         self._scanned = False
 
@@ -320,7 +355,7 @@ class ModelRegistry:
 
     def refresh(self) -> None:
         """Rescan every models folder. Cheap: headers and detections come from the cache when files are unchanged."""
-        found: dict[str, list[ModelInfo]] = {"checkpoint": [], "vae": [], "lora": [], "upscaler": []}
+        found: dict[str, list[ModelInfo]] = {kind: [] for kind in KINDS}
         self.problems = []
         for root in [self.models_dir, *self.extra_dirs]:
             for sub in CHECKPOINT_DIRS:
@@ -332,6 +367,11 @@ class ModelRegistry:
                 found["vae"].extend(self._scan_files(root / sub, "vae", VAE_SUFFIXES))
             for sub in LORA_DIRS:
                 found["lora"].extend(self._scan_files(root / sub, "lora", SINGLE_FILE_SUFFIXES))
+            embedding_dirs = [root / sub for sub in EMBEDDING_DIRS]
+            if root.name.lower() == "models":  # an A1111 install: webui/models/ and webui/embeddings/
+                embedding_dirs.append(root.parent / "embeddings")
+            for folder in embedding_dirs:
+                found["embedding"].extend(self._scan_files(folder, "embedding", EMBEDDING_SUFFIXES))
             for sub in UPSCALER_DIRS:
                 for info in self._scan_checkpoints(root / sub):
                     if info.format == "diffusers":
@@ -411,12 +451,14 @@ class ModelRegistry:
         real, size, mtime = stat
         fmt = "safetensors" if path.suffix.lower() == ".safetensors" else "ckpt"
         info = ModelInfo(name, path, kind, fmt, size, None, "none", mtime, _hasher=self.short_hash)
-        if kind == "lora":
-            return info  # LoRAs are listed, not inspected
+        if kind == "embedding":
+            return info  # read when used (pipelines/embeddings.py)
         detection = self._cached_detection(path, real, size, mtime, kind)
         info.family, info.problem = detection.family, detection.problem
         if info.family:
             info.family_source = "keys"
+        if kind == "lora" and info.problem is None and info.family is None:
+            info.family_source = "unknown"  # tried on any checkpoint; diffusers says when it does not fit
         if kind == "checkpoint":
             self._resolve_sd2(info)
         return info
@@ -444,7 +486,7 @@ class ModelRegistry:
             logger.warning("cannot inspect %s: %r", path, exc)
             return Detection(None, f"{path.name} could not be inspected ({type(exc).__name__}); it may be damaged.")
         else:
-            detect = detect_checkpoint_family if kind == "checkpoint" else detect_vae_group
+            detect = {"checkpoint": detect_checkpoint_family, "lora": detect_lora_group}.get(kind, detect_vae_group)
             detection = detect(shapes, path.name)
         self._cache.put(real, size, mtime, "detect:" + kind, {"family": detection.family, "problem": detection.problem})
         return detection
@@ -583,9 +625,56 @@ class ModelRegistry:
         return list(self._entries["vae"])
 
     def loras(self) -> list[ModelInfo]:
-        """LoRA files found (listed only)."""
+        """LoRA files found (``family`` is the model group they were trained for, when their keys say)."""
         self._ensure_scanned()
         return list(self._entries["lora"])
+
+    def embeddings(self) -> list[ModelInfo]:
+        """Textual-inversion embedding files found (read when a prompt uses them)."""
+        self._ensure_scanned()
+        return list(self._entries["embedding"])
+
+    def find_lora(self, name: str) -> ModelInfo | None:
+        """A LoRA by the name a prompt gives it (``<lora:name:1>``): its file name without extension, or its
+        path below the LoRA folder; None when there is none."""
+        self._ensure_scanned()
+        found = _lookup(self._entries["lora"], name)
+        if found is None:
+            wanted = name.strip().lower()
+            found = next((info for info in self._entries["lora"] if info.path.stem.lower() == wanted), None)
+        return found
+
+    def metadata(self, info: ModelInfo) -> dict[str, str]:
+        """A safetensors file's ``__metadata__`` (kohya's ``ss_*`` keys for a LoRA); {} for other formats."""
+        if info.format != "safetensors":
+            return {}
+        try:
+            return dict(read_safetensors_header(info.path)[1])
+        except (ModelLoadError, OSError):
+            return {}
+
+    def network_hash(self, info: ModelInfo) -> str:
+        """A1111's 12-digit hash of a LoRA or an embedding (``Lora hashes``, ``TI hashes``): a LoRA's own
+        ``sshs_model_hash``, else for a .safetensors the sha256 of its tensor data (kohya's "addnet" hash, header
+        left out), else the sha256 of the file. Cached on disk like checkpoint hashes; "" when unreadable."""
+        stat = self._stat(info.path)
+        if stat is None:
+            return ""
+        if info.kind == "lora" and (own := self.metadata(info).get("sshs_model_hash")):
+            return own[:12]
+        addnet = info.kind == "lora" and info.format == "safetensors"
+        key = "addnet" if addnet else "sha256"
+        cached = self._cache.get(*stat, key)
+        if cached:
+            return cached[:12]
+        try:
+            digest = addnet_hash(info.path) if addnet else sha256_file(info.path)
+        except OSError as exc:
+            logger.warning("cannot hash %s: %s", info.path, exc)
+            return ""
+        self._cache.put(*stat, key, digest)
+        self._cache.save()
+        return digest[:12]
 
     def upscalers(self) -> list[ModelInfo]:
         """SD x4 upscaler diffusers folders (from upscale_models/ and checkpoints/)."""

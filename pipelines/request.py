@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, mo
 
 from .errors import InvalidRequest
 from .samplers import resolve_sampler
+from .prompt_encoding import EMPHASIS_MODES
 from .settings import DEEP_CACHE_INTERVALS, TOKEN_MERGING_MAX
 
 Task = Literal["txt2img", "img2img", "upscale"]
@@ -37,6 +38,8 @@ MAX_SEED = 2**32 - 1
 MAX_PROMPT_CHARS = 20_000
 MAX_UPSCALE_INPUT = 1024  # px per side: 1024² in → 4096² out, processed in tiles
 MAX_NOISE_LEVEL = 350
+MAX_CLIP_SKIP = 12  # CLIP-L has 12 layers
+MAX_STYLES = 32
 # The work budget of one request: width x height x steps run x images, in pixel-steps. The per-field limits alone
 # allow 2048² x 150 steps x 128 images, days of work on a CPU. The budget lets everyday batches through (4,096 steps
 # of a 512x512 image: 16 x 8 images of 512² at 32 steps, or one 2048² image at 150 steps, two at up to 128) and
@@ -146,6 +149,10 @@ class GenerationRequest(BaseModel):
     deep_cache: bool | None = None
     deep_cache_interval: int | None = None
     token_merging: float | None = None
+    # the prompt language (A1111's): named styles from the styles file; None: the Settings' value
+    styles: list[str] = []
+    clip_skip: int | None = None  # A1111's CLIP_stop_at_last_layers
+    emphasis: str | None = None  # "Original", "No norm", "Ignore" or "None"
 
     @classmethod
     def create(cls, **fields: Any) -> GenerationRequest:
@@ -232,6 +239,31 @@ class GenerationRequest(BaseModel):
         if not 0.0 <= v <= TOKEN_MERGING_MAX:
             raise ValueError(f"must be between 0 and {TOKEN_MERGING_MAX:g} (got {v:g})")
         return float(v)
+
+    @field_validator("clip_skip")
+    @classmethod
+    def _clip_skip(cls, v: int | None) -> int | None:
+        if v is not None and not 1 <= v <= MAX_CLIP_SKIP:
+            raise ValueError(f"must be between 1 and {MAX_CLIP_SKIP} (got {v})")
+        return v
+
+    @field_validator("emphasis")
+    @classmethod
+    def _emphasis(cls, v: str | None) -> str | None:
+        if v is not None and v not in EMPHASIS_MODES:
+            raise ValueError(f"must be one of {', '.join(EMPHASIS_MODES)} (got {v!r})")
+        return v
+
+    @field_validator("styles", mode="before")
+    @classmethod
+    def _styles(cls, v: Any) -> Any:
+        if v is None:
+            return []
+        if isinstance(v, str):
+            v = [v]
+        if isinstance(v, list) and len(v) > MAX_STYLES:
+            raise ValueError(f"holds {len(v)} names; the limit is {MAX_STYLES}")
+        return v
 
     @field_validator("deep_cache_interval")
     @classmethod
@@ -372,6 +404,7 @@ class Result:
     paths: list[Path] = field(default_factory=list)
     mode: str = ""
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # what the request named and did not get (a LoRA not found)
     cancelled: bool = False
     checkpoint: str = ""
     checkpoint_hash: str = ""

@@ -39,6 +39,10 @@ class Settings:
     deep_cache: bool = False
     deep_cache_interval: int = 3  # every n-th UNet call runs in full; the others reuse the deep features
     token_merging: float = 0.0  # ToMe ratio, 0 = off
+    # The prompt language (A1111's options of the same meaning; a request may override them).
+    clip_skip: int = 1  # CLIP_stop_at_last_layers
+    emphasis: str = "Original"  # how (word:1.2) weights apply: Original, No norm, Ignore, None
+    styles_file: Path | None = None  # A1111's styles.csv; None: styles.csv beside the settings file
     demo: bool = False
     vram_slots: int = 1  # checkpoints kept on the GPU
     ram_slots: int = 0  # 0: chosen from total RAM at start-up
@@ -52,7 +56,7 @@ class Settings:
         """The fields worth saving to ``settings.json`` (paths as strings)."""
         out: dict[str, Any] = {}
         for f in fields(self):
-            if f.name in ("from_cli", "settings_file", "step_delay_s", "demo"):
+            if f.name in ("from_cli", "settings_file", "styles_file", "step_delay_s", "demo"):
                 continue
             value = getattr(self, f.name)
             out[f.name] = str(value) if isinstance(value, Path) else value

@@ -66,7 +66,7 @@ class FakeRegistry:
     does not exist; found by name, title or file name; hashes known at once (``hashes`` names some: name → hash)."""
 
     def __init__(self, checkpoints=("tiny-a", "tiny-b"), vaes=("tiny-vae",), upscalers=("tiny-x4",),
-                 hashes: dict[str, str] | None = None):
+                 hashes: dict[str, str] | None = None, loras: tuple[Path, ...] = (), embeddings: tuple[Path, ...] = ()):
         def info(name: str, path: Path, **fields: Any) -> FakeInfo:
             return FakeInfo(name, path, short_hash=(hashes or {}).get(name, ""), **fields)
 
@@ -74,6 +74,9 @@ class FakeRegistry:
         self._vaes = [info(n, MODELS_DIR / "vae" / f"{n}.safetensors", kind="vae") for n in vaes]
         self._upscalers = [info(n, MODELS_DIR / "upscale_models" / n, kind="upscaler", format="diffusers",
                                 family="x4-upscaler") for n in upscalers]
+        # real files a test wrote (LoRAs, embeddings): read by the real loading code
+        self._loras = [info(Path(p).stem, Path(p), kind="lora", family=_lora_group(Path(p))) for p in loras]
+        self._embeddings = [info(Path(p).stem, Path(p), kind="embedding", family=None) for p in embeddings]
 
     def refresh(self) -> None:
         """Nothing to rescan."""
@@ -88,7 +91,22 @@ class FakeRegistry:
         return list(self._upscalers)
 
     def loras(self) -> list[FakeInfo]:
-        return []
+        return list(self._loras)
+
+    def embeddings(self) -> list[FakeInfo]:
+        return list(self._embeddings)
+
+    def find_lora(self, name: str) -> FakeInfo | None:
+        return next((info for info in self._loras if name in (info.name, info.path.name)), None)
+
+    def metadata(self, info: FakeInfo) -> dict[str, str]:
+        return {}
+
+    def network_hash(self, info: FakeInfo) -> str:
+        """A1111's 12-digit hash: of the file's bytes when it exists, else made up from the name."""
+        if info.path.is_file():
+            return hashlib.sha256(info.path.read_bytes()).hexdigest()[:12]
+        return name_hash(info.name)[:10] + "00"
 
     def find_checkpoint(self, name: str) -> FakeInfo:
         return _find(self._checkpoints, name, "checkpoint")
@@ -112,6 +130,20 @@ class FakeRegistry:
 
     def empty_message(self) -> str:
         return empty_models_message(MODELS_DIR)
+
+
+def _lora_group(path: Path) -> str | None:
+    """What the real registry detects from a LoRA file's header (the model group it was made for)."""
+    from pipelines.checkpoint_files import read_safetensors_header
+    from pipelines.errors import ModelLoadError
+    from pipelines.registry import detect_lora_group
+
+    if path.suffix != ".safetensors" or not path.is_file():
+        return None
+    try:
+        return detect_lora_group(read_safetensors_header(path)[0], path.name).family
+    except ModelLoadError:  # a damaged file: found, and refused when it is loaded
+        return None
 
 
 def _find(items: list[FakeInfo], name: str, kind: str) -> FakeInfo:

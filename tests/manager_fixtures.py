@@ -43,6 +43,11 @@ class TinyLoader:
         self.loads: list[str] = []
         self.fail_next: Exception | None = None
 
+    @staticmethod
+    def seed_for(name: str) -> int:
+        """The weights' seed of the tiny checkpoint called ``name``."""
+        return int(name_hash(name), 16) % 1000
+
     def __call__(self, info: Any, dtype: Any, vae: Any = None) -> FakeLoaded:
         if self.fail_next is not None:
             exc, self.fail_next = self.fail_next, None
@@ -52,8 +57,7 @@ class TinyLoader:
             components = tiny_x4_components()
             config = dict(X4_SCHEDULER_CONFIG)
         else:
-            seed = int(name_hash(info.name), 16) % 1000
-            components = {k: v for k, v in tiny_sd15_components(seed).items() if v is not None}
+            components = {k: v for k, v in tiny_sd15_components(self.seed_for(info.name)).items() if v is not None}
             config = dict(SD15_SCHEDULER_CONFIG)
         for module in components.values():
             if hasattr(module, "parameters") and module.dtype != dtype:

@@ -7,15 +7,18 @@ the ladder or the queue.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from ..cache import family_spec
+from ..conditioning import PromptPlan
 from ..families import FamilySpec
 from ..infotext import Note
 from ..progress import ProgressSink, StepReporter
+from ..prompt_encoding import EncodeOptions
 from ..request import GenerationRequest
 from ..samplers import SchedulerTemplates
 from ..upscale import DEFAULT_OVERLAP, DEFAULT_TILE
@@ -36,6 +39,12 @@ class TaskRun:
     step_delay_s: float = 0.0  # test-only: slows each step so that Stop can be clicked
     tile: int = DEFAULT_TILE  # tiled tasks: tile side and overlap, in input pixels
     overlap: int = DEFAULT_OVERLAP
+    # the prompt language (SD tasks): the texts read once per job, how to encode them, the embeddings in reach
+    prompts: PromptPlan | None = None
+    encode_options: EncodeOptions = field(default_factory=EncodeOptions)
+    embeddings: dict[str, Any] = field(default_factory=dict)  # name -> vectors
+    embedding_hash: Callable[[str], str] = lambda name: ""  # A1111's TI hash of an embedding, by name
+    job_cache: dict[Any, Any] = field(default_factory=dict)  # kept across the batches of one job
 
     @property
     def spec(self) -> FamilySpec:

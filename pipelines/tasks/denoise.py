@@ -14,24 +14,40 @@ import torch
 from PIL import Image
 
 from .. import memory
+from ..conditioning import ConditionedCall, conditioned_call, encode_prompts, model_calls
 from ..errors import AtelierError
 from ..infotext import Note
 from ..request import GenerationRequest
 from ..speedups import applied_speedups
+from .base import TaskRun
 
 
-def prompt_arguments(request: GenerationRequest, generators: list[torch.Generator], reporter: Any) -> dict[str, Any]:
-    """The arguments every SD pipeline call of a request shares: prompts, steps, CFG, noise and the step hook."""
-    return dict(
-        prompt=request.prompt,
-        negative_prompt=request.negative_prompt or None,
+def conditioned_arguments(task: TaskRun, reporter: Any, strength: float | None = None) -> ConditionedCall:
+    """The pipeline call's arguments for ``task``: the prompts as A1111 reads them (encoded once per job for each
+    number of UNet calls), steps, CFG, one generator per image, latents out, and the step hook."""
+    request, pipe = task.request, task.pipe
+    calls = model_calls(pipe, request.steps, strength)
+    key = ("conditioning", calls)
+    conditioning = task.job_cache.get(key)
+    if conditioning is None:
+        conditioning = encode_prompts(pipe, task.loaded.family, task.prompts, calls, task.encode_options,
+                                      task.embeddings)
+        task.job_cache[key] = conditioning
+    guidance = request.cfg_scale > 1 and getattr(pipe.unet.config, "time_cond_proj_dim", None) is None
+    call = conditioned_call(pipe, conditioning, len(task.seeds), guidance, reporter, task.encode_options)
+    call.kwargs.update(
         num_inference_steps=request.steps,
         guidance_scale=request.cfg_scale,
-        num_images_per_prompt=len(generators),
-        generator=generators,
+        num_images_per_prompt=len(task.seeds),
+        generator=task.generators(),
         output_type="latent",
-        callback_on_step_end=reporter,
     )
+    call.notes.extend(Note.warn(f"Embedding {name} does not fit this checkpoint (made for another model): its "
+                                "name was read as text") for name in conditioning.skipped_embeddings)
+    hashes = [(name, task.embedding_hash(name)) for name in conditioning.used_embeddings]
+    if hashes:
+        call.notes.append(Note.param("TI hashes", ", ".join(f"{name}: {digest}" for name, digest in hashes if digest)))
+    return call
 
 
 def is_inpaint_model(pipe: Any) -> bool:
@@ -44,13 +60,14 @@ def whole_picture_mask(size: tuple[int, int]) -> Image.Image:
     return Image.new("L", size, 255)
 
 
-def denoise(pipe: Any, kwargs: dict[str, Any], request: GenerationRequest, seeds: list[int],
+def denoise(pipe: Any, call: ConditionedCall, request: GenerationRequest, seeds: list[int],
             notes: list[Note]) -> torch.Tensor:
     """The pipeline call (latents out); NaN latents from a half-precision UNet are redone once in fp32."""
+    notes.extend(call.notes)
     memory.return_freed_memory()  # what the previous batch or job left in the allocator
-    latents = _call(pipe, kwargs, request, notes)
+    latents = _call(pipe, call, request, notes)
     if bool(torch.isnan(latents).any()):
-        latents = _retry_in_fp32(pipe, kwargs, request, seeds, notes)
+        latents = _retry_in_fp32(pipe, call, request, seeds, notes)
     memory.return_freed_memory()  # the denoising loop's freed activations, before the decoder's peak
     return latents
 
@@ -99,26 +116,26 @@ def vae_decode(pipe: Any, latents: torch.Tensor) -> torch.Tensor:
         return vae.decode(latents, return_dict=False)[0]
 
 
-def _call(pipe: Any, kwargs: dict[str, Any], request: GenerationRequest, notes: list[Note]) -> torch.Tensor:
+def _call(pipe: Any, call: ConditionedCall, request: GenerationRequest, notes: list[Note]) -> torch.Tensor:
     """One diffusers call with the request's speed-ups; the offload hooks are freed even after an error."""
     try:
-        with applied_speedups(pipe, request) as speed_notes:
-            latents = pipe(**kwargs).images
+        with call.running(), applied_speedups(pipe, request) as speed_notes:
+            latents = pipe(**call.kwargs).images
         notes.extend(note for note in speed_notes if note not in notes)
         return latents
     finally:
         pipe.maybe_free_model_hooks()
 
 
-def _retry_in_fp32(pipe: Any, kwargs: dict[str, Any], request: GenerationRequest, seeds: list[int],
+def _retry_in_fp32(pipe: Any, call: ConditionedCall, request: GenerationRequest, seeds: list[int],
                    notes: list[Note]) -> torch.Tensor:
     """NaN from the UNet: one retry in fp32 (when running lower), then a clear error."""
     unet_dtype = pipe.unet.dtype
     if unet_dtype != torch.float32:
-        kwargs["generator"] = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+        call.kwargs["generator"] = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
         pipe.to(dtype=torch.float32)
         try:
-            latents = _call(pipe, kwargs, request, notes)
+            latents = _call(pipe, call, request, notes)
         finally:
             pipe.to(dtype=unet_dtype)
         if not bool(torch.isnan(latents).any()):

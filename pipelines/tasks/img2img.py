@@ -11,20 +11,20 @@ from .base import BatchOutput, TaskRun
 
 def run(task: TaskRun) -> BatchOutput:
     request, pipe = task.request, task.pipe
-    # 1. check and prepare inputs: a fresh scheduler, one generator per image, the step hook, the init image
+    # 1. check and prepare inputs: a fresh scheduler, the step hook, the init image
     pipe.scheduler = task.fresh_scheduler()
-    generators = task.generators()
     reporter = task.reporter(request.steps, (request.width, request.height))
     reporter.check_cancel()
     init = resize_init(request.init_image, request.width, request.height, request.resize_mode)
-    # 2. the pipeline call's arguments
-    kwargs = denoise.prompt_arguments(request, generators, reporter)
-    kwargs.update(image=init, strength=request.denoising_strength)
+    # 2. encode the prompt schedule (over the steps img2img really runs) into the call's arguments
+    call = denoise.conditioned_arguments(task, reporter, strength=request.denoising_strength)
+    call.kwargs.update(image=init, strength=request.denoising_strength)
     if denoise.is_inpaint_model(pipe):  # a 9-channel checkpoint: the whole picture is masked
-        kwargs.update(mask_image=denoise.whole_picture_mask(init.size), width=request.width, height=request.height)
+        call.kwargs.update(mask_image=denoise.whole_picture_mask(init.size), width=request.width,
+                           height=request.height)
     # 3. denoise
     notes: list[Note] = []
-    latents = denoise.denoise(pipe, kwargs, request, task.seeds, notes)
+    latents = denoise.denoise(pipe, call, request, task.seeds, notes)
     # 4. decode
     images = denoise.decode(pipe, latents, notes, upcast=task.spec.is_xl)
     return BatchOutput(images, notes)

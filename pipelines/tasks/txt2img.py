@@ -13,20 +13,20 @@ GREY = (127, 127, 127)  # what an inpainting checkpoint repaints when it draws f
 
 def run(task: TaskRun) -> BatchOutput:
     request, pipe = task.request, task.pipe
-    # 1. check and prepare inputs: a fresh scheduler, one generator per image, the step hook
+    # 1. check and prepare inputs: a fresh scheduler, the step hook
     pipe.scheduler = task.fresh_scheduler()
-    generators = task.generators()
     reporter = task.reporter(request.steps, (request.width, request.height))
     reporter.check_cancel()
-    # 2. the pipeline call's arguments
-    kwargs = denoise.prompt_arguments(request, generators, reporter)
+    # 2. encode the prompt schedule (A1111's prompt language) into the call's arguments
+    call = denoise.conditioned_arguments(task, reporter)
     if denoise.is_inpaint_model(pipe):  # a 9-channel checkpoint repaints a grey picture, all of it masked
         size = (request.width, request.height)
-        kwargs.update(image=Image.new("RGB", size, GREY), strength=1.0, mask_image=denoise.whole_picture_mask(size))
-    kwargs.update(width=request.width, height=request.height)
+        call.kwargs.update(image=Image.new("RGB", size, GREY), strength=1.0,
+                           mask_image=denoise.whole_picture_mask(size))
+    call.kwargs.update(width=request.width, height=request.height)
     # 3. denoise
     notes: list[Note] = []
-    latents = denoise.denoise(pipe, kwargs, request, task.seeds, notes)
+    latents = denoise.denoise(pipe, call, request, task.seeds, notes)
     # 4. decode
     images = denoise.decode(pipe, latents, notes, upcast=task.spec.is_xl)
     return BatchOutput(images, notes)
