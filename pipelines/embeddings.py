@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +99,15 @@ def _training_facts(data: Any) -> tuple[int | None, str | None, str | None]:
     checkpoint, checkpoint_name = data.get("sd_checkpoint"), data.get("sd_checkpoint_name")
     return (int(step) if isinstance(step, int) else None, str(checkpoint) if checkpoint else None,
             str(checkpoint_name) if checkpoint_name else None)
+
+
+@dataclass
+class EmbeddingReport:
+    """The installed embeddings as A1111's ``/sdapi/v1/embeddings`` splits them for the current checkpoint."""
+
+    loaded: dict[str, Embedding] = field(default_factory=dict)  # usable with the checkpoint's text encoder(s)
+    skipped: dict[str, Embedding] = field(default_factory=dict)  # made for another model's width
+    skipped_reasons: dict[str, str] = field(default_factory=dict)  # files that are not readable embeddings
 
 
 class EmbeddingLibrary:

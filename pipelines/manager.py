@@ -27,7 +27,7 @@ from . import devices, networks, outputs
 from .cache import CacheEntry, CheckpointCache
 from .catalog import ModelCatalog, Targets
 from .conditioning import JobPrompts, job_prompts
-from .embeddings import EmbeddingLibrary
+from .embeddings import EmbeddingLibrary, EmbeddingReport
 from .errors import Cancelled, InvalidRequest, ModelNotFound, OutOfMemoryEverywhere
 from .infotext import request_infotext
 from .interface import EngineStatus
@@ -35,6 +35,7 @@ from .jobs import Job, JobKind, JobQueue
 from .memory import Ladder, Rung
 from .placement import Placement
 from .progress import ProgressEvent, ProgressState
+from .registry import FAMILY_GROUP
 from .request import GenerationRequest, Result
 from .samplers import SchedulerTemplates
 from .settings import MEMORY_MODES, Settings
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["Job", "PipelineManager"]
 
+TEXT_WIDTHS = {"sd1": (768,), "sd2": (1024,), "sdxl": (768, 1280)}  # text encoder widths per model group
 PROMPT_TASKS = ("txt2img", "img2img")  # tasks that read A1111's prompt language (the x4 upscaler takes plain text)
 
 
@@ -297,6 +299,16 @@ class PipelineManager:
         except Exception:  # an unreadable file shows up when it is loaded
             return ""
 
+    def _text_widths(self) -> tuple[int, ...] | None:
+        """The width(s) of the text encoder(s) an embedding must match: the loaded checkpoint's, else what the
+        default checkpoint's family has; None when unknown."""
+        entry = self.cache.current("checkpoint")
+        if entry is not None:
+            encoders = [entry.components.get(name) for name in ("text_encoder", "text_encoder_2")]
+            return tuple(int(encoder.config.hidden_size) for encoder in encoders if encoder is not None)
+        info = self.default_checkpoint()
+        return TEXT_WIDTHS.get(FAMILY_GROUP.get(getattr(info, "family", None) or "", "")) if info else None
+
     def _embedding_hash(self, name: str) -> str:
         """A1111's 12-digit hash of the embedding file called ``name`` ("" when there is none)."""
         info = next((e for e in self.registry.embeddings() if Path(e.path).stem == name), None)
@@ -327,11 +339,39 @@ class PipelineManager:
         """Make ``name`` ("Automatic" or a models/vae file) the default VAE (raises ``ModelNotFound``)."""
         self.catalog.set_default_vae(name)
 
-    def count_tokens(self, text: str) -> int:
-        """CLIP tokens in ``text`` (for the UI's n/75 counter)."""
-        from .tokenizers import count_tokens
+    def count_tokens(self, text: str) -> tuple[int, int]:
+        """A1111's prompt counter for ``text``: (tokens, limit), the limit growing by 75 with each chunk the text
+        fills ("90/150"). Styles are not applied; ``<lora:...>`` tags and comments are left out, as A1111 does."""
+        from .prompt_encoding import count_prompt_tokens
+        from .prompt_parser import parse_extra_networks, strip_comments
+        from .tokenizers import clip_tokenizer
 
-        return count_tokens(text or "")
+        counted = count_prompt_tokens(clip_tokenizer(), parse_extra_networks(strip_comments(text or ""))[0])
+        return counted.count, counted.limit
+
+    # --- the prompt language's files ------------------------------------------------------------------------
+    def loras(self) -> list[Any]:
+        """LoRA files installed (``<lora:name:weight>`` in a prompt)."""
+        return list(self.registry.loras())
+
+    def lora_metadata(self, info: Any) -> dict[str, str]:
+        """A LoRA file's training metadata (kohya's ``ss_*`` keys), {} when it has none."""
+        return dict(self.registry.metadata(info))
+
+    def embeddings(self) -> EmbeddingReport:
+        """Textual-inversion embeddings installed, split as A1111's ``/embeddings`` does: those the default
+        checkpoint's text encoder can use, and the others (another model's width, or unreadable)."""
+        readable, unreadable = self.embedding_library.readable(list(self.registry.embeddings()))
+        widths = self._text_widths()
+        report = EmbeddingReport(skipped_reasons=dict(unreadable))
+        for embedding in readable:
+            fits = widths is None or embedding.widths == widths
+            (report.loaded if fits else report.skipped)[embedding.name] = embedding
+        return report
+
+    def styles(self) -> list[Any]:
+        """The styles of the styles file (A1111's ``styles.csv``), in file order."""
+        return list(self.catalog.styles().values())
 
     # --- status and settings --------------------------------------------------------------------------------
     def status(self) -> EngineStatus:
@@ -368,7 +408,7 @@ class PipelineManager:
         if "vae" in changes:
             vae = self.catalog.vae(changes["vae"])
             changes["vae"] = vae.name if vae is not None else "Automatic"
-        _check_speedup_settings(changes)
+        check_request_defaults(changes)
         changed = self.settings.update(changes, respect_cli=False)
         resize = "vram_slots" in changed or "ram_slots" in changed
         if resize or "xformers" in changed:
@@ -401,8 +441,12 @@ def _default_vae_loader(info: Any, dtype: Any, loaded: Any) -> Any:
     return load_vae(info, dtype, family=loaded.family, config_dir=config_dir)
 
 
-def _check_speedup_settings(changes: dict[str, Any]) -> None:
-    """Settings changes to the speed-up switches go through the same range checks as a request's fields."""
-    fields = {name: changes[name] for name in ("deep_cache", "deep_cache_interval", "token_merging") if name in changes}
+REQUEST_DEFAULTS = ("deep_cache", "deep_cache_interval", "token_merging", "clip_skip", "emphasis")
+
+
+def check_request_defaults(changes: dict[str, Any]) -> None:
+    """Settings that are request defaults (speed-ups, clip skip, emphasis) go through the same range checks as a
+    request's fields."""
+    fields = {name: changes[name] for name in REQUEST_DEFAULTS if name in changes}
     if fields:
         GenerationRequest.create(**fields)  # raises InvalidRequest naming the field

@@ -19,8 +19,8 @@ from PIL import Image, ImageOps
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from .errors import InvalidRequest
-from .samplers import resolve_sampler
 from .prompt_encoding import EMPHASIS_MODES
+from .samplers import resolve_sampler
 from .settings import DEEP_CACHE_INTERVALS, TOKEN_MERGING_MAX
 
 Task = Literal["txt2img", "img2img", "upscale"]

@@ -413,10 +413,27 @@ class FakeManager:
     def set_default_vae(self, name: str | None) -> None:
         self._catalog.set_default_vae(name)
 
-    def count_tokens(self, text: str) -> int:
-        from pipelines.tokenizers import count_tokens
+    def count_tokens(self, text: str) -> tuple[int, int]:
+        """The real counter's answer (A1111's: tokens, and the limit of the chunks they fill)."""
+        from pipelines.prompt_encoding import count_prompt_tokens
+        from pipelines.tokenizers import clip_tokenizer
 
-        return count_tokens(text or "")
+        counted = count_prompt_tokens(clip_tokenizer(), text or "")
+        return counted.count, counted.limit
+
+    def loras(self) -> list[FakeInfo]:
+        return self.registry.loras()
+
+    def lora_metadata(self, info: FakeInfo) -> dict[str, str]:
+        return {}
+
+    def embeddings(self) -> Any:
+        from pipelines.embeddings import EmbeddingReport
+
+        return EmbeddingReport()
+
+    def styles(self) -> list[Any]:
+        return list(self.catalog.styles().values())
 
     # --- status and settings --------------------------------------------------------------------------------
     def status(self) -> EngineStatus:
@@ -429,8 +446,8 @@ class FakeManager:
 
     def apply_settings(self, changes: dict[str, Any]) -> list[str]:
         """The real manager's range checks on the speed-up switches, then the shared Settings; returns names changed."""
-        from pipelines.manager import _check_speedup_settings
+        from pipelines.manager import check_request_defaults
 
-        _check_speedup_settings(changes)
+        check_request_defaults(changes)
         self.applied.append(dict(changes))
         return self.settings.update(changes, respect_cli=False)

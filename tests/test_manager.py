@@ -615,8 +615,11 @@ def test_fast_setting_on_cpu_keeps_the_pixels(manager):
 
 
 def test_count_tokens_for_the_prompt_counter(manager):
-    assert manager.count_tokens("") == 0
-    assert manager.count_tokens("a photo of a cat") == 5
+    assert manager.count_tokens("") == (0, 75)
+    assert manager.count_tokens("a photo of a cat") == (5, 75)
+    assert manager.count_tokens("a photo of a cat <lora:style:0.8>") == (5, 75)  # tags are not sent to CLIP
+    assert manager.count_tokens(", ".join(["stone"] * 45)) == (89, 150)  # A1111's counter: a second chunk
+    assert manager.count_tokens("a cat BREAK a dog") == (77, 150)  # BREAK closes the first chunk at 75
 
 
 def test_no_checkpoint_installed_says_what_to_do(tmp_path):

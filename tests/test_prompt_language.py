@@ -185,3 +185,13 @@ def test_an_embedding_that_copies_a_word_draws_exactly_that_word(manager, files)
     assert same(by_name, manager.run(req("a castle")))
     ti = parse_infotext(by_name.infotexts[0])["TI hashes"]
     assert ti.startswith("castlecopy: ") and len(ti.split(": ")[1]) == 12
+
+
+def test_the_engine_lists_styles_loras_and_embeddings_for_the_front_doors(manager):
+    manager.run(req("a castle"))  # a checkpoint is loaded: embeddings are judged against its text encoder
+    assert [style.name for style in manager.styles()] == ["Oil", "Moody"]
+    assert {info.name for info in manager.loras()} == {"style", "detail", "xl-only", "broken"}
+    report = manager.embeddings()
+    assert list(report.loaded) == ["castlecopy"] and not report.skipped
+    castle = report.loaded["castlecopy"]
+    assert (castle.vector_count, castle.widths, castle.step, castle.sd_checkpoint_name) == (1, (32,), 42, "tiny-a")

@@ -101,7 +101,8 @@ def count_tokens(text: str, manager: Any = None) -> int:
     counter = getattr(manager, "count_tokens", None)
     try:
         if callable(counter):
-            return int(counter(text))
+            counted = counter(text)
+            return int(counted[0] if isinstance(counted, tuple) else counted)
         from pipelines.tokenizers import count_tokens as clip_count
 
         return int(clip_count(text))
