@@ -43,13 +43,36 @@ def mode_kind(mode: str) -> str:
     return "+".join(part.partition("@")[0] for part in mode.split("+"))
 
 
-ALL_MODES = ("diffusers", "default", "fast", "deep_cache", "token_merging", "deep_cache+token_merging")
+ALL_MODES = ("diffusers", "default", "fast", "deep_cache", "token_merging", "deep_cache+token_merging", "prompt150",
+             "lora")
 DEEP_CACHE_INTERVAL = 3  # --deep-cache-interval
 TOKEN_MERGING_RATIO = 0.5  # --token-merging
 ATELIER_SETTINGS_MODES = {"fast": {"fast": True}}  # modes that need their own manager (different Settings)
 FAMILIES = ("sd15",)
 PROMPT = "a watercolor painting of a lighthouse at dusk, soft light"
 NEGATIVE = "blurry"
+# prompt150: a pasted-from-a-model-page prompt, weighted, edited and two chunks long (~150 CLIP tokens)
+PROMPT150 = ("(masterpiece:1.2), (best quality:1.1), a watercolor painting of a (lighthouse:1.3) at dusk, "
+             "[soft light:golden hour light:0.4], (crashing waves:0.9), rocky shore, seagulls, ((dramatic clouds)), "
+             "[fog], wet sand, reflections, distant sailboat, warm window glow, BREAK "
+             "highly detailed, intricate brushwork, paper texture, (vivid colors:1.15), muted shadows, cinematic "
+             "composition, rule of thirds, wide angle, (volumetric light:0.8), atmospheric perspective, "
+             "by a famous painter, trending, award winning, sharp focus, 8k, depth of field, bokeh, "
+             "(film grain:0.6), high contrast, [[vignette]], soft edges, calm mood")
+LORA_NAME = "bench-lora"
+LORA_TAG = f" <lora:{LORA_NAME}:0.8>"
+LORA_RANK = 16
+FIRST_TIMED = ("lora",)  # modes whose first image is timed too (the LoRA's first load)
+
+
+def mode_prompt(mode: str) -> str:
+    """The prompt a mode sends: the bench prompt, the 150-token weighted one, or the prompt with the LoRA tag."""
+    kind = mode_kind(mode)
+    if kind == "prompt150":
+        return PROMPT150
+    if kind == "lora":
+        return PROMPT + LORA_TAG
+    return PROMPT
 SEED = 1234
 CHECKPOINT_NAME = {"sd15": "bench-sd15", "tiny": "bench-tiny-sd15"}
 
@@ -238,6 +261,38 @@ def ensure_checkpoint(family: str, tiny: bool, work_dir: Path, log: Callable[[st
     return BenchModel(name, path, models_dir, config_dir)
 
 
+def ensure_lora(model: BenchModel, tiny: bool, log: Callable[[str], None]) -> Path:
+    """A kohya-format LoRA (``lora_unet_…``/``lora_te_…``, rank 16, every attention and MLP linear of the UNet's
+    transformer blocks and of the text encoder) for the bench model's shapes, random weights, built once."""
+    import torch
+    from safetensors.torch import save_file
+
+    target = model.models_dir / "loras" / f"{LORA_NAME}.safetensors"
+    if target.exists():
+        return target
+    log(f"building {target.name} (kohya layout, rank {LORA_RANK})")
+    with torch.device("meta"):
+        components = build_components("sd15", tiny)  # shapes only: the weights never exist
+    generator = torch.Generator().manual_seed(7)
+    tensors: dict[str, torch.Tensor] = {}
+
+    def add(prefix: str, name: str, module: torch.nn.Linear) -> None:
+        key = prefix + name.replace(".", "_")
+        tensors[f"{key}.lora_down.weight"] = torch.randn(LORA_RANK, module.in_features, generator=generator) * 0.01
+        tensors[f"{key}.lora_up.weight"] = torch.randn(module.out_features, LORA_RANK, generator=generator) * 0.01
+        tensors[f"{key}.alpha"] = torch.tensor(float(LORA_RANK))
+
+    for name, module in components["unet"].named_modules():
+        if isinstance(module, torch.nn.Linear) and "transformer_blocks" in name:
+            add("lora_unet_", name, module)
+    for name, module in components["text_encoder"].named_modules():
+        if isinstance(module, torch.nn.Linear) and ("self_attn" in name or "mlp" in name):
+            add("lora_te_text_model_", name.removeprefix("text_model."), module)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(target), metadata={"ss_network_dim": str(LORA_RANK)})
+    return target
+
+
 # --- plain diffusers ------------------------------------------------------------------------------------------
 def run_plain_diffusers(model: BenchModel, size: int, steps: int, cfg: float, repeats: int,
                         keep: dict[str, Any] | None = None, start_s: float = 0.0) -> Measurement:
@@ -399,7 +454,7 @@ def atelier_request(model: BenchModel, size: int, steps: int, cfg: float, mode: 
 
     interval, ratio = speedup_switches(mode)
     return GenerationRequest.create(
-        prompt=PROMPT, negative_prompt=NEGATIVE, sampler="Euler", steps=steps, cfg_scale=cfg, width=size,
+        prompt=mode_prompt(mode), negative_prompt=NEGATIVE, sampler="Euler", steps=steps, cfg_scale=cfg, width=size,
         height=size, seed=SEED, checkpoint=model.name, deep_cache=interval is not None,
         deep_cache_interval=interval, token_merging=ratio,
     )
@@ -509,7 +564,7 @@ def api_body(size: int, steps: int, cfg: float, mode: str) -> dict[str, Any]:
         overrides.update(deep_cache=True, deep_cache_interval=interval)
     if ratio > 0:
         overrides["token_merging_ratio"] = ratio
-    return {"prompt": PROMPT, "negative_prompt": NEGATIVE, "sampler_name": "Euler", "steps": steps,
+    return {"prompt": mode_prompt(mode), "negative_prompt": NEGATIVE, "sampler_name": "Euler", "steps": steps,
             "cfg_scale": cfg, "width": size, "height": size, "seed": SEED, "override_settings": overrides}
 
 
@@ -753,7 +808,8 @@ def bench_size(family: str, size: int, model: BenchModel, args: argparse.Namespa
         try:
             with atelier_session(args.via, model, work_dir, changes, size, args, printer.log) as run_mode:
                 for i, mode in enumerate(modes):
-                    measure(mode, lambda mode=mode, i=i: run_mode(mode, i == 0))
+                    timed_first = i == 0 or mode_kind(mode) in FIRST_TIMED
+                    measure(mode, lambda mode=mode, first=timed_first: run_mode(mode, first))
                     twin(mode)
         except Exception as exc:  # the server or manager did not come up: say so on each of its lines
             for mode in modes:
@@ -769,6 +825,11 @@ def bench_size(family: str, size: int, model: BenchModel, args: argparse.Namespa
         m = results[mode]
         ref, ref_name = (reference, reference_name) if mode != reference_name else (base, "diffusers")
         record = record_for(m, family, size, args, base, ref, ref_name, twins.get(mode))
+        default = results.get("default")
+        if mode_kind(mode) in ("prompt150", "lora") and default is not None:
+            # what the prompt language costs: against Atelier's own default image (same server, same model)
+            record["ratio_vs_default"] = _ratio(m.image_s, default.image_s)
+            record["ratio_rss_vs_default"] = _ratio(m.peak_rss, default.peak_rss)
         record["threads"] = torch.get_num_threads()
         printer.emit(record)
         records.append(record)
@@ -808,6 +869,8 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         for family in args.families:
             model = ensure_checkpoint(family, args.tiny, work_dir, printer.log)
+            if any(mode_kind(mode) == "lora" for mode in args.modes):
+                ensure_lora(model, args.tiny, printer.log)
             for size in args.sizes:
                 bench_size(family, size, model, args, work_dir, printer)
         printer.log(f"done in {time.perf_counter() - started:.0f} s")
