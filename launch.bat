@@ -6,12 +6,14 @@ rem   launch.bat --exit               set up only
 rem   launch.bat --test [pytest args] set up (plus test requirements), then run the test suite
 rem   launch.bat --help               launcher flags, then app.py's flags
 rem
-rem Environment: ATELIER_PYTHON (interpreter used to create .venv), TORCH_COMMAND (replaces the torch install,
-rem as in A1111), ATELIER_TORCH_CUDA (CUDA wheel tag, default below).
+rem Environment: ATELIER_PYTHON (interpreter used to create .venv), TORCH_COMMAND (replaces the torch and
+rem torchvision install, as in A1111), ATELIER_TORCH_CUDA (CUDA wheel tag, default below).
 setlocal EnableExtensions EnableDelayedExpansion
 
-rem The torch pin: the same version as the TORCH_VERSION line of launch.sh (a test checks both agree).
-set "TORCH_VERSION=2.13.0"
+rem The torch and torchvision pins, a pair: the same as launch.sh's TORCH_VERSION and TORCHVISION_VERSION lines
+rem (a test checks both agree); spandrel (upscaler models) needs a torchvision built for this torch.
+set "TORCH_VERSION=2.14.1"
+set "TORCHVISION_VERSION=0.29.1"
 set "TORCH_CUDA_DEFAULT=cu128"
 set "TORCH_INDEX=https://download.pytorch.org/whl"
 
@@ -71,8 +73,10 @@ if not exist "%VENV_PY%" (
 
 rem --- installs ----------------------------------------------------------------------------------------------
 echo --- %DATE% %TIME% launch.bat %* >> "%LOG%" || (call :fail "cannot write to .venv: check free disk space and permissions." & exit /b 1)
+set "INSTALLED=0"
 call :install_torch || exit /b 1
 call :install_requirements requirements requirements.txt || exit /b 1
+call :check_upscalers
 call :install_xformers
 
 if "%MODE%"=="exit" (
@@ -144,6 +148,7 @@ exit /b 1
 :install_torch
 set "TORCH_FALLBACK="
 if not defined ATELIER_TORCH_CUDA set "ATELIER_TORCH_CUDA=%TORCH_CUDA_DEFAULT%"
+set "PAIR=torch==%TORCH_VERSION% torchvision==%TORCHVISION_VERSION%"
 if defined TORCH_COMMAND (
     set "TORCH_NOTE=TORCH_COMMAND is set: %TORCH_COMMAND%"
     set "TORCH_CMD=%TORCH_COMMAND:python -m =%"
@@ -151,12 +156,12 @@ if defined TORCH_COMMAND (
 ) else (
     nvidia-smi >nul 2>&1
     if not errorlevel 1 (
-        set "TORCH_NOTE=detected NVIDIA GPU: installing torch %TORCH_VERSION%, CUDA build !ATELIER_TORCH_CUDA!"
-        set "TORCH_CMD=install torch==%TORCH_VERSION% --extra-index-url %TORCH_INDEX%/!ATELIER_TORCH_CUDA!"
+        set "TORCH_NOTE=detected NVIDIA GPU: installing torch %TORCH_VERSION% + torchvision %TORCHVISION_VERSION%, CUDA build !ATELIER_TORCH_CUDA!"
+        set "TORCH_CMD=install !PAIR! --extra-index-url %TORCH_INDEX%/!ATELIER_TORCH_CUDA!"
     ) else (
-        set "TORCH_NOTE=no GPU detected: installing torch %TORCH_VERSION%, CPU build (images will be slow)"
-        set "TORCH_CMD=install torch==%TORCH_VERSION% --index-url %TORCH_INDEX%/cpu --timeout 15 --retries 1"
-        set "TORCH_FALLBACK=install torch==%TORCH_VERSION%"
+        set "TORCH_NOTE=no GPU detected: installing torch %TORCH_VERSION% + torchvision %TORCHVISION_VERSION%, CPU build (images will be slow)"
+        set "TORCH_CMD=install !PAIR! --index-url %TORCH_INDEX%/cpu --timeout 15 --retries 1"
+        set "TORCH_FALLBACK=install !PAIR!"
     )
 )
 call :stamped "torch=!TORCH_CMD!" && exit /b 0
@@ -166,16 +171,22 @@ if not defined TORCH_FALLBACK (
 ) else (
     "%VENV_PY%" -m pip !TORCH_CMD! >> "%LOG%" 2>&1
     if errorlevel 1 (
-        echo Atelier: PyTorch's CPU index cannot be reached: installing torch %TORCH_VERSION% from the default index
+        echo Atelier: PyTorch's CPU index cannot be reached: installing torch %TORCH_VERSION% + torchvision %TORCHVISION_VERSION% from the default index
         call :pip_run torch !TORCH_FALLBACK! || exit /b 1
     )
 )
-for /f "delims=" %%T in ('"%VENV_PY%" -c "import torch; print(torch.__version__)" 2^>nul') do set "TORCH_INSTALLED=%%T"
+rem The distributions' versions, not torch.__version__: that carries a build tag (2.14.1+cu130) the registry's
+rem wheel does not, and a constraint with it matches nothing.
+for /f "delims=" %%T in ('"%VENV_PY%" -c "import importlib.metadata as m, torch; print(m.version(torch.__name__))" 2^>nul') do set "TORCH_INSTALLED=%%T"
 if not defined TORCH_INSTALLED (call :fail "torch was installed but does not import (log: .venv\atelier-install.log): remove .venv and run again." & exit /b 1)
 echo Atelier: torch !TORCH_INSTALLED! ready
-rem Later installs must never swap this torch for another build.
+rem Later installs must never swap this torch (or its torchvision) for another build.
 echo torch==!TORCH_INSTALLED!> "%CONSTRAINTS%"
+set "VISION_INSTALLED="
+for /f "delims=" %%V in ('"%VENV_PY%" -c "import importlib.metadata as m, torchvision; print(m.version(torchvision.__name__))" 2^>nul') do set "VISION_INSTALLED=%%V"
+if defined VISION_INSTALLED echo torchvision==!VISION_INSTALLED!>> "%CONSTRAINTS%"
 call :stamp "torch=!TORCH_CMD!"
+set "INSTALLED=1"
 exit /b 0
 
 :install_requirements
@@ -186,6 +197,14 @@ call :stamped "%~1=!HASH!" && exit /b 0
 echo Atelier: installing %~2
 call :pip_run %~2 install -q -r "%ROOT%\%~2" -c "%CONSTRAINTS%" || exit /b 1
 call :stamp "%~1=!HASH!"
+set "INSTALLED=1"
+exit /b 0
+
+:check_upscalers
+rem after an install: spandrel (upscaler models) imports only beside a torchvision matching torch
+if not "%INSTALLED%"=="1" exit /b 0
+"%VENV_PY%" -c "import spandrel" >> "%LOG%" 2>&1
+if errorlevel 1 echo Atelier: WARNING: spandrel does not import ^(log: .venv\atelier-install.log^): ESRGAN-family upscaler models will not load. torch and torchvision must be a matching pair: remove .venv and run again, or set TORCH_COMMAND to install both.
 exit /b 0
 
 :install_xformers

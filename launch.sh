@@ -6,12 +6,16 @@
 #   ./launch.sh --test [pytest args]   set up (plus test requirements), then run the test suite
 #   ./launch.sh --help             launcher flags, then app.py's flags
 #
-# Environment: ATELIER_PYTHON (interpreter used to create .venv), TORCH_COMMAND (replaces the torch install,
-# as in A1111: "pip install torch==... --index-url ..."), ATELIER_TORCH_CUDA (CUDA wheel tag, default below).
+# Environment: ATELIER_PYTHON (interpreter used to create .venv), TORCH_COMMAND (replaces the torch and torchvision
+# install, as in A1111: "pip install torch==... torchvision==... --index-url ..."), ATELIER_TORCH_CUDA (CUDA wheel
+# tag, default below).
 set -u
 
-# The one place where the torch version is pinned (launch.bat reads the same line; a test checks both agree).
-TORCH_VERSION=2.13.0
+# The one place where torch and torchvision are pinned, as a pair (launch.bat reads the same lines; a test checks
+# both agree). spandrel (upscaler models) imports torchvision, and a torchvision built for another torch does not
+# import ("operator torchvision::nms does not exist"), so every path below installs both together.
+TORCH_VERSION=2.14.1
+TORCHVISION_VERSION=0.29.1
 TORCH_CUDA_DEFAULT=cu128
 TORCH_INDEX=https://download.pytorch.org/whl
 
@@ -37,7 +41,7 @@ Launcher flags:
 
 Environment:
   ATELIER_PYTHON    Python 3.10-3.12 used to create .venv (default: 3.11 when present)
-  TORCH_COMMAND     replaces the torch install, e.g. "pip install torch==2.13.0 --index-url URL"
+  TORCH_COMMAND     replaces the torch install, e.g. "pip install torch==2.14.1 torchvision==0.29.1 --index-url URL"
   ATELIER_TORCH_CUDA  CUDA build of torch on NVIDIA machines (default cu128)
 
 All other flags go to app.py:
@@ -128,16 +132,18 @@ choose_torch() {  # sets TORCH_CMD and TORCH_FALLBACK (pip arguments; the fallba
         return
     fi
     local gpu cuda="${ATELIER_TORCH_CUDA:-$TORCH_CUDA_DEFAULT}"
+    local pair="torch==$TORCH_VERSION torchvision==$TORCHVISION_VERSION"
     if gpu="$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1)" && [ -n "$gpu" ]; then
-        TORCH_NOTE="detected NVIDIA GPU ($gpu): installing torch $TORCH_VERSION, CUDA build $cuda"
-        TORCH_CMD="install torch==$TORCH_VERSION --extra-index-url $TORCH_INDEX/$cuda"
+        TORCH_NOTE="detected NVIDIA GPU ($gpu): installing torch $TORCH_VERSION + torchvision $TORCHVISION_VERSION, CUDA build $cuda"
+        TORCH_CMD="install $pair --extra-index-url $TORCH_INDEX/$cuda"
     elif [ "$(uname -s)" = Darwin ] && [ "$(uname -m)" = arm64 ]; then
-        TORCH_NOTE="detected Apple silicon: installing torch $TORCH_VERSION (default wheel, MPS)"
-        TORCH_CMD="install torch==$TORCH_VERSION"
+        TORCH_NOTE="detected Apple silicon: installing torch $TORCH_VERSION + torchvision $TORCHVISION_VERSION (default wheels, MPS)"
+        TORCH_CMD="install $pair"
     else
-        TORCH_NOTE="no GPU detected: installing torch $TORCH_VERSION, CPU build (images will be slow)"
-        TORCH_CMD="install torch==$TORCH_VERSION --index-url $TORCH_INDEX/cpu --timeout 15 --retries 1"
-        TORCH_FALLBACK="install torch==$TORCH_VERSION"
+        TORCH_NOTE="no GPU detected: installing torch $TORCH_VERSION + torchvision $TORCHVISION_VERSION, CPU build (images will be slow)"
+        TORCH_CMD="install $pair --index-url $TORCH_INDEX/cpu --timeout 15 --retries 1"
+        # The default index's wheels of this pair are CUDA builds that also run on a CPU (larger download).
+        TORCH_FALLBACK="install $pair"
     fi
 }
 
@@ -149,16 +155,24 @@ install_torch() {
     if [ -z "$TORCH_FALLBACK" ]; then
         pip_run torch $TORCH_CMD
     elif ! "$VENV_PY" -m pip $TORCH_CMD >>"$LOG" 2>&1; then
-        say "PyTorch's CPU index cannot be reached: installing torch $TORCH_VERSION from the default index"
+        say "PyTorch's CPU index cannot be reached: installing torch $TORCH_VERSION + torchvision $TORCHVISION_VERSION from the default index"
         pip_run torch $TORCH_FALLBACK
     fi
-    local version
-    version="$("$VENV_PY" -c 'import torch; print(torch.__version__)' 2>>"$LOG")" \
+    local version vision
+    # The distributions' versions, not torch.__version__: that carries a build tag (2.14.1+cu130) the registry's
+    # wheel does not, and a constraint with it matches nothing.
+    version="$("$VENV_PY" -c 'import importlib.metadata as m, torch; print(m.version(torch.__name__))' 2>>"$LOG")" \
         || fail "torch was installed but does not import (log: .venv/atelier-install.log): remove .venv and run again."
     say "torch $version ready"
-    # Later installs must never swap this torch for another build (PyPI's Linux wheel is a multi-GB CUDA one).
+    # Later installs must never swap this torch (or its torchvision) for another build (PyPI's Linux wheel is a
+    # multi-GB CUDA one). A TORCH_COMMAND without torchvision leaves it to requirements.txt (spandrel needs it).
     echo "torch==$version" >"$CONSTRAINTS"
+    if vision="$("$VENV_PY" -c 'import importlib.metadata as m, torchvision; print(m.version(torchvision.__name__))' \
+            2>>"$LOG")"; then
+        echo "torchvision==$vision" >>"$CONSTRAINTS"
+    fi
     stamp "torch=$TORCH_CMD"
+    INSTALLED=1
 }
 
 install_requirements() {  # install_requirements KEY FILE
@@ -168,6 +182,13 @@ install_requirements() {  # install_requirements KEY FILE
     say "installing $2"
     pip_run "$2" install -q -r "$ROOT/$2" -c "$CONSTRAINTS"
     stamp "$line"
+    INSTALLED=1
+}
+
+check_upscalers() {  # after an install: spandrel (upscaler models) imports only beside a torchvision matching torch
+    if [ "$INSTALLED" = 1 ] && ! "$VENV_PY" -c 'import spandrel' >>"$LOG" 2>&1; then
+        say "WARNING: spandrel does not import (log: .venv/atelier-install.log): ESRGAN-family upscaler models will not load. torch and torchvision must be a matching pair: remove .venv and run again, or set TORCH_COMMAND to install both."
+    fi
 }
 
 install_xformers() {  # optional, NVIDIA only, and only a prebuilt wheel that fits the installed torch
@@ -183,8 +204,10 @@ install_xformers() {  # optional, NVIDIA only, and only a prebuilt wheel that fi
 }
 
 echo "--- $(date) ./launch.sh $*" >>"$LOG" 2>/dev/null || fail "cannot write to .venv: check free disk space and permissions."
+INSTALLED=0
 install_torch
 install_requirements requirements requirements.txt
+check_upscalers
 install_xformers
 
 case "$MODE" in

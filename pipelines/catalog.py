@@ -4,6 +4,11 @@ A request may name a model by ``name``, ``name [hash]`` or file name, or leave i
 checkpoint chosen in the UI, the VAE menu's "Automatic", the first installed SD x4 upscaler). An unknown name is a
 ``ModelNotFound`` that names the request field. The registry answers what is installed; this room adds the
 defaults and the field names.
+
+Upscalers are one list (``registry.all_upscalers``: built-ins, ESRGAN-family files, SD x4 folders); the hires fix
+also takes A1111's latent modes (``request.LATENT_UPSCALE_MODES``). The hires fix and the SD upscale script take a
+pixel upscaler only (a built-in or a model file): the SD x4 upscaler is a second diffusion model, which A1111 does
+not offer there either.
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ from typing import Any
 
 from .errors import ModelNotFound
 from .prompt_parser import PromptStyle, load_styles
-from .request import GenerationRequest
+from .registry import UPSCALER_SD_X4
+from .request import LATENT_UPSCALE_MODES, GenerationRequest, check_upscale_target
 from .settings import Settings
 from .upscale import no_upscaler_error
 
@@ -31,6 +37,7 @@ class Targets:
 
     checkpoint: Any  # ModelInfo of the checkpoint (or of the upscaler for task "upscale")
     vae: Any = None  # ModelInfo of an external VAE, or None for the checkpoint's own
+    upscaler: Any = None  # the pixel upscaler of a hires fix or an SD upscale (None: a latent mode, or none)
 
 
 class ModelCatalog:
@@ -70,11 +77,20 @@ class ModelCatalog:
         return styles
 
     def resolve(self, request: GenerationRequest) -> Targets:
-        """The checkpoint (or upscaler) and external VAE ``request`` will run with."""
+        """The checkpoint (or upscaler) and external VAE ``request`` will run with, and the pixel upscaler of a hires
+        fix or SD upscale. Raises ``ModelNotFound``/``InvalidRequest`` naming the field."""
         if request.task == "upscale":
-            return Targets(self.upscaler(request.upscaler))
+            info = self.upscaler(request.upscaler)
+            if getattr(info, "family", None) != UPSCALER_SD_X4:  # the SD x4 path keeps its own 4x (and limits)
+                check_upscale_target(request, float(getattr(info, "scale", None) or 4))
+            return Targets(info)
         vae_name = request.vae if request.vae is not None else self.settings.vae
-        return Targets(self.checkpoint(request.checkpoint), self.vae(vae_name))
+        targets = Targets(self.checkpoint(request.checkpoint), self.vae(vae_name))
+        if request.task == "txt2img" and request.enable_hr and request.hr_upscaler not in LATENT_UPSCALE_MODES:
+            targets.upscaler = self.pixel_upscaler(request.hr_upscaler, "hr_upscaler", latent=True)
+        if request.sd_upscale:
+            targets.upscaler = self.pixel_upscaler(request.sd_upscale_upscaler, "sd_upscale_upscaler")
+        return targets
 
     def checkpoint(self, name: str | None) -> Any:
         """The checkpoint called ``name``, or the default one for None/""."""
@@ -99,6 +115,22 @@ class ModelCatalog:
         if not installed:
             raise no_upscaler_error()
         return installed[0]
+
+    def pixel_upscaler(self, name: str, field_name: str, latent: bool = False) -> Any:
+        """A built-in or ESRGAN-family upscaler called ``name`` for ``field_name`` (the hires fix's, ``latent``: the
+        latent modes are named in the message too); ``ModelNotFound`` listing the ones that can be used."""
+        everything = list(self.registry.all_upscalers())
+        usable = [info for info in everything if getattr(info, "family", None) != UPSCALER_SD_X4]
+        try:
+            info = self.registry.find_upscaler(name)
+        except ModelNotFound:
+            info = None
+        if info is not None and getattr(info, "family", None) != UPSCALER_SD_X4:
+            return info
+        names = [*(LATENT_UPSCALE_MODES if latent else ()), *(i.name for i in usable)]
+        why = ("is the SD x4 upscaler, a diffusion model of its own, which cannot be used here" if info is not None
+               else "is not installed")
+        raise ModelNotFound(f"The upscaler {name!r} {why}. Available: {', '.join(names)}.", field=field_name)
 
     def default_checkpoint(self) -> Any | None:
         """The checkpoint used when a request names none: the setting, else the first installed usable one."""

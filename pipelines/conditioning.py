@@ -198,6 +198,7 @@ class JobPrompts:
     options: EncodeOptions
     embeddings: dict[str, Any] = field(default_factory=dict)  # name -> vectors, those the texts may use
     notes: list[Note] = field(default_factory=list)  # the Lora hashes, and warnings (a LoRA or style not found)
+    hires_plan: PromptPlan | None = None  # the hires fix's own prompts (hr_prompt / hr_negative_prompt), if any
 
 
 def job_prompts(request: GenerationRequest, settings: Any, styles: Mapping[str, PromptStyle], registry: Any,
@@ -214,11 +215,22 @@ def job_prompts(request: GenerationRequest, settings: Any, styles: Mapping[str, 
     notes = [Note.warn(text) for text in (*plan.warnings, *missing)]
     if uses and (hashes := lora_hashes(uses, registry.network_hash)) is not None:
         notes.append(hashes)
+    hires_plan = None
+    if request.task == "txt2img" and request.enable_hr and (request.hr_prompt or request.hr_negative_prompt):
+        hires_plan = read_prompts(request.hr_prompt or request.prompt,
+                                  request.hr_negative_prompt or request.negative_prompt, list(request.styles), styles)
+        # One set of LoRAs serves both passes (they are switched on once per batch): the hires prompt's tags that
+        # the first prompt does not have are said, not applied.
+        first = {tag.name for tag in plan.prepared.networks}
+        notes.extend(Note.warn(f"LoRA {tag.name} of the hires prompt not applied: the hires pass uses the first "
+                               "prompt's LoRAs") for tag in hires_plan.prepared.networks if tag.name not in first)
     embeddings: dict[str, Any] = {}
     if library is not None:
         text = f"{plan.prepared.prompt}\n{plan.prepared.negative_prompt}".lower()
+        if hires_plan is not None:
+            text += f"\n{hires_plan.prepared.prompt}\n{hires_plan.prepared.negative_prompt}".lower()
         named = [info for info in registry.embeddings() if Path(info.path).stem.lower() in text]
         readable, unreadable = library.readable(named)
         embeddings = {embedding.name: embedding.vectors for embedding in readable}
         notes.extend(Note.warn(f"Embedding {name} not used: {reason}") for name, reason in unreadable.items())
-    return JobPrompts(plan, uses, options, embeddings, notes)
+    return JobPrompts(plan, uses, options, embeddings, notes, hires_plan)

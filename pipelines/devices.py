@@ -125,11 +125,18 @@ def free_memory(device: torch.device) -> None:
         torch.mps.empty_cache()
 
 
+# What PyTorch's allocators say when they run out: CUDA/MPS "out of memory"; the CPU allocator
+# "DefaultCPUAllocator: can't allocate memory: you tried to allocate N bytes" (a RuntimeError, not OutOfMemoryError).
+_OOM_TEXTS = ("out of memory", "can't allocate memory", "defaultcpuallocator")
+
+
 def is_oom(exc: BaseException) -> bool:
-    """True for PyTorch's out-of-memory errors on any backend (CUDA raises ``torch.OutOfMemoryError``)."""
-    if isinstance(exc, torch.OutOfMemoryError):
+    """True for PyTorch's out-of-memory errors on any backend, the CPU's included (CUDA raises
+    ``torch.OutOfMemoryError``; the CPU allocator a ``RuntimeError`` saying it "can't allocate memory")."""
+    if isinstance(exc, torch.OutOfMemoryError | MemoryError):
         return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(hint in text for hint in _OOM_TEXTS)
 
 
 def total_ram() -> int:

@@ -129,12 +129,16 @@ class Note:
 
 def request_infotext(request: GenerationRequest, *, seed: int, size: tuple[int, int], model: str,
                      model_hash: str | None, vae: str | None = None, vae_hash: str | None = None,
-                     notes: Iterable[Note] = (), prompt: str | None = None, negative_prompt: str | None = None) -> str:
+                     notes: Iterable[Note] = (), prompt: str | None = None, negative_prompt: str | None = None,
+                     postprocess: bool = False) -> str:
     """The infotext of one image of ``request``: A1111's keys for the task, then the notes that are parameters.
 
     ``size`` is the image's own (an upscale's output size); ``vae`` is an external VAE's name (None: the
-    checkpoint's own); ``prompt``/``negative_prompt`` the texts as run (styles applied), else the request's."""
+    checkpoint's own); ``prompt``/``negative_prompt`` the texts as run (styles applied), else the request's.
+    ``postprocess``: an upscale by a pixel upscaler (``postprocess_infotext``)."""
     extra = {note.infotext_key: note.infotext_value for note in notes if note.infotext_key}
+    if postprocess:
+        return postprocess_infotext(request, size, model, extra)
     if request.task == "upscale":
         params = generation_params(
             steps=request.steps, sampler=request.sampler, schedule=request.scheduler, cfg_scale=request.cfg_scale,
@@ -142,14 +146,56 @@ def request_infotext(request: GenerationRequest, *, seed: int, size: tuple[int, 
             noise_level=request.noise_level, extra=extra,
         )
     else:
+        hires = request.task == "txt2img" and request.enable_hr
         params = generation_params(
             steps=request.steps, sampler=request.sampler, schedule=request.scheduler, cfg_scale=request.cfg_scale,
             seed=seed, width=request.width, height=request.height, model_hash=model_hash, model=model, vae=vae,
-            vae_hash=vae_hash, denoising_strength=request.denoising_strength if request.task == "img2img" else None,
-            extra=extra,
+            vae_hash=vae_hash,
+            denoising_strength=request.denoising_strength if request.task == "img2img" or hires else None,
+            extra={**({"Tiling": "True"} if request.tiling else {}), **(hires_params(request) if hires else {}),
+                   **extra},
         )
     return build_infotext(request.prompt if prompt is None else prompt,
                           request.negative_prompt if negative_prompt is None else negative_prompt, params)
+
+
+def hires_params(request: GenerationRequest) -> dict[str, Any]:
+    """A hires fix's keys in A1111's order and spelling (``processing.StableDiffusionProcessingTxt2Img.init``):
+    ``Hires sampler``/``Hires schedule type`` when they differ from the first pass's, ``Hires prompt``/``Hires
+    negative prompt`` when given, ``Hires upscale`` (or ``Hires resize: WxH`` when a resize size is given),
+    ``Hires steps`` when set, ``Hires upscaler``."""
+    params: dict[str, Any] = {}
+    if request.hr_sampler_name is not None and request.hr_sampler_name != request.sampler:
+        params["Hires sampler"] = request.hr_sampler_name
+    if request.hr_scheduler is not None and request.hr_scheduler != request.scheduler:
+        params["Hires schedule type"] = request.hr_scheduler
+    if request.hr_prompt and request.hr_prompt != request.prompt:
+        params["Hires prompt"] = request.hr_prompt
+    if request.hr_negative_prompt and request.hr_negative_prompt != request.negative_prompt:
+        params["Hires negative prompt"] = request.hr_negative_prompt
+    if request.hr_resize_x == 0 and request.hr_resize_y == 0:
+        params["Hires upscale"] = float(request.hr_scale)
+    else:
+        params["Hires resize"] = f"{request.hr_resize_x}x{request.hr_resize_y}"
+    if request.hr_second_pass_steps:
+        params["Hires steps"] = request.hr_second_pass_steps
+    params["Hires upscaler"] = request.hr_upscaler
+    return params
+
+
+def postprocess_infotext(request: GenerationRequest, size: tuple[int, int], upscaler: str,
+                         extra: dict[str, Any]) -> str:
+    """The infotext of a picture a pixel upscaler enlarged (A1111's extras): the source picture's own parameters
+    when it carried them, with A1111's ``Postprocess ...`` keys (``extra``) added to their last line; else those keys
+    with the size and version."""
+    pairs = {key: value for key, value in extra.items() if key}
+    pairs.setdefault("Postprocess upscaler", upscaler)
+    source = getattr(request.image, "info", {}).get("parameters") if request.image is not None else None
+    if isinstance(source, str) and source.strip():
+        added = ", ".join(f"{key}: {quote(value)}" for key, value in pairs.items() if value not in (None, ""))
+        return f"{source.rstrip()}, {added}"
+    params = {"Size": f"{size[0]}x{size[1]}", **pairs, "Version": f"atelier-{ATELIER_VERSION}"}
+    return build_infotext("", "", params)
 
 
 def parse_infotext(text: str) -> dict[str, Any]:

@@ -5,10 +5,12 @@ It owns the rooms and runs one job at a time through them::
     submit → jobs.JobQueue (FIFO, one worker) → _generate:
         resolve names (registry) → cache.checkout(checkpoint, vae) → placement.choose (memory rung)
         for each batch: placement.prepare → tasks.run_task (OOM → next rung, retry) → _save (infotext, PNG)
+    (an upscale by a pixel upscaler needs no checkpoint: _upscale_pixels → tasks.run_task → _save)
 
 Each room has one reason to change: ``jobs.py`` the queue, ``progress.py`` step reports, ``placement.py`` the
 memory ladder and ``--fast``, ``tasks/`` what each task computes, ``cache.py`` what is loaded, ``registry.py`` what
-is installed and its hashes, ``infotext.py`` and ``outputs.py`` what is written.
+is installed and its hashes, ``upscalers.py`` the pixel upscalers' models and runs, ``infotext.py`` and
+``outputs.py`` what is written.
 
 Cancel is cooperative: the step hook raises ``Cancelled`` (never ``pipe._interrupt``, which would still decode and
 save a half-done image); batches finished before the stop are already on disk and kept.
@@ -35,12 +37,13 @@ from .jobs import Job, JobKind, JobQueue
 from .memory import Ladder, Rung
 from .placement import Placement
 from .progress import ProgressEvent, ProgressState
-from .registry import FAMILY_GROUP
-from .request import GenerationRequest, Result
+from .registry import FAMILY_GROUP, UPSCALER_SD_X4
+from .request import LATENT_UPSCALE_MODES, GenerationRequest, Result
 from .samplers import SchedulerTemplates
 from .settings import MEMORY_MODES, Settings
 from .tasks import BatchOutput, TaskRun, run_task
 from .upscale import DEFAULT_OVERLAP, DEFAULT_TILE
+from .upscalers import PixelUpscaler, UpscalerLibrary
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +75,7 @@ class PipelineManager:
         self.embedding_library = EmbeddingLibrary()
         self.upscale_tile = DEFAULT_TILE
         self.upscale_overlap = DEFAULT_OVERLAP
+        self.upscalers_library = UpscalerLibrary(lambda: self.placement.choice)
         self.last_rung: str | None = None
         self.jobs = JobQueue(self._run_job, lambda: self.settings.queue_size)
 
@@ -146,6 +150,9 @@ class PipelineManager:
         request = job.request
         # 1. Resolve names again: a model may have gone since submit.
         targets = self.catalog.resolve(request)
+        if request.task == "upscale" and getattr(targets.checkpoint, "family", None) != UPSCALER_SD_X4:
+            return self._upscale_pixels(job, targets)
+        upscaler = self.upscalers_library.bind(targets.upscaler) if targets.upscaler is not None else None
         seed = request.resolved_seed()
         self.registry.hash_soon(targets.checkpoint)  # for the infotext: read while the model loads and runs
         result = Result(request=request, checkpoint=targets.checkpoint.name)
@@ -169,7 +176,7 @@ class PipelineManager:
             for batch_index, seeds in enumerate(batches):
                 try:
                     output, rung = self._run_batch(job, entry, rung, seeds, batch_index, len(batches), result,
-                                                   prompts, job_cache)
+                                                   prompts, job_cache, upscaler)
                 except Cancelled:
                     if not result.images:
                         raise
@@ -178,6 +185,10 @@ class PipelineManager:
                     break
                 result.mode = rung
                 self._save(job, targets, output, seeds, result, prompts)
+                if output.cancelled:  # Stop in a later pass: the earlier pass's pictures were kept
+                    result.cancelled = True
+                    result.notes.append("Stopped during the hires pass; the first pass's picture was kept.")
+                    break
                 if job.cancel_requested and batch_index + 1 < len(batches):
                     result.cancelled = True
                     break
@@ -187,20 +198,25 @@ class PipelineManager:
 
     def _run_batch(self, job: Job, entry: CacheEntry, rung: Rung, seeds: list[int], batch_index: int,
                    batch_count: int, result: Result, prompts: JobPrompts | None = None,
-                   job_cache: dict | None = None) -> tuple[BatchOutput, Rung]:
+                   job_cache: dict | None = None, upscaler: PixelUpscaler | None = None) -> tuple[BatchOutput, Rung]:
         """Run one batch; on out-of-memory free memory, step one rung down and retry with fresh generators."""
         prompt_fields = {} if prompts is None else dict(
             prompts=prompts.plan, encode_options=prompts.options, embeddings=prompts.embeddings,
-            embedding_hash=self._embedding_hash)
+            embedding_hash=self._embedding_hash, hires_prompts=prompts.hires_plan)
         while True:
             devices.reset_peak(self.choice.device)
             try:
                 pipe = self._prepare(job, entry, rung, result, prompts)
+
+                def pipeline_for(task: str, rung: Rung = rung) -> Any:  # the hires pass's img2img, same rung
+                    return self._prepare(job, entry, rung, result, prompts, task)
+
                 output = run_task(TaskRun(
                     request=job.request, pipe=pipe, loaded=entry.loaded, seeds=seeds, sink=job,
                     schedulers=self.schedulers, batch_index=batch_index, batch_count=batch_count,
                     step_delay_s=self.settings.step_delay_s, tile=self.upscale_tile, overlap=self.upscale_overlap,
-                    job_cache=job_cache if job_cache is not None else {}, **prompt_fields,
+                    job_cache=job_cache if job_cache is not None else {}, upscaler=upscaler,
+                    pipeline_for=pipeline_for, **prompt_fields,
                 ))
                 self.placement.record_peak(rung, self.placement.shape(entry, job.request, self.upscale_tile))
                 return output, rung
@@ -217,19 +233,21 @@ class PipelineManager:
                 rung = lower
 
     def _prepare(self, job: Job, entry: CacheEntry, rung: Rung, result: Result,
-                 prompts: JobPrompts | None = None) -> Any:
-        """The task's pipeline set up for ``rung`` with the request's LoRAs switched on (the others off); a fresh
-        ``--fast`` switch-on is announced first (it can take minutes) and what it said goes into the result's
-        notes. A request with LoRAs runs without ``--fast``: their layers live in the torch UNet."""
+                 prompts: JobPrompts | None = None, task: str | None = None) -> Any:
+        """The pipeline of ``task`` (default: the request's) set up for ``rung`` with the request's LoRAs switched
+        on (the others off); a fresh ``--fast`` switch-on is announced first (it can take minutes) and what it said
+        goes into the result's notes. A request with LoRAs, or with seamless tiling, runs without ``--fast``: their
+        layers live in the torch modules, which a converted or compiled copy would bypass."""
         loras = prompts.loras if prompts is not None else []
-        fast_allowed = not loras
-        if self.placement.fast_pending(entry, job.request.task, fast_allowed):
+        fast_allowed = not loras and not job.request.tiling
+        task = task or job.request.task
+        if self.placement.fast_pending(entry, task, fast_allowed):
             job.emit(ProgressEvent(
                 job.id, ProgressState.LOADING,
                 message="Preparing the fast path (--fast): the first time for a checkpoint it converts or compiles "
                         "the UNet and the VAE decoder, which takes minutes; later starts reuse the cached result."))
         try:
-            pipe = self.placement.prepare(entry, job.request.task, rung, fast_allowed)
+            pipe = self.placement.prepare(entry, task, rung, fast_allowed)
         finally:
             result.notes.extend(note for note in self.placement.take_notes() if note not in result.notes)
         if prompts is not None:
@@ -255,10 +273,25 @@ class PipelineManager:
         log.info("Loaded %s in %.1f s (%s mode).", name, time.perf_counter() - started, result.mode)
         return result
 
+    def _upscale_pixels(self, job: Job, targets: Targets) -> Result:
+        """An upscale by a built-in or an upscaler model file: no checkpoint, no memory rung; one image, saved."""
+        request = job.request
+        result = Result(request=request, checkpoint=targets.checkpoint.name)
+        job.emit(ProgressEvent(job.id, ProgressState.LOADING, message=f"Loading {targets.checkpoint.name}"))
+        [seeds] = request.batch_seeds(request.resolved_seed())
+        output = run_task(TaskRun(
+            request=request, pipe=None, loaded=None, seeds=seeds, sink=job, schedulers=self.schedulers,
+            step_delay_s=self.settings.step_delay_s, upscaler=self.upscalers_library.bind(targets.checkpoint),
+        ), key="pixel-upscale")
+        self._save(job, targets, output, seeds, result)
+        result.checkpoint_hash = self._short_hash(targets.checkpoint)
+        return result
+
     def _save(self, job: Job, targets: Targets, output: BatchOutput, seeds: list[int], result: Result,
               prompts: JobPrompts | None = None) -> None:
         """Write each image of the batch with its infotext; add them to the result."""
-        request = job.request
+        request = output.request or job.request
+        postprocess = request.task == "upscale" and getattr(targets.checkpoint, "family", None) != UPSCALER_SD_X4
         job.emit(replace(job.latest, state=ProgressState.SAVING, message=""))
         folder = outputs.output_folder(self.settings.outputs_dir, request.task)
         vae = targets.vae
@@ -269,7 +302,8 @@ class PipelineManager:
             infotext = request_infotext(
                 request, seed=seed, size=image.size, model=targets.checkpoint.name,
                 model_hash=self._short_hash(targets.checkpoint), vae=vae.name if vae is not None else None,
-                vae_hash=self._short_hash(vae) if vae is not None else None, notes=notes, **texts,
+                vae_hash=self._short_hash(vae) if vae is not None else None, notes=notes, postprocess=postprocess,
+                **texts,
             )
             path = outputs.write_png_with_parameters(image, infotext, folder, seed)
             result.images.append(image)
@@ -325,7 +359,18 @@ class PipelineManager:
         return list(self.registry.vaes())
 
     def upscalers(self) -> list[Any]:
+        """The SD x4 upscaler folders (the Upscale 4x tab's list, as before)."""
         return list(self.registry.upscalers())
+
+    def all_upscalers(self) -> list[Any]:
+        """Every upscaler as one list (A1111's ``/upscalers``): the built-ins ``None``, ``Lanczos``, ``Nearest``,
+        the ESRGAN-family model files, the SD x4 folders. ``family`` says which kind (``registry.UPSCALER_FAMILIES``),
+        ``scale`` the factor."""
+        return list(self.registry.all_upscalers())
+
+    def latent_upscale_modes(self) -> list[str]:
+        """A1111's latent upscale modes, for the hires fix only (``/sdapi/v1/latent-upscale-modes``)."""
+        return list(LATENT_UPSCALE_MODES)
 
     def default_checkpoint(self) -> Any | None:
         """The checkpoint used when a request names none: the setting, else the first installed one."""
@@ -379,11 +424,12 @@ class PipelineManager:
         device = self.choice.device
         _free, total = devices.memory_info(device)
         current, upscaler = self.cache.current("checkpoint"), self.cache.current("upscaler")
+        models = self.upscalers_library.names()
         return EngineStatus(
             device=str(device), dtype=self.choice.dtype_name, memory_mode=self.settings.memory_mode,
             mode_in_use=self.last_rung, vram_used=devices.memory_used(device), vram_total=total,
             loaded_checkpoint=current.name if current is not None else None,
-            loaded_upscaler=upscaler.name if upscaler is not None else None,
+            loaded_upscaler=upscaler.name if upscaler is not None else (models[0] if models else None),
             loaded_checkpoints=self.cache.names(), demo=bool(self.settings.demo), queue=self.queue_length(),
             running=self.current_job() is not None, xformers=self.choice.xformers,
             xformers_available=device.type == "cuda" and devices.xformers_installed(),

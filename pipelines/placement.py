@@ -14,7 +14,7 @@ from . import devices
 from .cache import CacheEntry
 from .devices import DeviceChoice
 from .memory import Ladder, Rung, Shape
-from .request import GenerationRequest
+from .request import GenerationRequest, hires_size
 from .settings import MEMORY_MODES, Settings
 
 ON_DEVICE_RUNGS = (Rung.FULL, Rung.SLICED)  # every module on the accelerator, no offload hooks
@@ -31,9 +31,13 @@ class Placement:
 
     # --- choosing -------------------------------------------------------------------------------------------
     def shape(self, entry: CacheEntry, request: GenerationRequest, upscale_tile: int) -> Shape:
-        """What the request's memory use depends on (an upscale counts one tile's output)."""
+        """What the request's memory use depends on (an upscale counts one tile's output, a hires fix its second
+        pass)."""
         sizes = entry.module_bytes()
         width, height = request.width, request.height
+        if request.task == "txt2img" and request.enable_hr:
+            size = hires_size(request)
+            width, height = max(width, size.width), max(height, size.height)
         if request.task == "upscale" and request.image is not None:
             side = min(upscale_tile, max(request.image.size))
             width = height = side * 4

@@ -112,6 +112,21 @@ class StepReporter:
         self.done_steps = 0
         self.first_step: tuple[int, float] | None = None  # (steps done, when) at the first reported step
         self.offset = 0
+        # Several passes counted as one (hires fix): ``total`` fixes the count over all of them; the ETA then needs
+        # this pass's end, the steps still to come after it in this pass's step time, and a whole batch's cost.
+        self.total: int | None = None
+        self.pass_end: int | None = None
+        self.pending_cost = 0.0
+        self.batch_cost: float | None = None
+
+    def next_pass(self, phase: str, offset: int, pass_end: int | None = None, pending_cost: float = 0.0,
+                  batch_cost: float | None = None) -> None:
+        """Start another pass of the same batch: its ``phase`` name, the steps done before it (``offset``), where it
+        ends, and the later passes' and a whole batch's cost in this pass's step time (their steps are timed
+        afresh: a pass at four times the pixels takes longer per step)."""
+        self.phase, self.offset = phase, offset
+        self.pass_end, self.pending_cost, self.batch_cost = pass_end, pending_cost, batch_cost
+        self.started, self.first_step = time.monotonic(), None
 
     def check_cancel(self) -> None:
         """Raise ``Cancelled`` when Stop was pressed (never ``pipe._interrupt``: it would still decode)."""
@@ -120,13 +135,13 @@ class StepReporter:
 
     def __call__(self, pipe: Any, step: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
         """diffusers ``callback_on_step_end``: returns the tensors unchanged."""
-        total = int(getattr(pipe, "_num_timesteps", 0) or self.steps)
+        total = self.total or int(getattr(pipe, "_num_timesteps", 0) or self.steps)
         self.on_step(step + 1, total, callback_kwargs.get("latents"))
         return callback_kwargs
 
     def legacy(self, step: int, timestep: Any, latents: Any) -> None:
         """The old ``callback(step, t, latents)`` form (the x4 upscale pipeline has no ``callback_on_step_end``)."""
-        self.on_step(step + 1, self.steps, latents)
+        self.on_step(step + 1, self.total or self.steps, latents)
 
     def on_step(self, done: int, total: int, latents: Any) -> None:
         if self.step_delay_s:
@@ -139,10 +154,13 @@ class StepReporter:
         # first call's warm-up (or an OpenVINO compile) would otherwise inflate the ETA for the whole image.
         if self.first_step is None or done <= self.first_step[0]:
             self.first_step = (done, now)
-            per_step = (now - self.started) / max(1, done)
+            per_step = (now - self.started) / max(1, done - self.offset)
         else:
             per_step = (now - self.first_step[1]) / (done - self.first_step[0])
-        eta = per_step * ((total - done) + total * (self.batch_count - self.batch_index - 1))
+        pass_end = self.pass_end if self.pass_end is not None else total
+        batch_cost = self.batch_cost if self.batch_cost is not None else total
+        batches_left = self.batch_count - self.batch_index - 1
+        eta = per_step * ((pass_end - done) + self.pending_cost + batch_cost * batches_left)
         preview = self._preview(latents, done, now)
         if preview is None:
             preview = self.sink.latest.preview  # keep showing the last one

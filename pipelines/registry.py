@@ -7,8 +7,16 @@ program's ``models`` folder):
 checkpoints        ``checkpoints/``, ``Stable-diffusion/`` (A1111), ``diffusers/`` (ComfyUI)
 VAEs               ``vae/``, ``VAE/``
 LoRAs              ``loras/``, ``Lora/``, ``LyCORIS/``
-upscalers          ``upscale_models/``, ``ESRGAN/`` (only SD x4 diffusers folders run)
+upscalers          SD x4 diffusers folders in ``upscale_models/``, ``ESRGAN/`` (and ``checkpoints/``); ESRGAN-family
+                   model files (``.pth``, ``.pt``, ``.safetensors``, ``.ckpt``) in ``upscale_models/``, ``ESRGAN/``,
+                   ``RealESRGAN/``, ``SwinIR/``, ``DAT/``, ``HAT/``, read by spandrel
 =================  ===========================================================
+
+Upscalers are one list (``all_upscalers``): the built-ins ``None``, ``Lanczos`` and ``Nearest`` (PIL), the model
+files spandrel reads (each probed once, the result cached on disk by path, size and mtime; a file spandrel cannot
+read is logged with its reason and left out, and without spandrel the files are skipped with one log line), then
+the SD x4 folders. ``ModelInfo.family`` says which kind an upscaler is (``UPSCALER_FAMILIES``). ``upscalers()`` is
+the SD x4 folders alone, as before.
 
 Single files are ``.safetensors``, ``.ckpt`` and ``.pt``; a folder holding ``model_index.json`` anywhere under a
 checkpoints folder is a diffusers model. Symlinked files and folders are followed. A checkpoint's name is its
@@ -58,7 +66,15 @@ LORA_GROUP_BY_CONTEXT = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
 FAMILY_GROUP = {"sd15": "sd1", "sd15-inpaint": "sd1", "sd2": "sd2", "sd2-v": "sd2", "sd2-inpaint": "sd2",
                 "sdxl": "sdxl", "sdxl-inpaint": "sdxl"}
 NETWORK_GROUP_LABELS = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
-UPSCALER_DIRS = ("upscale_models", "ESRGAN")
+UPSCALER_DIRS = ("upscale_models", "ESRGAN")  # where SD x4 diffusers folders are looked for
+# ESRGAN-family model files (upscaler_models.UPSCALER_FOLDERS, which imports torch; a test keeps the two equal)
+MODEL_UPSCALER_DIRS = ("upscale_models", "ESRGAN", "RealESRGAN", "SwinIR", "DAT", "HAT")
+MODEL_UPSCALER_SUFFIXES = (".pth", ".pt", ".safetensors", ".ckpt")
+# ``ModelInfo.family`` of an upscaler: PIL's resize (and A1111's "None"), a spandrel model file, the SD x4 folder
+UPSCALER_BUILTIN, UPSCALER_MODEL, UPSCALER_SD_X4 = "builtin", "spandrel", "x4-upscaler"
+UPSCALER_FAMILIES = (UPSCALER_BUILTIN, UPSCALER_MODEL, UPSCALER_SD_X4)
+BUILTIN_UPSCALER_NAMES = ("None", "Lanczos", "Nearest")  # A1111's, in its order; "None" resizes with Lanczos
+BUILTIN_UPSCALER_SCALE = 4  # A1111 lists the built-ins with scale 4
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt")
 VAE_SUFFIXES = SINGLE_FILE_SUFFIXES + (".bin",)
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -96,6 +112,8 @@ class ModelInfo:
     mtime_ns: int = 0
     problem: str | None = None  # why this entry cannot be loaded, said to the person
     notes: list[str] = field(default_factory=list)
+    scale: float | None = None  # upscalers: the factor their weights (or A1111's list, for built-ins) say
+    architecture: str | None = None  # upscaler model files: spandrel's architecture name ("ESRGAN", "SwinIR", ...)
     _hasher: Callable[[ModelInfo], str] | None = field(default=None, repr=False)
 
     @property
@@ -348,6 +366,9 @@ class ModelRegistry:
         self._hashing: dict[str, concurrent.futures.Future[str]] = {}  # real path -> its short hash, being read
         self._overrides: dict[str, str] = self._load_overrides()
         self._entries: dict[str, list[ModelInfo]] = {kind: [] for kind in KINDS}
+        self._model_upscalers: list[ModelInfo] = []  # ESRGAN-family files spandrel reads
+        self.upscaler_rejects: list[tuple[Path, str]] = []  # files in upscaler folders left out, and why
+        self._said: set[tuple[str, int, int]] = set()  # rejected files already logged (once per file version)
         self.problems: list[str] = []  # folders that could not be read, for the log/status
         self._scanned = False
 
@@ -377,10 +398,78 @@ class ModelRegistry:
                     if info.format == "diffusers":
                         info.kind = "upscaler"
                         found["upscaler"].append(info)
+        model_upscalers, rejects = self._scan_model_upscalers()
         with self._lock:
             self._entries = {kind: _dedupe(items) for kind, items in found.items()}
+            self._model_upscalers = _dedupe(model_upscalers)
+            self.upscaler_rejects = rejects
             self._scanned = True
         self._cache.save()
+
+    def _scan_model_upscalers(self) -> tuple[list[ModelInfo], list[tuple[Path, str]]]:
+        """ESRGAN-family files in the upscaler folders, probed by spandrel (cached by path, size and mtime)."""
+        found: list[ModelInfo] = []
+        rejects: list[tuple[Path, str]] = []
+        missing: str | None = None
+        checked = False
+        for root in [self.models_dir, *self.extra_dirs]:
+            for sub in MODEL_UPSCALER_DIRS:
+                folder = root / sub
+                for path, is_diffusers in self._walk(folder, MODEL_UPSCALER_SUFFIXES):
+                    if is_diffusers:
+                        continue
+                    stat = self._stat(path)
+                    if stat is None:
+                        continue
+                    cached = self._cache.get(*stat, "probe:upscaler")
+                    if cached is None:
+                        if not checked:  # spandrel imports torchvision (seconds): only when a file is new
+                            from .upscaler_models import spandrel_missing
+
+                            missing, checked = spandrel_missing(), True
+                            if missing:
+                                logger.warning("upscaler model files are left out: %s", missing)
+                        if missing:
+                            rejects.append((path, missing))
+                            continue
+                        cached = self._probe_upscaler(path, stat)
+                        if cached is None:  # unreadable now (permissions): not cached, tried again next scan
+                            rejects.append((path, f"{path.name} could not be read."))
+                            continue
+                    if cached.get("problem"):
+                        self._say_rejected(path, stat, cached["problem"])
+                        rejects.append((path, cached["problem"]))
+                        continue
+                    name = path.relative_to(folder).with_suffix("").as_posix()
+                    found.append(ModelInfo(
+                        name, path, "upscaler", "safetensors" if path.suffix.lower() == ".safetensors" else "ckpt",
+                        stat[1], UPSCALER_MODEL, "keys", stat[2], scale=cached.get("scale"),
+                        architecture=cached.get("architecture"), _hasher=self.short_hash))
+        return found, rejects
+
+    def _probe_upscaler(self, path: Path, stat: tuple[str, int, int]) -> dict[str, Any] | None:
+        """spandrel's reading of one file: ``{"architecture", "scale"}`` or ``{"problem"}``, cached on disk."""
+        from .upscaler_models import probe_upscaler
+
+        try:
+            info = probe_upscaler(path)
+            facts: dict[str, Any] = {"architecture": info.architecture, "scale": info.scale, "purpose": info.purpose}
+        except ModelLoadError as exc:
+            facts = {"problem": exc.message}
+        except OSError as exc:
+            logger.warning("upscaler %s could not be read: %s", path, exc.strerror or exc)
+            return None
+        except Exception as exc:  # one odd file must never break the list
+            facts = {"problem": f"{path.name} could not be read as an upscaler ({type(exc).__name__}: {exc})."}
+        self._cache.put(*stat, "probe:upscaler", facts)
+        return facts
+
+    def _say_rejected(self, path: Path, stat: tuple[str, int, int], reason: str) -> None:
+        """Log a file left out of the upscalers once per file version (a refresh does not repeat it)."""
+        if stat in self._said:
+            return
+        self._said.add(stat)
+        logger.warning("upscaler %s left out: %s", path, reason)
 
     def _ensure_scanned(self) -> None:
         if not self._scanned:
@@ -681,6 +770,17 @@ class ModelRegistry:
         self._ensure_scanned()
         return list(self._entries["upscaler"])
 
+    def all_upscalers(self) -> list[ModelInfo]:
+        """Every upscaler, as one list in A1111's order: the built-ins (``None``, ``Lanczos``, ``Nearest``), the
+        ESRGAN-family model files spandrel reads, then the SD x4 folders. ``family`` says which kind each is."""
+        self._ensure_scanned()
+        return [*builtin_upscalers(), *self._model_upscalers, *self._entries["upscaler"]]
+
+    def model_upscalers(self) -> list[ModelInfo]:
+        """The ESRGAN-family model files spandrel reads (A1111's ``/realesrgan-models`` lists some of these)."""
+        self._ensure_scanned()
+        return list(self._model_upscalers)
+
     def empty_message(self) -> str:
         """The message for an empty models folder (where to put a file, and ``--demo``)."""
         return empty_models_message(self.models_dir)
@@ -711,13 +811,19 @@ class ModelRegistry:
         return found
 
     def find_upscaler(self, name: str) -> ModelInfo:
-        """An SD x4 upscaler by name."""
+        """Any upscaler (``all_upscalers``) by name or file name; built-in names are matched case-insensitively."""
         self._ensure_scanned()
-        found = _lookup(self._entries["upscaler"], name)
+        everything = self.all_upscalers()
+        found = _lookup(everything, name)
         if found is None:
+            found = next((info for info in everything if info.family == UPSCALER_BUILTIN
+                          and info.name.lower() == name.strip().lower()), None)
+        if found is None:
+            known = ", ".join(info.name for info in everything)
             raise ModelNotFound(
-                f"No upscaler named {name!r}. Put the SD x4 upscaler's diffusers folder (stabilityai/"
-                f"stable-diffusion-x4-upscaler, with model_index.json) into {self.models_dir / 'upscale_models'}.",
+                f"No upscaler named {name!r}. Available: {known}. Put ESRGAN-family model files (.pth, "
+                f".safetensors) into {self.models_dir / 'upscale_models'}, or the SD x4 upscaler's diffusers folder "
+                "(stabilityai/stable-diffusion-x4-upscaler, with model_index.json).",
                 field="upscaler",
             )
         return found
@@ -765,8 +871,14 @@ def _folder_size(folder: Path) -> int:
     return total
 
 
+def builtin_upscalers() -> list[ModelInfo]:
+    """``None``, ``Lanczos`` and ``Nearest``: PIL resizes, no file behind them (no hash)."""
+    return [ModelInfo(name, Path(name), "upscaler", "builtin", 0, UPSCALER_BUILTIN, "builtin",
+                      scale=BUILTIN_UPSCALER_SCALE) for name in BUILTIN_UPSCALER_NAMES]
+
+
 def _hash_target(info: ModelInfo) -> Path | None:
-    if info.format == "hub":
+    if info.format in ("hub", "builtin"):
         return None
     if info.format != "diffusers":
         return info.path

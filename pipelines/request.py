@@ -37,6 +37,36 @@ MAX_BATCH_COUNT = 16
 MAX_SEED = 2**32 - 1
 MAX_PROMPT_CHARS = 20_000
 MAX_UPSCALE_INPUT = 1024  # px per side: 1024² in → 4096² out, processed in tiles
+MAX_UPSCALE_OUTPUT = 4096  # px per side of any upscaled picture (Upscale tab, SD upscale, hires fix's intermediate)
+MIN_HR_SCALE, MAX_HR_SCALE = 1.0, 4.0
+MAX_UPSCALE_SCALE = 8.0  # A1111's extras slider
+MAX_SD_UPSCALE_SCALE = 4.0  # A1111's SD upscale script slider
+MAX_SD_UPSCALE_OVERLAP = 256
+SD_UPSCALE = "sd upscale"  # A1111's script name (img2img)
+SCRIPT_NAMES = (SD_UPSCALE,)
+
+
+@dataclass(frozen=True)
+class LatentUpscaleMode:
+    """One of A1111's latent upscale modes for the hires fix: ``torch.nn.functional.interpolate``'s mode and
+    antialias switch (antialias only has an effect for bilinear and bicubic)."""
+
+    mode: str
+    antialias: bool = False
+
+
+# A1111's ``shared.latent_upscale_modes``, names and order exactly; "Latent" is its default
+LATENT_UPSCALE_MODES: dict[str, LatentUpscaleMode] = {
+    "Latent": LatentUpscaleMode("bilinear"),
+    "Latent (antialiased)": LatentUpscaleMode("bilinear", True),
+    "Latent (bicubic)": LatentUpscaleMode("bicubic"),
+    "Latent (bicubic antialiased)": LatentUpscaleMode("bicubic", True),
+    "Latent (nearest)": LatentUpscaleMode("nearest"),
+    "Latent (nearest-exact)": LatentUpscaleMode("nearest-exact"),
+}
+# A1111's "use the first pass's" values for the hires sampler and schedule menus
+SAME_SAMPLER = ("", "use same sampler")
+SAME_SCHEDULER = ("", "use same scheduler")
 MAX_NOISE_LEVEL = 350
 MAX_CLIP_SKIP = 12  # CLIP-L has 12 layers
 MAX_STYLES = 32
@@ -153,6 +183,32 @@ class GenerationRequest(BaseModel):
     styles: list[str] = []
     clip_skip: int | None = None  # A1111's CLIP_stop_at_last_layers
     emphasis: str | None = None  # "Original", "No norm", "Ignore" or "None"
+    # seamless tiling (txt2img, img2img): the UNet's and VAE's convolutions pad circularly for this run
+    tiling: bool = False
+    # hires fix (txt2img, A1111's): a first pass at width x height, an upscale (latent or pixels), then an img2img
+    # pass at the large size with the same seeds; ``denoising_strength`` is the second pass's
+    enable_hr: bool = False
+    hr_scale: float = 2.0
+    hr_upscaler: str = "Latent"  # a latent mode (``hires.LATENT_UPSCALE_MODES``) or any pixel upscaler's name
+    hr_second_pass_steps: int = 0  # 0: as many as ``steps``
+    hr_resize_x: int = 0  # 0 and 0: from ``hr_scale``; one of them 0: the other keeps the aspect
+    hr_resize_y: int = 0
+    hr_sampler_name: str | None = None  # None: the first pass's sampler
+    hr_scheduler: str | None = None  # None: the first pass's schedule type
+    hr_prompt: str = ""  # "": the first pass's prompt
+    hr_negative_prompt: str = ""
+    # upscale: by ``upscale_scale`` (None: the upscaler's own scale), or to ``upscale_width`` x ``upscale_height``
+    # (A1111's extras "scale to", centre-cropped to that size when ``upscale_crop``)
+    upscale_scale: float | None = None
+    upscale_width: int = 0
+    upscale_height: int = 0
+    upscale_crop: bool = True
+    # img2img scripts (A1111's): "sd upscale" upscales the init image with ``sd_upscale_upscaler`` by
+    # ``sd_upscale_scale``, then runs img2img tile by tile (width x height tiles, ``sd_upscale_overlap`` px)
+    script_name: str | None = None
+    sd_upscale_overlap: int = 64
+    sd_upscale_upscaler: str = "None"
+    sd_upscale_scale: float = 2.0
 
     @classmethod
     def create(cls, **fields: Any) -> GenerationRequest:
@@ -162,13 +218,98 @@ class GenerationRequest(BaseModel):
         except ValidationError as exc:
             raise InvalidRequest(_describe(exc), field=_first_field(exc)) from None
 
-    @field_validator("prompt", "negative_prompt")
+    @field_validator("prompt", "negative_prompt", "hr_prompt", "hr_negative_prompt")
     @classmethod
     def _prompt_length(cls, v: str) -> str:
         if len(v) > MAX_PROMPT_CHARS:
             raise ValueError(f"is {len(v)} characters long; the limit is {MAX_PROMPT_CHARS}")
         # Control characters other than newline/tab are dropped: they break tokenizers and PNG text.
         return "".join(ch for ch in v if ch in "\n\t" or ch.isprintable())
+
+    @field_validator("hr_scale")
+    @classmethod
+    def _hr_scale(cls, v: float) -> float:
+        _check_finite(v, "hr_scale")
+        if not MIN_HR_SCALE <= v <= MAX_HR_SCALE:
+            raise ValueError(f"must be between {MIN_HR_SCALE:g} and {MAX_HR_SCALE:g} (got {v:g})")
+        return float(v)
+
+    @field_validator("hr_second_pass_steps")
+    @classmethod
+    def _hr_steps(cls, v: int) -> int:
+        if not 0 <= v <= MAX_STEPS:
+            raise ValueError(f"must be 0 (as many as steps) or between 1 and {MAX_STEPS} (got {v})")
+        return v
+
+    @field_validator("hr_resize_x", "hr_resize_y")
+    @classmethod
+    def _hr_resize(cls, v: int) -> int:
+        if v != 0 and not MIN_SIZE <= v <= MAX_SIZE:
+            raise ValueError(f"must be 0 (from hr_scale) or between {MIN_SIZE} and {MAX_SIZE} px (got {v})")
+        return v
+
+    @field_validator("hr_upscaler", "sd_upscale_upscaler", mode="before")
+    @classmethod
+    def _upscaler_name(cls, v: Any, info: Any) -> Any:
+        if v is None or (isinstance(v, str) and not v.strip()):
+            return "Latent" if info.field_name == "hr_upscaler" else "None"
+        if isinstance(v, str) and info.field_name == "hr_upscaler":  # a latent mode in any case: A1111's spelling
+            return next((mode for mode in LATENT_UPSCALE_MODES if mode.lower() == v.strip().lower()), v.strip())
+        return v.strip() if isinstance(v, str) else v
+
+    @field_validator("hr_sampler_name", "hr_scheduler", mode="before")
+    @classmethod
+    def _hr_same(cls, v: Any, info: Any) -> Any:
+        same = SAME_SAMPLER if info.field_name == "hr_sampler_name" else SAME_SCHEDULER
+        if v is None or (isinstance(v, str) and v.strip().lower() in same):
+            return None
+        return v
+
+    @field_validator("upscale_scale")
+    @classmethod
+    def _upscale_scale(cls, v: float | None) -> float | None:
+        if v is None:
+            return None
+        _check_finite(v, "upscale_scale")
+        if not 1.0 <= v <= MAX_UPSCALE_SCALE:
+            raise ValueError(f"must be between 1 and {MAX_UPSCALE_SCALE:g} (got {v:g})")
+        return float(v)
+
+    @field_validator("upscale_width", "upscale_height")
+    @classmethod
+    def _upscale_size(cls, v: int) -> int:
+        if v != 0 and not 8 <= v <= MAX_UPSCALE_OUTPUT:
+            raise ValueError(f"must be 0 (by scale) or between 8 and {MAX_UPSCALE_OUTPUT} px (got {v})")
+        return v
+
+    @field_validator("script_name", mode="before")
+    @classmethod
+    def _script_name(cls, v: Any) -> Any:
+        if v is None:
+            return None
+        if not isinstance(v, str):
+            raise ValueError("must be a script's name")
+        name = v.strip().lower()
+        if name in ("", "none"):
+            return None
+        if name not in SCRIPT_NAMES:
+            raise ValueError(f"must be one of: {', '.join(repr(n) for n in SCRIPT_NAMES)} (got {v!r})")
+        return name
+
+    @field_validator("sd_upscale_overlap")
+    @classmethod
+    def _sd_upscale_overlap(cls, v: int) -> int:
+        if not 0 <= v <= MAX_SD_UPSCALE_OVERLAP:
+            raise ValueError(f"must be between 0 and {MAX_SD_UPSCALE_OVERLAP} px (got {v})")
+        return v
+
+    @field_validator("sd_upscale_scale")
+    @classmethod
+    def _sd_upscale_scale(cls, v: float) -> float:
+        _check_finite(v, "sd_upscale_scale")
+        if not 1.0 <= v <= MAX_SD_UPSCALE_SCALE:
+            raise ValueError(f"must be between 1 and {MAX_SD_UPSCALE_SCALE:g} (got {v:g})")
+        return float(v)
 
     @field_validator("steps")
     @classmethod
@@ -289,12 +430,18 @@ class GenerationRequest(BaseModel):
         label, sched = resolve_sampler(self.sampler, self.scheduler)
         object.__setattr__(self, "sampler", label)
         object.__setattr__(self, "scheduler", sched)
+        _check_task_fields(self)
+        if self.enable_hr:
+            _resolve_hires_sampler(self)
+            _check_hires_size(self)
         check_work_budget(self)
         _check_steps_after_strength(self)
         if self.task == "img2img":
             if self.init_image is None:
                 raise InvalidRequest("Image to Image needs an init image: upload, drop or paste one.", "init_image")
             object.__setattr__(self, "init_image", decode_image(self.init_image, "init_image"))
+            if self.script_name == SD_UPSCALE:
+                _check_sd_upscale(self)
         if self.task == "upscale":
             if self.image is None:
                 raise InvalidRequest("Upscale 4x needs an input image.", field="image")
@@ -306,6 +453,7 @@ class GenerationRequest(BaseModel):
                     field="image",
                 )
             object.__setattr__(self, "image", img)
+            _check_upscale_size(self)
         return self
 
     def resolved_seed(self) -> int:
@@ -333,9 +481,28 @@ class GenerationRequest(BaseModel):
         return self.steps
 
     @property
+    def hr_steps(self) -> int:
+        """The hires fix's second-pass steps, run exactly as A1111 runs them (``hr_second_pass_steps`` or
+        ``steps``, whatever the denoising strength)."""
+        return self.hr_second_pass_steps or self.steps
+
+    @property
+    def sd_upscale(self) -> bool:
+        """An img2img request run by A1111's SD upscale script."""
+        return self.task == "img2img" and self.script_name == SD_UPSCALE
+
+    @property
     def work(self) -> int:
-        """The request's size in pixel-steps (width x height x steps run x images), checked against ``MAX_WORK``."""
-        return self.width * self.height * self.steps_run * self.total_images
+        """The request's size in pixel-steps (width x height x steps run x images, the hires fix's second pass and
+        every tile of an SD upscale counted), checked against ``MAX_WORK``."""
+        per_image = self.width * self.height * self.steps_run
+        if self.task == "txt2img" and self.enable_hr:
+            size = hires_size(self)
+            per_image += size.width * size.height * self.hr_steps
+        if self.sd_upscale and isinstance(self.init_image, Image.Image):
+            tiles = sd_upscale_tiles(self)
+            per_image = sum((t.right - t.left) * (t.bottom - t.top) for t in tiles) * self.steps_run
+        return per_image * self.total_images
 
 
 def check_work_budget(request: GenerationRequest) -> None:
@@ -354,14 +521,203 @@ def check_work_budget(request: GenerationRequest) -> None:
         steps += f" ({request.steps} steps × denoising strength {request.denoising_strength:g})"
     units = request.work / WORK_UNIT_PX
     limit = MAX_WORK // WORK_UNIT_PX
-    field_name = "batch_count" if request.batch_count > 1 else "batch_size" if request.batch_size > 1 else "steps"
+    extra = ""
+    single = "steps"
+    if request.task == "txt2img" and request.enable_hr:
+        size = hires_size(request)
+        extra = f", plus a hires pass of {size.width}×{size.height} px at {request.hr_steps} steps"
+        single = "hr_second_pass_steps"
+    elif request.sd_upscale:
+        out_w, out_h = sd_upscale_size(request)
+        extra = f" per tile, in {len(sd_upscale_tiles(request))} tiles of a {out_w}×{out_h} px SD upscale"
+        single = "sd_upscale_scale"
+    field_name = "batch_count" if request.batch_count > 1 else "batch_size" if request.batch_size > 1 else single
     raise InvalidRequest(
-        f"This request is too large for one run: {batches} of {request.width}×{request.height} px at {steps} is "
-        f"the work of {units:,.0f} steps of a 512×512 image, and the limit is {limit:,} per request (for example "
-        f"16 × 8 images of 512×512 at 32 steps, or one 2048×2048 image at 150 steps). Lower the batch count, "
-        f"batch size, steps or size, or split it into several requests.",
+        f"This request is too large for one run: {batches} of {request.width}×{request.height} px at {steps}{extra} "
+        f"is the work of {units:,.0f} steps of a 512×512 image, and the limit is {limit:,} per request (for "
+        f"example 16 × 8 images of 512×512 at 32 steps, or one 2048×2048 image at 150 steps). Lower the batch "
+        f"count, batch size, steps or size, or split it into several requests.",
         field=field_name,
     )
+
+
+# --- hires fix, upscale targets, SD upscale: sizes and checks ------------------------------------------------------
+@dataclass(frozen=True)
+class HiresSize:
+    """The hires fix's sizes, A1111's ``calculate_target_resolution``: the first pass is upscaled to
+    ``upscale_width`` x ``upscale_height``, then cropped to ``width`` x ``height`` at (``left``, ``top``) when
+    ``hr_resize_x`` and ``hr_resize_y`` ask for another aspect; the second pass runs at ``width`` x ``height``.
+    All multiples of 8 (latent pixels), as A1111's latents make them."""
+
+    width: int
+    height: int
+    upscale_width: int
+    upscale_height: int
+    left: int = 0
+    top: int = 0
+
+    @property
+    def cropped(self) -> bool:
+        return (self.width, self.height) != (self.upscale_width, self.upscale_height)
+
+
+def hires_size(request: GenerationRequest) -> HiresSize:
+    """The hires fix's target sizes for ``request`` (A1111's rules: ``hr_scale`` when both resize fields are 0; one of
+    them 0 keeps the first pass's aspect; both set: scale to cover, then crop the centre)."""
+    width, height = request.width, request.height
+    resize_x, resize_y = request.hr_resize_x, request.hr_resize_y
+    if resize_x == 0 and resize_y == 0:
+        to_x, to_y = int(width * request.hr_scale), int(height * request.hr_scale)
+        target_x, target_y = to_x, to_y
+    elif resize_y == 0:
+        to_x, to_y = resize_x, resize_x * height // width
+        target_x, target_y = to_x, to_y
+    elif resize_x == 0:
+        to_x, to_y = resize_y * width // height, resize_y
+        target_x, target_y = to_x, to_y
+    else:
+        if width / height < resize_x / resize_y:
+            to_x, to_y = resize_x, resize_x * height // width
+        else:
+            to_x, to_y = resize_y * width // height, resize_y
+        target_x, target_y = resize_x, resize_y
+    # A1111 truncates the upscaled latents (8 px each) by the difference, half on each side
+    truncate_x, truncate_y = max(0, (to_x - target_x) // 8), max(0, (to_y - target_y) // 8)
+    latent_x, latent_y = to_x // 8, to_y // 8
+    return HiresSize((latent_x - truncate_x) * 8, (latent_y - truncate_y) * 8, latent_x * 8, latent_y * 8,
+                     left=truncate_x // 2 * 8, top=truncate_y // 2 * 8)
+
+
+def _check_task_fields(request: GenerationRequest) -> None:
+    """Fields that belong to one task, sent with another: a clear 422 rather than silently ignored."""
+    if request.enable_hr and request.task != "txt2img":
+        raise InvalidRequest("Hires fix (enable_hr) is part of Text to Image; send it with a txt2img request.",
+                             field="enable_hr")
+    if request.script_name is not None and request.task != "img2img":
+        raise InvalidRequest(f"The {request.script_name!r} script runs on Image to Image requests.",
+                             field="script_name")
+
+
+def _resolve_hires_sampler(request: GenerationRequest) -> None:
+    """The second pass's sampler and schedule type, checked like the first pass's (None: the first pass's)."""
+    if request.hr_sampler_name is None and request.hr_scheduler is None:
+        return
+    try:
+        label, schedule = resolve_sampler(request.hr_sampler_name or request.sampler,
+                                          request.hr_scheduler or request.scheduler)
+    except InvalidRequest as exc:
+        exc.field = "hr_scheduler" if exc.field == "scheduler" else "hr_sampler_name"
+        raise
+    object.__setattr__(request, "hr_sampler_name", label)
+    object.__setattr__(request, "hr_scheduler", schedule)
+
+
+def _check_hires_size(request: GenerationRequest) -> None:
+    size = hires_size(request)
+    from_scale = request.hr_resize_x == 0 and request.hr_resize_y == 0
+    for axis, final, upscaled in (("x", size.width, size.upscale_width), ("y", size.height, size.upscale_height)):
+        if from_scale:
+            field_name = "hr_scale"
+        else:
+            own, other = f"hr_resize_{axis}", f"hr_resize_{'y' if axis == 'x' else 'x'}"
+            field_name = own if getattr(request, own) else other
+        if not MIN_SIZE <= final <= MAX_SIZE or upscaled > MAX_UPSCALE_OUTPUT:
+            raise InvalidRequest(
+                f"Hires fix would make a {size.width}×{size.height} px picture (upscaled to "
+                f"{size.upscale_width}×{size.upscale_height} px first) from the {request.width}×{request.height} px "
+                f"first pass; each side must be between {MIN_SIZE} and {MAX_SIZE} px. Lower {field_name}.",
+                field=field_name,
+            )
+
+
+def upscale_target(request: GenerationRequest, native_scale: float) -> tuple[int, int, bool]:
+    """``(width, height, crop)`` of an upscale: A1111's extras. "Scale to" (``upscale_width``/``upscale_height``)
+    enlarges by the larger ratio and, with ``upscale_crop``, crops the centre to exactly that size (a 0 side keeps
+    the aspect); "scale by" multiplies by ``upscale_scale``, or by the upscaler's own ``native_scale``."""
+    image = request.image
+    width, height = request.upscale_width, request.upscale_height
+    if width or height:
+        ratio = max(width / image.width, height / image.height)
+        full = (max(1, int(image.width * ratio)), max(1, int(image.height * ratio)))
+        if width and height and request.upscale_crop:
+            return width, height, True
+        return full[0], full[1], False
+    scale = request.upscale_scale if request.upscale_scale is not None else native_scale
+    return max(1, int(image.width * scale)), max(1, int(image.height * scale)), False
+
+
+def check_upscale_target(request: GenerationRequest, native_scale: float) -> tuple[int, int, bool]:
+    """``upscale_target`` within ``MAX_UPSCALE_OUTPUT`` px a side, else ``InvalidRequest`` naming the field."""
+    width, height, crop = upscale_target(request, native_scale)
+    if max(width, height) > MAX_UPSCALE_OUTPUT:
+        by_size = bool(request.upscale_width or request.upscale_height)
+        field_name = ("upscale_width" if request.upscale_width else "upscale_height") if by_size else (
+            "upscale_scale")
+        raise InvalidRequest(
+            f"The upscaled picture would be {width}×{height} px; the limit is {MAX_UPSCALE_OUTPUT} px a side. "
+            f"Lower {field_name} or use a smaller image.", field=field_name)
+    return width, height, crop
+
+
+def _check_upscale_size(request: GenerationRequest) -> None:
+    """What the request alone says: an explicit scale or size within the limit (the upscaler's own scale is checked
+    when its name is resolved)."""
+    if request.upscale_scale is not None or request.upscale_width or request.upscale_height:
+        check_upscale_target(request, 1.0)
+
+
+def sd_upscale_size(request: GenerationRequest) -> tuple[int, int]:
+    """The SD upscale script's picture size: the init image times ``sd_upscale_scale``, rounded down to a multiple
+    of 8 (A1111's ``Upscaler.upscale``); with the "None" upscaler A1111 leaves the image as it is."""
+    image = request.init_image
+    scale = 1.0 if request.sd_upscale_upscaler.lower() == "none" else request.sd_upscale_scale
+    return max(8, int(image.width * scale) // 8 * 8), max(8, int(image.height * scale) // 8 * 8)
+
+
+def sd_upscale_tile_size(request: GenerationRequest) -> tuple[int, int]:
+    """One SD upscale tile: the request's width x height (A1111's), never larger than the picture."""
+    out_w, out_h = sd_upscale_size(request)
+    return min(request.width, out_w), min(request.height, out_h)
+
+
+def sd_upscale_tiles(request: GenerationRequest) -> list[Any]:
+    """The SD upscale script's tiles (``tiles.plan_full_tiles``) over its picture."""
+    from .tiles import plan_full_tiles
+
+    out_w, out_h = sd_upscale_size(request)
+    tile_w, tile_h = sd_upscale_tile_size(request)
+    return plan_full_tiles(out_w, out_h, tile_w, tile_h, request.sd_upscale_overlap)
+
+
+def _check_sd_upscale(request: GenerationRequest) -> None:
+    out_w, out_h = sd_upscale_size(request)
+    if max(out_w, out_h) > MAX_UPSCALE_OUTPUT:
+        raise InvalidRequest(
+            f"SD upscale would make a {out_w}×{out_h} px picture; the limit is {MAX_UPSCALE_OUTPUT} px a side. "
+            "Lower sd_upscale_scale or use a smaller init image.", field="sd_upscale_scale")
+    check_work_budget(request)
+
+
+def firstphase_fields(width: int, height: int, firstphase_width: int = 0, firstphase_height: int = 0) -> dict[str, Any]:
+    """A1111's legacy hires fields (``firstphase_width``/``firstphase_height``, from before ``hr_scale``): when
+    either is set, the first pass runs at that size and ``width`` x ``height`` is the hires size, as A1111's
+    ``StableDiffusionProcessingTxt2Img.__post_init__`` reads them. Returns the request fields to use."""
+    if not firstphase_width and not firstphase_height:
+        return {"width": width, "height": height}
+    return {"width": firstphase_width or width, "height": firstphase_height or height, "hr_resize_x": width,
+            "hr_resize_y": height}
+
+
+def sd_upscale_fields(script_args: list[Any] | tuple[Any, ...]) -> dict[str, Any]:
+    """A1111's SD upscale ``script_args`` ``[info, tile_overlap, upscaler_name, scale_factor]`` as request fields
+    (missing trailing values keep the defaults; the upscaler may be a name or A1111's index, which the caller maps
+    to a name with ``Engine.all_upscalers()``)."""
+    args = list(script_args or [])
+    fields: dict[str, Any] = {"script_name": SD_UPSCALE}
+    for index, name in ((1, "sd_upscale_overlap"), (2, "sd_upscale_upscaler"), (3, "sd_upscale_scale")):
+        if len(args) > index and args[index] is not None:
+            fields[name] = args[index]
+    return fields
 
 
 def _check_steps_after_strength(request: GenerationRequest) -> None:

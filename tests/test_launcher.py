@@ -19,13 +19,21 @@ import pytest
 from conftest import REPO_ROOT
 
 LAUNCHER_FILES = ["launch.sh", "app.py", "requirements.txt", "requirements-test.txt"]
+# torch and torchvision are installed as one pinned pair (spandrel imports torchvision; a torchvision built for
+# another torch does not import): every torch install below must name both.
+TORCH_PIN = re.search(r"^TORCH_VERSION=([0-9.]+)$", (REPO_ROOT / "launch.sh").read_text(), re.M).group(1)
+VISION_PIN = re.search(r"^TORCHVISION_VERSION=([0-9.]+)$", (REPO_ROOT / "launch.sh").read_text(), re.M).group(1)
+PAIR = f"torch=={TORCH_PIN} torchvision=={VISION_PIN}"
 
 FAKE_PYTHON = """#!/usr/bin/env bash
-# A stand-in for python: logs its arguments, fakes venv/pip/app/pytest, runs -c with the real interpreter.
+# A stand-in for python: logs its arguments, fakes venv/pip/app/pytest, runs -c with the real interpreter
+# (except torchvision and spandrel imports: slow, and answered as a matching pair unless FAKE_NO_SPANDREL is set).
 echo "$*" >> "$FAKE_LOG"
 case "$1" in
   -c)
     if [ -n "${FAKE_TOO_OLD:-}" ] && [[ "$2" == *"import sys, venv"* ]]; then exit 1; fi
+    if [[ "$2" == *"torchvision"* ]]; then echo "0.29.1+fake"; exit 0; fi
+    if [[ "$2" == *"import spandrel"* ]]; then [ -z "${FAKE_NO_SPANDREL:-}" ]; exit $?; fi
     exec "$REAL_PYTHON" "$@" ;;
   -m)
     case "$2" in
@@ -100,7 +108,7 @@ def test_first_exit_sets_up_then_second_run_installs_nothing(launcher: Launcher)
     first = launcher.run("--exit")
     assert first.returncode == 0, first.stderr
     pips = launcher.pip_calls()
-    assert any(re.search(r"install torch==2\.13\.0 --index-url \S+/whl/cpu", c) for c in pips), pips
+    assert any(re.search(rf"install {re.escape(PAIR)} --index-url \S+/whl/cpu", c) for c in pips), pips
     assert any("-r " in c and c.split("-r ")[1].startswith(str(launcher.root / "requirements.txt")) for c in pips)
     assert not any("requirements-test.txt" in c or "xformers" in c for c in pips)
     assert not any("app.py" in c for c in launcher.calls())  # --exit never starts the server
@@ -113,6 +121,20 @@ def test_first_exit_sets_up_then_second_run_installs_nothing(launcher: Launcher)
     assert second.returncode == 0
     assert launcher.pip_calls() == []  # the stamp matches: no reinstall
     assert time.monotonic() - started < 15
+
+
+def test_torchvision_is_pinned_beside_torch_for_later_installs(launcher: Launcher):
+    assert launcher.run("--exit").returncode == 0
+    constraints = (launcher.root / ".venv" / "atelier-constraints.txt").read_text().split()
+    assert constraints[0].startswith("torch==") and constraints[1] == "torchvision==0.29.1+fake"
+
+
+def test_spandrel_that_does_not_import_is_a_warning_after_an_install(launcher: Launcher):
+    first = launcher.run("--exit", FAKE_NO_SPANDREL="1")
+    assert first.returncode == 0, first.stderr
+    assert "spandrel does not import" in first.stdout and "TORCH_COMMAND" in first.stdout
+    second = launcher.run("--exit", FAKE_NO_SPANDREL="1")
+    assert "spandrel" not in second.stdout  # nothing installed: no import check, the start stays fast
 
 
 def test_changed_requirements_reinstall_them_but_not_torch(launcher: Launcher):
@@ -146,7 +168,7 @@ def test_nvidia_gpu_gets_a_cuda_build_and_optional_xformers(launcher: Launcher):
     assert result.returncode == 0, result.stderr
     assert "detected NVIDIA GPU (NVIDIA GeForce RTX 4090)" in result.stdout
     pips = launcher.pip_calls()
-    assert any(re.search(r"install torch==2\.13\.0 --extra-index-url \S+/whl/cu\d+", c) for c in pips), pips
+    assert any(re.search(rf"install {re.escape(PAIR)} --extra-index-url \S+/whl/cu\d+", c) for c in pips), pips
     xformers = [c for c in pips if "xformers" in c]
     assert xformers and "--only-binary" in xformers[0]  # never a source build
 
@@ -161,7 +183,7 @@ def test_missing_xformers_wheel_is_not_an_error(launcher: Launcher):
 def test_unreachable_cpu_index_falls_back_to_the_default_index(launcher: Launcher):
     result = launcher.run("--exit", FAKE_PIP_FAIL="whl/cpu")
     assert result.returncode == 0, result.stderr
-    assert "install torch==2.13.0" in [c.removeprefix("-m pip ") for c in launcher.pip_calls()]
+    assert f"install {PAIR}" in [c.removeprefix("-m pip ") for c in launcher.pip_calls()]
 
 
 def test_torch_command_overrides_the_torch_install(launcher: Launcher):
@@ -208,9 +230,9 @@ def test_help_shows_launcher_and_app_flags_without_setting_up(launcher: Launcher
 
 
 # --- launch.bat mirrors launch.sh --------------------------------------------------------------------------
-def torch_version(text: str) -> str:
-    found = re.findall(r"^\s*(?:set \"?)?TORCH_VERSION=([0-9.]+)", text, re.M)
-    assert len(found) == 1, "the torch version must be pinned in exactly one line"
+def torch_version(text: str, name: str = "TORCH_VERSION") -> str:
+    found = re.findall(rf"^\s*(?:set \"?)?{name}=([0-9.]+)", text, re.M)
+    assert len(found) == 1, f"{name} must be pinned in exactly one line"
     return found[0]
 
 
@@ -218,16 +240,20 @@ def test_launch_bat_mirrors_launch_sh():
     sh = (REPO_ROOT / "launch.sh").read_text()
     bat = (REPO_ROOT / "launch.bat").read_text()
     assert torch_version(sh) == torch_version(bat)
+    assert torch_version(sh, "TORCHVISION_VERSION") == torch_version(bat, "TORCHVISION_VERSION")
     for text in (sh, bat):
         assert "requirements.txt" in text and "requirements-test.txt" in text
-        assert "torch==%TORCH_VERSION%" in text or "torch==$TORCH_VERSION" in text
+        assert ("torch==%TORCH_VERSION% torchvision==%TORCHVISION_VERSION%" in text
+                or "torch==$TORCH_VERSION torchvision==$TORCHVISION_VERSION" in text)
         for word in ("--test", "--exit", "--help", "TORCH_COMMAND", "ATELIER_PYTHON", "atelier-stamp", "xformers"):
             assert word in text, word
         assert "whl/cpu" in text or "/cpu" in text
     cuda = re.search(r"TORCH_CUDA_DEFAULT=(cu\d+)", sh).group(1)
     assert f"TORCH_CUDA_DEFAULT={cuda}" in bat
     assert b"\r\n" in (REPO_ROOT / "launch.bat").read_bytes()  # cmd.exe wants CRLF line ends
-    assert "torch==" not in (REPO_ROOT / "requirements.txt").read_text()  # the one pin lives in the launchers
+    requirements = "\n".join(line.split("#")[0] for line in (REPO_ROOT / "requirements.txt").read_text().splitlines())
+    assert "torch==" not in requirements and "torchvision" not in requirements  # the pins live in the launchers
+    assert re.search(r"^spandrel>=", requirements, re.M)
 
 
 def test_readme_shows_exactly_the_two_set_up_commands():

@@ -22,6 +22,7 @@ from ..prompt_encoding import EncodeOptions
 from ..request import GenerationRequest
 from ..samplers import SchedulerTemplates
 from ..upscale import DEFAULT_OVERLAP, DEFAULT_TILE
+from ..upscalers import PixelUpscaler
 
 
 @dataclass
@@ -45,6 +46,12 @@ class TaskRun:
     embeddings: dict[str, Any] = field(default_factory=dict)  # name -> vectors
     embedding_hash: Callable[[str], str] = lambda name: ""  # A1111's TI hash of an embedding, by name
     job_cache: dict[Any, Any] = field(default_factory=dict)  # kept across the batches of one job
+    # the pixel upscaler a task runs (the Upscale tab's model or built-in, the hires fix's, SD upscale's), bound to
+    # the device; None for a latent upscale or an SD task without one
+    upscaler: PixelUpscaler | None = None
+    # another task's pipeline over the same checkpoint, set up on the same rung (the hires fix's img2img pass)
+    pipeline_for: Callable[[str], Any] | None = None
+    hires_prompts: PromptPlan | None = None  # the hires pass's own prompts (None: the first pass's)
 
     @property
     def spec(self) -> FamilySpec:
@@ -52,6 +59,9 @@ class TaskRun:
 
     def reporter(self, steps: int, size: tuple[int, int], previews: bool = True) -> StepReporter:
         """The step hook for this batch: progress, ETA, Stop and (``previews``) cheap latent previews."""
+        if self.loaded is None:  # a pixel upscale: no checkpoint, no latents
+            return StepReporter(self.sink, self.batch_index, self.batch_count, steps, size, False, None,
+                                self.step_delay_s)
         spec = self.spec
         return StepReporter(self.sink, self.batch_index, self.batch_count, steps, size,
                             spec.latent_rgb_factors if previews else False, spec.latent_rgb_bias, self.step_delay_s)
@@ -68,7 +78,12 @@ class TaskRun:
 
 @dataclass
 class BatchOutput:
-    """One batch's images (PIL) and what the run wants to say about them."""
+    """One batch's images (PIL) and what the run wants to say about them.
+
+    ``cancelled``: Stop came in a later pass and these are the images an earlier pass finished (the hires fix's
+    first pass), saved and kept; ``request`` is then what they answer (their infotext's), else the job's request."""
 
     images: list[Any]
     notes: list[Note] = field(default_factory=list)
+    cancelled: bool = False
+    request: GenerationRequest | None = None

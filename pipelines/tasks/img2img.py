@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import torch
 from PIL import Image, ImageOps
 
 from ..infotext import Note
@@ -16,18 +19,26 @@ def run(task: TaskRun) -> BatchOutput:
     reporter = task.reporter(request.steps, (request.width, request.height))
     reporter.check_cancel()
     init = resize_init(request.init_image, request.width, request.height, request.resize_mode)
-    # 2. encode the prompt schedule (over the steps img2img really runs) into the call's arguments
-    call = denoise.conditioned_arguments(task, reporter, strength=request.denoising_strength)
-    call.kwargs.update(image=init, strength=request.denoising_strength)
-    if denoise.is_inpaint_model(pipe):  # a 9-channel checkpoint: the whole picture is masked
-        call.kwargs.update(mask_image=denoise.whole_picture_mask(init.size), width=request.width,
-                           height=request.height)
-    # 3. denoise
+    # 2.-3. encode the prompt schedule (over the steps img2img really runs), denoise
     notes: list[Note] = []
-    latents = denoise.denoise(pipe, call, request, task.seeds, notes)
+    latents = redraw(task, reporter, init, request.denoising_strength, notes)
     # 4. decode
     images = denoise.decode(pipe, latents, notes, upcast=task.spec.is_xl)
     return BatchOutput(images, notes)
+
+
+def redraw(task: TaskRun, reporter: Any, init: Any, strength: float, notes: list[Note]) -> torch.Tensor:
+    """The latents of ``task``'s batch redrawn from ``init`` (a PIL image, a list of them, or latents) at
+    ``strength``, the scheduler and step hook in place: the prompt schedule encoded over the steps that really run,
+    then the denoising call."""
+    request, pipe = task.request, task.pipe
+    call = denoise.conditioned_arguments(task, reporter, strength=strength)
+    call.kwargs.update(image=init, strength=strength)
+    if denoise.is_inpaint_model(pipe):  # a 9-channel checkpoint: the whole picture is masked
+        first = init[0] if isinstance(init, list) else init
+        size = first.size if isinstance(first, Image.Image) else (request.width, request.height)
+        call.kwargs.update(mask_image=denoise.whole_picture_mask(size), width=size[0], height=size[1])
+    return denoise.denoise(pipe, call, request, task.seeds, notes)
 
 
 def resize_init(image: Image.Image, width: int, height: int, mode: str) -> Image.Image:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from PIL import Image
 
 from ..infotext import Note
@@ -17,16 +18,22 @@ def run(task: TaskRun) -> BatchOutput:
     pipe.scheduler = task.fresh_scheduler()
     reporter = task.reporter(request.steps, (request.width, request.height))
     reporter.check_cancel()
-    # 2. encode the prompt schedule (A1111's prompt language) into the call's arguments
+    # 2.-3. encode the prompt schedule, denoise
+    notes: list[Note] = []
+    latents = draw(task, reporter, notes)
+    # 4. decode
+    images = denoise.decode(pipe, latents, notes, upcast=task.spec.is_xl)
+    return BatchOutput(images, notes)
+
+
+def draw(task: TaskRun, reporter: object, notes: list[Note]) -> torch.Tensor:
+    """The latents of ``task``'s batch drawn from noise (its scheduler and step hook in place): the prompt schedule
+    (A1111's prompt language) encoded into the call's arguments, then the denoising call."""
+    request, pipe = task.request, task.pipe
     call = denoise.conditioned_arguments(task, reporter)
     if denoise.is_inpaint_model(pipe):  # a 9-channel checkpoint repaints a grey picture, all of it masked
         size = (request.width, request.height)
         call.kwargs.update(image=Image.new("RGB", size, GREY), strength=1.0,
                            mask_image=denoise.whole_picture_mask(size))
     call.kwargs.update(width=request.width, height=request.height)
-    # 3. denoise
-    notes: list[Note] = []
-    latents = denoise.denoise(pipe, call, request, task.seeds, notes)
-    # 4. decode
-    images = denoise.decode(pipe, latents, notes, upcast=task.spec.is_xl)
-    return BatchOutput(images, notes)
+    return denoise.denoise(pipe, call, request, task.seeds, notes)

@@ -1,4 +1,6 @@
-"""Upscale 4x: the request's image through the SD x4 upscale pipeline, tile by tile (``pipelines/upscale.py``)."""
+"""Upscale 4x: the request's image through the SD x4 upscale pipeline, tile by tile (``pipelines/upscale.py``); a
+request that names a scale or a size gets the 4x picture resized to it with Lanczos (A1111's extras do the same
+after a model of another scale)."""
 
 from __future__ import annotations
 
@@ -6,11 +8,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from ..errors import AtelierError
 from ..infotext import Note
+from ..request import upscale_target
 from ..upscale import SCALE, count_tiles, upscale_tiled
 from .base import BatchOutput, TaskRun
+from .pixel_upscale import crop_centre
 
 
 def run(task: TaskRun) -> BatchOutput:
@@ -42,4 +47,13 @@ def run(task: TaskRun) -> BatchOutput:
 
     # 3. every tile, blended back into one picture
     upscaled = upscale_tiled(run_tile, image, task.tile, task.overlap)
+    # 4. the size the request asked for, when it named one (else the model's 4x)
+    if request.upscale_scale is not None or request.upscale_width or request.upscale_height:
+        width, height, crop = upscale_target(request, SCALE)
+        if crop:
+            ratio = max(width / upscaled.width, height / upscaled.height)
+            cover = (max(width, round(upscaled.width * ratio)), max(height, round(upscaled.height * ratio)))
+            upscaled = crop_centre(upscaled.resize(cover, Image.Resampling.LANCZOS), width, height)
+        elif upscaled.size != (width, height):
+            upscaled = upscaled.resize((width, height), Image.Resampling.LANCZOS)
     return BatchOutput([upscaled], [Note.param("Tiles", tiles)] if tiles > 1 else [])
