@@ -53,8 +53,11 @@ FLAG_FIELDS = {
     "fast": "fast",
     "demo": "demo",
     "step_delay": "step_delay_s",
+    "styles_file": "styles_file",
 }
-NOT_LOADED_FROM_FILE = ("from_cli", "settings_file", "demo", "step_delay_s")
+NOT_LOADED_FROM_FILE = ("from_cli", "settings_file", "styles_file", "demo", "step_delay_s")
+# Saved Settings that are request defaults (pipelines.manager.REQUEST_DEFAULTS, not imported: it loads torch).
+SAVED_REQUEST_DEFAULTS = ("deep_cache", "deep_cache_interval", "token_merging", "clip_skip", "emphasis")
 
 
 class StartupError(Exception):
@@ -99,6 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--checkpoint", metavar="NAME", help="checkpoint to use by default, loaded at start")
     models.add_argument(
         "--settings-file", metavar="FILE", help="saved Settings (default settings.json beside the outputs folder)"
+    )
+    models.add_argument(
+        "--styles-file", metavar="FILE",
+        help="prompt styles, A1111's styles.csv format (default styles.csv beside the settings file)",
     )
     models.add_argument(
         "--demo", action="store_true", help="tiny random-weight models built locally (they draw noise): try the UI"
@@ -185,6 +192,8 @@ def load_settings_file(path: Path) -> dict[str, Any]:
 def valid_saved_values(saved: dict[str, Any]) -> dict[str, Any]:
     """Drop saved values that cannot be right (unknown choices), saying so, so that a hand-edited file cannot
     stop the start."""
+    from pipelines.errors import InvalidRequest
+    from pipelines.request import GenerationRequest
     from pipelines.settings import DEVICES as SETTING_DEVICES
     from pipelines.settings import MEMORY_MODES
     from pipelines.settings import PRECISIONS as SETTING_PRECISIONS
@@ -197,6 +206,12 @@ def valid_saved_values(saved: dict[str, Any]) -> dict[str, Any]:
         if name in choices and value not in choices[name]:
             print(f"WARNING: settings file: {name}={value!r} is not one of {', '.join(choices[name])}; ignored.")
             continue
+        if name in SAVED_REQUEST_DEFAULTS:  # the ranges a request is held to
+            try:
+                GenerationRequest.create(**{name: value})
+            except InvalidRequest as exc:
+                print(f"WARNING: settings file: {name}={value!r}: {str(exc).rstrip('.')}; ignored.")
+                continue
         kept[name] = value
     return kept
 
@@ -213,6 +228,8 @@ def build_settings(args: argparse.Namespace):  # -> pipelines.settings.Settings
         settings.outputs_dir = Path(args.outputs_dir).expanduser().resolve()
     if args.cache_dir:
         settings.cache_dir = Path(args.cache_dir).expanduser().resolve()
+    if args.styles_file:
+        settings.styles_file = Path(args.styles_file).expanduser().resolve()
     for dest in ("checkpoint", "device", "precision"):
         if getattr(args, dest):
             setattr(settings, dest, getattr(args, dest))

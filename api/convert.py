@@ -9,6 +9,7 @@ import base64
 import json
 import logging
 import math
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -16,6 +17,7 @@ from PIL import Image
 
 from pipelines.errors import InvalidRequest
 from pipelines.outputs import encode_png
+from pipelines.prompt_parser import apply_named_styles
 from pipelines.request import GenerationRequest, Result, open_image
 from pipelines.settings import Settings
 
@@ -41,6 +43,8 @@ _OVERRIDES = {"sd_model_checkpoint": "checkpoint", "sd_vae": "vae"}
 # Opt-in speed-ups that trade a little fidelity (A1111's key for token merging; ours for DeepCache).
 _SPEEDUP_OVERRIDES = {"token_merging_ratio": "token_merging", "deep_cache": "deep_cache",
                       "deep_cache_interval": "deep_cache_interval"}
+# The prompt language's options (A1111's keys): checked here, so that an error names the key the client sent.
+PROMPT_OPTIONS = {"CLIP_stop_at_last_layers": "clip_skip", "emphasis": "emphasis"}
 
 
 def txt2img_request(body: Txt2ImgRequest, settings: Settings) -> GenerationRequest:
@@ -107,21 +111,28 @@ def _common_fields(body: GenerationFields, settings: Settings) -> dict[str, Any]
         "seed": _or(body.seed, -1),
         "batch_count": _or(body.n_iter, 1),
         "batch_size": _or(body.batch_size, 1),
+        "styles": list(body.styles or []),
     }
+    if body.clip_skip is not None:  # a top-level clip_skip (some clients); override_settings wins below
+        fields["clip_skip"] = body.clip_skip
     fields.update(override_fields(body.override_settings))
     return fields
 
 
 def override_fields(override_settings: dict[str, Any] | None) -> dict[str, Any]:
-    """``override_settings`` → ``{"checkpoint": ..., "vae": ..., speed-ups}`` for one request; others ignored."""
+    """``override_settings`` → ``{"checkpoint": ..., "vae": ..., clip skip, emphasis, speed-ups}`` for one request;
+    other keys ignored."""
     out: dict[str, Any] = {}
     for key, value in (override_settings or {}).items():
+        if key in PROMPT_OPTIONS and value is not None:
+            out[PROMPT_OPTIONS[key]] = checked_option(f"override_settings.{key}", PROMPT_OPTIONS[key], value)
+            continue
         if key in _SPEEDUP_OVERRIDES and value is not None:
             # GenerationRequest validates type and range (token_merging 0-0.75) and names the field.
             out[_SPEEDUP_OVERRIDES[key]] = value
             continue
         if key not in _OVERRIDES:
-            log.debug("override_settings: ignoring %r (Atelier honours only %s)", key, ", ".join(_OVERRIDES))
+            log.debug("override_settings: ignoring %r (Atelier does not honour it)", key)
             continue
         if value is None or value == "":
             continue
@@ -134,13 +145,21 @@ def override_fields(override_settings: dict[str, Any] | None) -> dict[str, Any]:
     return out
 
 
+def checked_option(name: str, field: str, value: Any) -> Any:
+    """``value`` for the request field ``field``, checked as ``GenerationRequest`` checks it; the error names
+    ``name``, the key the client sent (``override_settings.CLIP_stop_at_last_layers``, an /options key)."""
+    try:
+        GenerationRequest.create(**{field: value})
+    except InvalidRequest as exc:
+        raise InvalidRequest(exc.message.replace(field, name, 1), name) from None
+    return value
+
+
 def refuse_unbuilt(body: GenerationFields) -> None:
     """Raise ``InvalidRequest`` for a field that asks for a feature Atelier does not have.
 
     Silently ignoring these would hand back an image that is not what the client asked for.
     """
-    if body.styles:
-        raise _not_built("styles", "saved prompt styles are not available; put the style text in the prompt")
     if body.restore_faces:
         raise _not_built("restore_faces", "face restoration is not available; send restore_faces false")
     if body.tiling:
@@ -214,16 +233,22 @@ def job_timestamp(now: datetime | None = None) -> str:
     return (now or datetime.now()).strftime("%Y%m%d%H%M%S")
 
 
-def generation_info(body: GenerationFields, request: GenerationRequest, result: Result, timestamp: str) -> str:
-    """A1111's ``info`` JSON string (``Processed.js()``) for a finished run."""
+def generation_info(body: GenerationFields, request: GenerationRequest, result: Result, timestamp: str,
+                    settings: Settings | None = None, styles: Mapping[str, Any] | None = None) -> str:
+    """A1111's ``info`` JSON string (``Processed.js()``) for a finished run.
+
+    ``settings`` gives the clip skip a request without one ran with; ``styles`` (name → ``PromptStyle``) the
+    styles file, for A1111's ``all_prompts`` (the prompts with the request's styles applied)."""
     count = len(result.seeds) or len(result.images)
     seeds = list(result.seeds) or [request.seed] * count
     subseed = _or(body.subseed, -1)
+    styled = apply_named_styles(request.prompt, request.negative_prompt, list(request.styles), styles or {})
+    clip_skip = request.clip_skip if request.clip_skip is not None else getattr(settings, "clip_skip", 1)
     info: dict[str, Any] = {
         "prompt": request.prompt,
-        "all_prompts": [request.prompt] * count,
+        "all_prompts": [styled.prompt] * count,
         "negative_prompt": request.negative_prompt,
-        "all_negative_prompts": [request.negative_prompt] * count,
+        "all_negative_prompts": [styled.negative_prompt] * count,
         "seed": seeds[0] if seeds else request.seed,
         "all_seeds": seeds,
         "subseed": subseed,
@@ -249,13 +274,14 @@ def generation_info(body: GenerationFields, request: GenerationRequest, result: 
         "extra_generation_params": {},
         "index_of_first_image": 0,
         "infotexts": list(result.infotexts),
-        "styles": [],
+        "styles": list(request.styles),
         "job_timestamp": timestamp,
-        "clip_skip": 1,
+        "clip_skip": int(clip_skip),
         "is_using_inpainting_conditioning": False,
         # Atelier's own keys: how the run went.
         "memory_mode": result.mode,
         "notes": list(result.notes),
+        "warnings": list(result.warnings),  # what the request named and did not get (a LoRA or style not found)
         "interrupted": bool(result.cancelled),
     }
     return json.dumps(info, ensure_ascii=False)

@@ -23,7 +23,9 @@ class GenerationFields(_Lenient):
 
     prompt: str | None = Field(None, description="What to draw.")
     negative_prompt: str | None = Field(None, description="What to avoid.")
-    styles: list[str] | None = Field(None, description="Saved prompt styles: not available in Atelier (must be empty).")
+    styles: list[str] | None = Field(
+        None, description="Names of saved prompt styles (/sdapi/v1/prompt-styles), applied in order; a name that is "
+        "not in the styles file is left out and named in the info's warnings.")
     seed: int | None = Field(-1, description="-1 for a random seed.")
     subseed: int | None = Field(-1, description="Variation seed: reported back, used only with subseed_strength.")
     subseed_strength: float | None = Field(0.0, description="Variation strength: not available (must be 0).")
@@ -54,7 +56,9 @@ class GenerationFields(_Lenient):
     s_tmin: float | None = None
     s_noise: float | None = None
     override_settings: dict[str, Any] | None = Field(
-        None, description="Per-request settings: sd_model_checkpoint and sd_vae are honoured, others ignored."
+        None, description="Per-request settings: sd_model_checkpoint, sd_vae, CLIP_stop_at_last_layers (clip skip, "
+        "1-12), emphasis (Original, No norm, Ignore, None), token_merging_ratio, deep_cache and deep_cache_interval "
+        "are honoured, others ignored."
     )
     override_settings_restore_afterwards: bool | None = True
     refiner_checkpoint: str | None = Field(None, description="SDXL refiner: not available (must be empty).")
@@ -70,6 +74,9 @@ class GenerationFields(_Lenient):
     )
     force_task_id: str | None = None
     infotext: str | None = None
+    clip_skip: int | None = Field(
+        None, description="Atelier (sent by some clients): clip skip for this request, 1-12; "
+        "override_settings.CLIP_stop_at_last_layers wins when both are given.")
 
 
 class Txt2ImgRequest(GenerationFields):
@@ -211,6 +218,44 @@ class Options(_Lenient):
         None, description="Default DeepCache switch (Atelier): reuse deep UNet features; faster, changes pixels.")
     deep_cache_interval: int | None = Field(
         None, description="DeepCache: every n-th step runs the whole UNet (2-10, default 3).")
+    CLIP_stop_at_last_layers: int | None = Field(
+        None, description="Clip skip: stop at the n-th last layer of CLIP (1-12, default 1).")
+    emphasis: str | None = Field(
+        None, description="How (word:1.2) weights apply: 'Original' (default), 'No norm', 'Ignore' or 'None'.")
+
+
+class LoraItem(BaseModel):
+    """One LoRA in ``/sdapi/v1/loras`` (A1111's ``create_lora_json``)."""
+
+    name: str = Field(..., description="The name a prompt uses: <lora:name:1>.")
+    alias: str = Field(..., description="The file's ss_output_name metadata, else the name.")
+    path: str
+    metadata: dict[str, Any] = Field(default_factory=dict, description="The file's training metadata (kohya's ss_*).")
+
+
+class EmbeddingItem(BaseModel):
+    """One textual-inversion embedding in ``/sdapi/v1/embeddings``."""
+
+    step: int | None = None
+    sd_checkpoint: str | None = None
+    sd_checkpoint_name: str | None = None
+    shape: int = Field(..., description="Vector width (768 SD 1.x, 1024 SD 2.x, 2048 SDXL's two encoders).")
+    vectors: int = Field(..., description="Vectors (tokens) the name stands for.")
+
+
+class EmbeddingsResponse(BaseModel):
+    """``/sdapi/v1/embeddings``: those the default checkpoint can use, and those made for another model."""
+
+    loaded: dict[str, EmbeddingItem] = Field(default_factory=dict)
+    skipped: dict[str, EmbeddingItem] = Field(default_factory=dict)
+
+
+class PromptStyleItem(BaseModel):
+    """One row of the styles file in ``/sdapi/v1/prompt-styles``."""
+
+    name: str
+    prompt: str | None = None
+    negative_prompt: str | None = None
 
 
 class SDModelItem(BaseModel):

@@ -9,6 +9,7 @@ requests never starve the threads that ``/progress`` and ``/interrupt`` need. Ev
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -27,16 +28,20 @@ from . import convert
 from .auth import BasicAuth
 from .errors import api_field_names, make_route_class
 from .models import (
+    EmbeddingItem,
+    EmbeddingsResponse,
     ErrorResponse,
     ExtrasSingleImageRequest,
     ExtrasSingleImageResponse,
     ImageToImageResponse,
     Img2ImgRequest,
+    LoraItem,
     Options,
     PNGInfoRequest,
     PNGInfoResponse,
     ProgressResponse,
     ProgressState,
+    PromptStyleItem,
     SamplerItem,
     SchedulerItem,
     ScriptsList,
@@ -117,8 +122,8 @@ class SdApi:
         job = await run_in_threadpool(submit)
         return await anyio.to_thread.run_sync(job.wait, limiter=self._waiters)
 
-    @staticmethod
     def _generation_response(
+        self,
         response_type: type[TextToImageResponse],
         body: Txt2ImgRequest | Img2ImgRequest,
         request: GenerationRequest,
@@ -126,10 +131,11 @@ class SdApi:
         timestamp: str,
     ) -> TextToImageResponse:
         images = convert.result_images_base64(result) if body.send_images is not False else []
+        styles = {style.name: style for style in self.manager.styles()} if request.styles else {}
         return response_type(
             images=images,
             parameters=convert.echo_parameters(body),
-            info=convert.generation_info(body, request, result, timestamp),
+            info=convert.generation_info(body, request, result, timestamp, self.settings, styles),
         )
 
     # --- progress and interrupt ----------------------------------------------------------------------------
@@ -194,7 +200,7 @@ class SdApi:
         self.manager.refresh_models()
 
     def get_options(self) -> Options:
-        """The options Atelier shares with A1111: the default checkpoint and VAE."""
+        """The options Atelier shares with A1111: the default checkpoint and VAE, clip skip, emphasis, speed-ups."""
         default = self.manager.default_checkpoint()
         return Options(
             sd_model_checkpoint=default.title if default is not None else None,
@@ -204,11 +210,14 @@ class SdApi:
             token_merging_ratio=self.settings.token_merging,
             deep_cache=self.settings.deep_cache,
             deep_cache_interval=self.settings.deep_cache_interval,
+            CLIP_stop_at_last_layers=self.settings.clip_skip,
+            emphasis=self.settings.emphasis,
         )
 
     def set_options(self, options: Options) -> None:
-        """Switch the default checkpoint (``sd_model_checkpoint``), VAE (``sd_vae``) and the speed-up switches
-        (``token_merging_ratio``, ``deep_cache``, ``deep_cache_interval``); other keys are ignored.
+        """Switch the default checkpoint (``sd_model_checkpoint``), VAE (``sd_vae``), clip skip
+        (``CLIP_stop_at_last_layers``), ``emphasis`` and the speed-up switches (``token_merging_ratio``,
+        ``deep_cache``, ``deep_cache_interval``); other keys are ignored. Saved like the Settings tab's values.
 
         Both names are checked before either is applied; an unknown name is a 422 that lists the valid ones.
         """
@@ -224,9 +233,9 @@ class SdApi:
         if vae is not None:
             vae = "Automatic" if vae == "None" else vae
             self._check_vae(vae)
-        speedups = _speedup_options(options)
-        if speedups:
-            _with_option_names(lambda: self.manager.apply_settings(speedups))
+        changes = _setting_options(options)
+        if changes:
+            _with_option_names(lambda: self.manager.apply_settings(changes))
         if checkpoint is not None:
             self.manager.set_default_checkpoint(checkpoint)
         if vae is not None:
@@ -245,6 +254,39 @@ class SdApi:
         except ModelNotFound as exc:
             names = ["Automatic", "None", *(info.name for info in self.manager.vaes())]
             raise _with_choices(exc, "sd_vae", names) from None
+
+    # --- the prompt language's files -----------------------------------------------------------------------
+    def loras(self) -> list[LoraItem]:
+        """Installed LoRAs (A1111's shape); ``alias`` is the file's ``ss_output_name``, else its name."""
+        items = []
+        for info in self.manager.loras():
+            metadata = _readable_metadata(self.manager, info)
+            alias = metadata.get("ss_output_name")
+            items.append(LoraItem(name=info.name, alias=alias if isinstance(alias, str) and alias else info.name,
+                                  path=str(info.path), metadata=metadata))
+        return items
+
+    def refresh_loras(self) -> None:
+        """Scan the models folders again (LoRAs included)."""
+        self.manager.refresh_models()
+
+    def embeddings(self) -> EmbeddingsResponse:
+        """Textual-inversion embeddings: ``loaded`` those the default checkpoint can use, ``skipped`` those made for
+        another model (A1111's split). Files that are not embeddings at all are left out (the log says why)."""
+        report = self.manager.embeddings()
+        return EmbeddingsResponse(
+            loaded={name: _embedding_item(embedding) for name, embedding in report.loaded.items()},
+            skipped={name: _embedding_item(embedding) for name, embedding in report.skipped.items()},
+        )
+
+    def refresh_embeddings(self) -> None:
+        """Scan the models folders again (a changed embedding file is read again when next used)."""
+        self.manager.refresh_models()
+
+    def prompt_styles(self) -> list[PromptStyleItem]:
+        """The styles of the styles file (A1111's styles.csv), in file order."""
+        return [PromptStyleItem(name=style.name, prompt=style.prompt, negative_prompt=style.negative_prompt)
+                for style in self.manager.styles()]
 
     # --- lists ---------------------------------------------------------------------------------------------
     def samplers(self) -> list[SamplerItem]:
@@ -340,6 +382,11 @@ _ROUTES: tuple[_Route, ...] = (
     _Route("GET", "/schedulers", "schedulers", list[SchedulerItem], "Schedule types"),
     _Route("GET", "/upscalers", "upscalers", list[UpscalerItem], "Upscalers"),
     _Route("GET", "/scripts", "scripts", ScriptsList, "A1111 scripts (none)"),
+    _Route("GET", "/loras", "loras", list[LoraItem], "Installed LoRAs"),
+    _Route("POST", "/refresh-loras", "refresh_loras", None, "Rescan the LoRA folders"),
+    _Route("GET", "/embeddings", "embeddings", EmbeddingsResponse, "Textual-inversion embeddings"),
+    _Route("POST", "/refresh-embeddings", "refresh_embeddings", None, "Rescan the embedding folders"),
+    _Route("GET", "/prompt-styles", "prompt_styles", list[PromptStyleItem], "Styles of the styles file"),
 )
 
 
@@ -377,14 +424,15 @@ def _sha256(registry: Any, info: Any) -> str | None:
         return None
 
 
-# /options keys for the speed-up switches → Settings fields (A1111's key for token merging; ours for DeepCache).
-_SPEEDUP_OPTIONS = {"token_merging_ratio": "token_merging", "deep_cache": "deep_cache",
-                    "deep_cache_interval": "deep_cache_interval"}
+# /options keys that are Settings → their Settings fields: A1111's keys (token merging, clip skip, emphasis) and ours
+# (DeepCache).
+_SETTING_OPTIONS = {"token_merging_ratio": "token_merging", "deep_cache": "deep_cache",
+                    "deep_cache_interval": "deep_cache_interval", **convert.PROMPT_OPTIONS}
 
 
-def _speedup_options(options: Options) -> dict[str, Any]:
-    """The speed-up switches a POST /options body sets, as Settings changes."""
-    return {field: getattr(options, key) for key, field in _SPEEDUP_OPTIONS.items()
+def _setting_options(options: Options) -> dict[str, Any]:
+    """The Settings a POST /options body sets, as Settings changes."""
+    return {field: getattr(options, key) for key, field in _SETTING_OPTIONS.items()
             if getattr(options, key) is not None}
 
 
@@ -393,10 +441,35 @@ def _with_option_names(apply: Any) -> Any:
     try:
         return apply()
     except InvalidRequest as exc:
-        names = {field: key for key, field in _SPEEDUP_OPTIONS.items()}
+        names = {field: key for key, field in _SETTING_OPTIONS.items()}
         if exc.field in names:
             raise InvalidRequest(exc.message.replace(exc.field, names[exc.field], 1), names[exc.field]) from None
         raise
+
+
+def _readable_metadata(manager: Any, info: Any) -> dict[str, Any]:
+    """A LoRA's metadata as A1111 lists it: text values that hold a JSON object (kohya's ``ss_tag_frequency``,
+    ``ss_dataset_dirs``) parsed; {} when the file cannot be read."""
+    try:
+        raw = manager.lora_metadata(info) or {}
+    except (AtelierError, OSError):
+        return {}
+    metadata: dict[str, Any] = {}
+    for key, value in raw.items():
+        if isinstance(value, str) and value[:1] == "{":
+            try:
+                value = json.loads(value)
+            except ValueError:
+                pass
+        metadata[str(key)] = value
+    return metadata
+
+
+def _embedding_item(embedding: Any) -> EmbeddingItem:
+    """A1111's entry for one embedding: ``shape`` is the vector width (both encoders' together for SDXL)."""
+    return EmbeddingItem(step=embedding.step, sd_checkpoint=embedding.sd_checkpoint,
+                         sd_checkpoint_name=embedding.sd_checkpoint_name, shape=sum(embedding.widths),
+                         vectors=embedding.vector_count)
 
 
 def _option_text(value: str | None, key: str) -> str | None:

@@ -5,6 +5,9 @@
 * ``FakeManager`` for ``pipelines.manager.PipelineManager`` (``pipelines.interface.Engine``), and ``FakeJob`` for
   ``pipelines.jobs.Job`` (``JobHandle``).
 
+``write_lora`` and ``write_embedding`` write small real files (the registry's detection and the embedding reader read
+them) for a ``FakeRegistry``'s ``loras``/``embeddings``.
+
 tests/test_interface.py checks ``FakeManager`` and ``FakeJob`` against the Protocols, as it checks the real classes.
 """
 
@@ -24,15 +27,47 @@ from PIL import Image
 
 from pipelines import outputs
 from pipelines.catalog import ModelCatalog
+from pipelines.conditioning import job_prompts
 from pipelines.errors import AtelierError, Cancelled, ModelNotFound, QueueFull
 from pipelines.infotext import request_infotext
 from pipelines.interface import EngineStatus
+from pipelines.networks import check_family
 from pipelines.progress import JobState, ProgressEvent, ProgressState
-from pipelines.registry import empty_models_message
+from pipelines.registry import builtin_upscalers, empty_models_message
 from pipelines.request import GenerationRequest, Result
 from pipelines.settings import Settings
 
 MODELS_DIR = Path("/nonexistent-models")
+PROMPT_TASKS = ("txt2img", "img2img")  # as pipelines.manager.PROMPT_TASKS
+
+
+def write_lora(path: Path, group: str, metadata: dict[str, str] | None = None) -> Path:
+    """A LoRA file whose keys say which model group it is for, as the registry detects it (kohya's names: SDXL's
+    ``lora_te1_``; SD 1.x's cross-attention key projection takes 768-wide text features)."""
+    import torch
+    from safetensors.torch import save_file
+
+    if group == "sdxl":
+        tensors = {"lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": torch.zeros(4, 768)}
+    else:
+        key = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k"
+        tensors = {f"{key}.lora_down.weight": torch.zeros(4, 768), f"{key}.lora_up.weight": torch.zeros(320, 4),
+                   f"{key}.alpha": torch.tensor(4.0)}
+    save_file(tensors, str(path), metadata=metadata)
+    return path
+
+
+def write_embedding(path: Path, vectors: Any, step: int | None = 42) -> Path:
+    """An embedding as A1111 saves it: a .pt with ``string_to_param``, or SDXL's clip_l/clip_g .safetensors."""
+    import torch
+    from safetensors.torch import save_file
+
+    if isinstance(vectors, dict):
+        save_file(vectors, str(path))
+    else:
+        torch.save({"string_to_param": {"*": vectors}, "name": path.stem, "step": step,
+                    "sd_checkpoint": "0123456789", "sd_checkpoint_name": "demo"}, path)
+    return path
 
 
 def name_hash(name: str) -> str:
@@ -52,6 +87,7 @@ class FakeInfo:
     family: str = "sd15"
     family_source: str = "test"
     short_hash: str = ""  # "": made up from the name
+    scale: float | None = None
 
     def __post_init__(self) -> None:
         self.short_hash = self.short_hash or name_hash(self.name)
@@ -73,7 +109,8 @@ class FakeRegistry:
         self._checkpoints = [info(n, MODELS_DIR / f"{n}.safetensors") for n in checkpoints]
         self._vaes = [info(n, MODELS_DIR / "vae" / f"{n}.safetensors", kind="vae") for n in vaes]
         self._upscalers = [info(n, MODELS_DIR / "upscale_models" / n, kind="upscaler", format="diffusers",
-                                family="x4-upscaler") for n in upscalers]
+                                family="x4-upscaler", scale=4) for n in upscalers]
+        self.model_upscaler_infos: list[Any] = []  # upscaler model files a test adds (real ModelInfo entries)
         # real files a test wrote (LoRAs, embeddings): read by the real loading code
         self._loras = [info(Path(p).stem, Path(p), kind="lora", family=_lora_group(Path(p))) for p in loras]
         self._embeddings = [info(Path(p).stem, Path(p), kind="embedding", family=None) for p in embeddings]
@@ -90,6 +127,13 @@ class FakeRegistry:
     def upscalers(self) -> list[FakeInfo]:
         return list(self._upscalers)
 
+    def all_upscalers(self) -> list[Any]:
+        """As the real one: the built-ins, the model files, the SD x4 folders."""
+        return [*builtin_upscalers(), *self.model_upscaler_infos, *self._upscalers]
+
+    def model_upscalers(self) -> list[Any]:
+        return list(self.model_upscaler_infos)
+
     def loras(self) -> list[FakeInfo]:
         return list(self._loras)
 
@@ -100,7 +144,16 @@ class FakeRegistry:
         return next((info for info in self._loras if name in (info.name, info.path.name)), None)
 
     def metadata(self, info: FakeInfo) -> dict[str, str]:
-        return {}
+        """A real file's safetensors metadata (kohya's ``ss_*`` keys), as the real registry reads it; else {}."""
+        from pipelines.checkpoint_files import read_safetensors_header
+        from pipelines.errors import ModelLoadError
+
+        if info.path.suffix != ".safetensors" or not info.path.is_file():
+            return {}
+        try:
+            return dict(read_safetensors_header(info.path)[1])
+        except (ModelLoadError, OSError):
+            return {}
 
     def network_hash(self, info: FakeInfo) -> str:
         """A1111's 12-digit hash: of the file's bytes when it exists, else made up from the name."""
@@ -116,7 +169,10 @@ class FakeRegistry:
             return None  # the checkpoint's own VAE
         return _find(self._vaes, name, "vae")
 
-    def find_upscaler(self, name: str) -> FakeInfo:
+    def find_upscaler(self, name: str) -> Any:
+        for info in self.all_upscalers():
+            if name in (info.name, info.path.name) or (info.family == "builtin" and name.lower() == info.name.lower()):
+                return info
         return _find(self._upscalers, name, "upscaler")
 
     def short_hash(self, info: FakeInfo) -> str:
@@ -204,8 +260,10 @@ class FakeJob:
 
 class FakeManager:
     """Stands in for ``manager.PipelineManager``: the same FIFO queue run by one worker thread, the same model lookup
-    (the real ``ModelCatalog`` over ``registry``), but each step waits ``step_delay`` s and each image is one flat
-    colour of the requested size (x4 for an upscale), saved with its infotext as the real one saves it.
+    (the real ``ModelCatalog`` over ``registry``) and the same reading of the prompts (styles, ``<lora:...>`` tags:
+    a LoRA not found is a warning, one for another model a 422 at submit), but each step waits ``step_delay`` s and
+    each image is one flat colour of the requested size (x4 for an upscale), saved with its infotext as the real one
+    saves it.
 
     Test controls: ``step_delay``; ``fail_with`` (every job ends with this error, raised as is by ``wait()``);
     ``pause()``/``resume()`` and ``hold()``/``release()``. Records: ``submitted`` (requests), ``applied`` (the
@@ -271,7 +329,9 @@ class FakeManager:
     # --- jobs -----------------------------------------------------------------------------------------------
     def submit(self, request: GenerationRequest,
                on_progress: Callable[[ProgressEvent], Any] | None = None) -> FakeJob:
-        self._catalog.resolve(request)  # unknown names raise ModelNotFound, as in the real submit
+        targets = self._catalog.resolve(request)  # unknown names raise ModelNotFound, as in the real submit
+        if request.task in PROMPT_TASKS:  # prompt syntax and LoRAs for another model: 422, as in the real submit
+            check_family(self._prompts(request).loras, targets.checkpoint.family)
         with self._cond:
             if self._closed:
                 raise AtelierError("Atelier is shutting down; no new jobs are taken.")
@@ -353,6 +413,7 @@ class FakeManager:
         result = Result(request=request, checkpoint=model.name, checkpoint_hash=self.registry.short_hash(model),
                         mode="cpu")
         batches = request.batch_seeds(request.resolved_seed())
+        prompts = self._prompts(request) if request.task in PROMPT_TASKS else None
         for batch_index, seeds in enumerate(batches):
             if not self._steps(job, batch_index, len(batches)):
                 if not result.images:
@@ -360,8 +421,16 @@ class FakeManager:
                 result.cancelled = True
                 break
             for seed in seeds:
-                self._save(request, targets, seed, result)
+                self._save(request, targets, seed, result, prompts)
+        for note in prompts.notes if prompts is not None else []:
+            said = result.warnings if note.warning else result.notes
+            if note.text not in said:
+                said.append(note.text)
         return result
+
+    def _prompts(self, request: GenerationRequest) -> Any:
+        """The real engine's reading of the prompts: styles, ``<lora:...>`` tags found or warned about, Lora hashes."""
+        return job_prompts(request, self.settings, self._catalog.styles(), self.registry)
 
     def _steps(self, job: FakeJob, batch_index: int, batch_count: int) -> bool:
         """The denoising steps of one batch; False when the job was cancelled."""
@@ -376,14 +445,17 @@ class FakeManager:
             ))
         return True
 
-    def _save(self, request: GenerationRequest, targets: Any, seed: int, result: Result) -> None:
+    def _save(self, request: GenerationRequest, targets: Any, seed: int, result: Result, prompts: Any = None) -> None:
         source = request.image if request.task == "upscale" else None
         size = (source.width * 4, source.height * 4) if source is not None else (request.width, request.height)
         image = Image.new("RGB", size, (seed % 256, 80, 160))
         vae = targets.vae
+        texts = {} if prompts is None else dict(prompt=prompts.plan.infotext_prompt,
+                                                negative_prompt=prompts.plan.infotext_negative)
         infotext = request_infotext(
             request, seed=seed, size=size, model=targets.checkpoint.name, model_hash=result.checkpoint_hash,
             vae=vae and vae.name, vae_hash=vae and self.registry.short_hash(vae),
+            notes=prompts.notes if prompts is not None else (), **texts,
         )
         folder = outputs.output_folder(self.settings.outputs_dir, request.task)
         result.paths.append(outputs.write_png_with_parameters(image, infotext, folder, seed))
@@ -404,6 +476,14 @@ class FakeManager:
     def upscalers(self) -> list[FakeInfo]:
         return self.registry.upscalers()
 
+    def all_upscalers(self) -> list[Any]:
+        return self.registry.all_upscalers()
+
+    def latent_upscale_modes(self) -> list[str]:
+        from pipelines.request import LATENT_UPSCALE_MODES
+
+        return list(LATENT_UPSCALE_MODES)
+
     def default_checkpoint(self) -> FakeInfo | None:
         return self._catalog.default_checkpoint()
 
@@ -414,26 +494,39 @@ class FakeManager:
         self._catalog.set_default_vae(name)
 
     def count_tokens(self, text: str) -> tuple[int, int]:
-        """The real counter's answer (A1111's: tokens, and the limit of the chunks they fill)."""
+        """The real counter's answer (A1111's: tokens, and the limit of the chunks they fill; tags and comments
+        left out)."""
         from pipelines.prompt_encoding import count_prompt_tokens
+        from pipelines.prompt_parser import parse_extra_networks, strip_comments
         from pipelines.tokenizers import clip_tokenizer
 
-        counted = count_prompt_tokens(clip_tokenizer(), text or "")
+        counted = count_prompt_tokens(clip_tokenizer(), parse_extra_networks(strip_comments(text or ""))[0])
         return counted.count, counted.limit
 
     def loras(self) -> list[FakeInfo]:
         return self.registry.loras()
 
     def lora_metadata(self, info: FakeInfo) -> dict[str, str]:
-        return {}
+        return dict(self.registry.metadata(info))
 
     def embeddings(self) -> Any:
-        from pipelines.embeddings import EmbeddingReport
+        """The embedding files the test wrote, read by the real reader and split as the real manager splits them
+        (by the text-encoder width of the default checkpoint's family)."""
+        from pipelines.embeddings import EmbeddingLibrary, EmbeddingReport
+        from pipelines.manager import TEXT_WIDTHS
+        from pipelines.registry import FAMILY_GROUP
 
-        return EmbeddingReport()
+        readable, unreadable = EmbeddingLibrary().readable(list(self.registry.embeddings()))
+        default = self.default_checkpoint()
+        widths = TEXT_WIDTHS.get(FAMILY_GROUP.get(default.family, "")) if default is not None else None
+        report = EmbeddingReport(skipped_reasons=dict(unreadable))
+        for embedding in readable:
+            (report.loaded if widths is None or embedding.widths == widths else report.skipped)[embedding.name] = (
+                embedding)
+        return report
 
     def styles(self) -> list[Any]:
-        return list(self.catalog.styles().values())
+        return list(self._catalog.styles().values())
 
     # --- status and settings --------------------------------------------------------------------------------
     def status(self) -> EngineStatus:

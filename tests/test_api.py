@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fakes import FakeManager, FakeRegistry
+from fakes import FakeManager, FakeRegistry, write_embedding, write_lora
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image, PngImagePlugin
@@ -282,7 +282,11 @@ INVALID = [
     ),
     ("txt2img", {**BASE, "script_name": "x/y/z plot"}, "script_name"),
     ("txt2img", {**BASE, "restore_faces": True}, "restore_faces"),
-    ("txt2img", {**BASE, "styles": ["cinematic"]}, "styles"),
+    ("txt2img", {**BASE, "styles": "cinematic"}, "styles"),
+    ("txt2img", {**BASE, "clip_skip": 0}, "clip_skip"),
+    ("txt2img", {**BASE, "override_settings": {"CLIP_stop_at_last_layers": 13}},
+     "override_settings.CLIP_stop_at_last_layers"),
+    ("txt2img", {**BASE, "override_settings": {"emphasis": "Loud"}}, "override_settings.emphasis"),
     ("txt2img", {**BASE, "override_settings": {"sd_model_checkpoint": 5}}, "override_settings.sd_model_checkpoint"),
     ("img2img", {**BASE, "init_images": [png_b64()], "denoising_strength": 2}, "denoising_strength"),
     ("img2img", {**BASE, "init_images": [base64.b64encode(b"not an image at all").decode()]}, "init_images"),
@@ -575,6 +579,11 @@ ROUTES = [
     ("post", "png-info"),
     ("get", "upscalers"),
     ("post", "extra-single-image"),
+    ("get", "loras"),
+    ("post", "refresh-loras"),
+    ("get", "embeddings"),
+    ("post", "refresh-embeddings"),
+    ("get", "prompt-styles"),
 ]
 
 
@@ -597,5 +606,147 @@ def test_openapi_documents_every_route(manager: FakeManager, openapi_url: str | 
         "PNGInfoResponse",
         "UpscalerItem",
         "Options",
+        "LoraItem",
+        "EmbeddingsResponse",
+        "PromptStyleItem",
     ):
         assert model in components, model
+
+
+# --- the prompt language: styles, clip skip, emphasis, LoRAs, embeddings ---------------------------------------
+STYLES_CSV = (
+    'name,prompt,negative_prompt\n'
+    '"Oil","{prompt}, oil painting, thick brushwork","blurry"\n'
+    '"Moody","dark, moody light",""\n'
+)
+
+
+@pytest.fixture
+def networks(tmp_path: Path) -> Iterator[FakeManager]:
+    """An engine stand-in with LoRAs (one for SD 1.x with kohya metadata, one for SDXL), embeddings (one for SD 1.x,
+    one for SD 2.x, one for SDXL) and a styles file."""
+    import torch
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    tag_frequency = json.dumps({"1_castle": {"castle": 12}})
+    loras = (
+        write_lora(folder / "paint.safetensors", "sd1", {"ss_output_name": "PaintStyle", "ss_network_dim": "4",
+                                                         "ss_tag_frequency": tag_frequency}),
+        write_lora(folder / "xl-only.safetensors", "sdxl"),
+    )
+    embeddings = (
+        write_embedding(folder / "castle-ti.pt", torch.zeros(2, 768)),
+        write_embedding(folder / "sd2-ti.pt", torch.zeros(1, 1024), step=None),
+        write_embedding(folder / "xl-ti.safetensors", {"clip_l": torch.zeros(3, 768), "clip_g": torch.zeros(3, 1280)}),
+    )
+    styles = tmp_path / "styles.csv"
+    styles.write_text(STYLES_CSV, encoding="utf-8")
+    registry = FakeRegistry(checkpoints=("demo",), hashes={"demo": "0123456789"}, loras=loras, embeddings=embeddings)
+    settings = Settings(queue_size=4, outputs_dir=tmp_path / "outputs", settings_file=tmp_path / "settings.json",
+                        styles_file=styles)
+    fake = FakeManager(settings, registry)
+    yield fake
+    fake.close()
+
+
+def test_loras_list_names_aliases_paths_and_metadata_as_a1111(networks: FakeManager) -> None:
+    client = make_client(networks)
+    loras = client.get(f"{API}/loras").json()
+    assert [lora["name"] for lora in loras] == ["paint", "xl-only"]
+    paint, xl = loras
+    assert set(paint) == {"name", "alias", "path", "metadata"}
+    assert paint["alias"] == "PaintStyle" and paint["path"].endswith("paint.safetensors")
+    assert paint["metadata"]["ss_network_dim"] == "4"
+    assert paint["metadata"]["ss_tag_frequency"] == {"1_castle": {"castle": 12}}  # JSON text read, as A1111 does
+    assert (xl["alias"], xl["metadata"]) == ("xl-only", {})
+    resp = client.post(f"{API}/refresh-loras")
+    assert resp.status_code == 200 and resp.json() is None
+
+
+def test_embeddings_split_by_the_default_checkpoint_as_a1111(networks: FakeManager) -> None:
+    client = make_client(networks)
+    body = client.get(f"{API}/embeddings").json()
+    assert body["loaded"] == {"castle-ti": {"step": 42, "sd_checkpoint": "0123456789", "sd_checkpoint_name": "demo",
+                                            "shape": 768, "vectors": 2}}
+    assert body["skipped"]["sd2-ti"] == {"step": None, "sd_checkpoint": "0123456789", "sd_checkpoint_name": "demo",
+                                         "shape": 1024, "vectors": 1}
+    assert (body["skipped"]["xl-ti"]["shape"], body["skipped"]["xl-ti"]["vectors"]) == (2048, 3)
+    resp = client.post(f"{API}/refresh-embeddings")
+    assert resp.status_code == 200 and resp.json() is None
+
+
+def test_prompt_styles_list_the_styles_file(networks: FakeManager, client: TestClient) -> None:
+    styles = make_client(networks).get(f"{API}/prompt-styles").json()
+    assert styles == [
+        {"name": "Oil", "prompt": "{prompt}, oil painting, thick brushwork", "negative_prompt": "blurry"},
+        {"name": "Moody", "prompt": "dark, moody light", "negative_prompt": ""},
+    ]
+    assert client.get(f"{API}/prompt-styles").json() == []  # no styles file: no styles
+
+
+def test_styles_clip_skip_and_emphasis_reach_the_request_and_the_info(networks: FakeManager) -> None:
+    client = make_client(networks)
+    payload = {**BASE, "prompt": "a castle <lora:paint:0.8>", "styles": ["Oil", "Moody"],
+               "override_settings": {"CLIP_stop_at_last_layers": 2, "emphasis": "No norm"}}
+    resp = client.post(f"{API}/txt2img", json=payload)
+    assert resp.status_code == 200, resp.text
+    request = networks.submitted[-1]
+    assert (request.styles, request.clip_skip, request.emphasis) == (["Oil", "Moody"], 2, "No norm")
+    info = json.loads(resp.json()["info"])
+    assert info["styles"] == ["Oil", "Moody"] and info["clip_skip"] == 2
+    assert info["prompt"] == "a castle <lora:paint:0.8>"  # A1111: as sent; all_prompts with the styles applied
+    assert info["all_prompts"] == ["a castle <lora:paint:0.8>, oil painting, thick brushwork, dark, moody light"]
+    assert info["all_negative_prompts"] == ["blurry"]
+    assert info["warnings"] == []
+    assert info["infotexts"][0].startswith("a castle <lora:paint:0.8>, oil painting")
+    assert 'Lora hashes: "paint: ' in info["infotexts"][0]
+    assert resp.json()["parameters"]["styles"] == ["Oil", "Moody"]
+
+
+def test_a_top_level_clip_skip_is_read_and_override_settings_wins(client: TestClient, manager: FakeManager) -> None:
+    assert client.post(f"{API}/txt2img", json={**BASE, "clip_skip": 3}).status_code == 200
+    assert manager.submitted[-1].clip_skip == 3
+    both = {**BASE, "clip_skip": 3, "override_settings": {"CLIP_stop_at_last_layers": 2}}
+    info = json.loads(client.post(f"{API}/img2img", json={**both, "init_images": [png_b64()]}).json()["info"])
+    assert manager.submitted[-1].clip_skip == 2 and info["clip_skip"] == 2
+    info = json.loads(client.post(f"{API}/txt2img", json=BASE).json()["info"])
+    assert manager.submitted[-1].clip_skip is None and info["clip_skip"] == 1  # the Settings' value
+
+
+def test_a_lora_or_style_not_found_is_a_warning_in_the_info(networks: FakeManager) -> None:
+    client = make_client(networks)
+    for route, extra in (("txt2img", {}), ("img2img", {"init_images": [png_b64()]})):
+        resp = client.post(f"{API}/{route}", json={**BASE, **extra, "prompt": "a castle <lora:nope:1>",
+                                                   "styles": ["Oil", "Gone"]})
+        assert resp.status_code == 200, resp.text
+        info = json.loads(resp.json()["info"])
+        assert info["warnings"] == ["Style not found: Gone", "LoRA not found: nope"]
+        assert "Lora hashes" not in info["infotexts"][0]
+
+
+def test_a_lora_for_another_model_is_422_naming_the_file(networks: FakeManager) -> None:
+    client = make_client(networks)
+    resp = client.post(f"{API}/txt2img", json={**BASE, "prompt": "a castle <lora:xl-only:1>"})
+    assert resp.status_code == 422, resp.text
+    assert "xl-only.safetensors" in resp.json()["detail"] and "SDXL" in resp.json()["detail"]
+    resp = client.post(f"{API}/txt2img", json={**BASE, "prompt": "a castle <lora:paint:much>"})
+    assert resp.status_code == 422 and resp.json()["field"] == "prompt"
+    assert client.post(f"{API}/txt2img", json={**BASE, "prompt": "a castle <lora:paint:1>"}).status_code == 200
+
+
+def test_options_get_and_set_clip_skip_and_emphasis(client: TestClient, manager: FakeManager) -> None:
+    options = client.get(f"{API}/options").json()
+    assert (options["CLIP_stop_at_last_layers"], options["emphasis"]) == (1, "Original")
+    resp = client.post(f"{API}/options", json={"CLIP_stop_at_last_layers": 2, "emphasis": "No norm"})
+    assert resp.status_code == 200, resp.text
+    assert manager.applied[-1] == {"clip_skip": 2, "emphasis": "No norm"}
+    assert (manager.settings.clip_skip, manager.settings.emphasis) == (2, "No norm")
+    options = client.get(f"{API}/options").json()
+    assert (options["CLIP_stop_at_last_layers"], options["emphasis"]) == (2, "No norm")
+    for key, value in (("CLIP_stop_at_last_layers", 0), ("CLIP_stop_at_last_layers", 13), ("emphasis", "Loud"),
+                       ("CLIP_stop_at_last_layers", "two")):
+        resp = client.post(f"{API}/options", json={key: value})
+        assert resp.status_code == 422, (key, value, resp.text)
+        assert resp.json()["field"] == key and key in resp.json()["detail"]
+    assert (manager.settings.clip_skip, manager.settings.emphasis) == (2, "No norm")  # unchanged

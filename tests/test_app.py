@@ -34,6 +34,7 @@ DESIGN_FLAGS = [
     "--no-browser",
     "--settings-file",
     "--demo",
+    "--styles-file",
 ]
 DESIGN_MD = REPO_ROOT.parent / "shared" / "DESIGN.md"
 
@@ -151,6 +152,18 @@ def test_broken_or_odd_settings_file_is_reported_not_fatal(tmp_path: Path, capsy
     assert settings.memory_mode == "auto" and settings.device == "cpu"
     assert settings.demo is False  # --demo is a flag only, never saved
     assert "memory_mode='turbo'" in capsys.readouterr().out
+
+
+def test_styles_file_flag_and_checked_prompt_settings(tmp_path: Path, capsys):
+    saved = tmp_path / "settings.json"
+    saved.write_text(json.dumps({"clip_skip": 40, "emphasis": "No norm", "styles_file": "/elsewhere/styles.csv"}))
+    settings = settings_for("--settings-file", str(saved), "--styles-file", str(tmp_path / "my-styles.csv"))
+    assert settings.styles_file == (tmp_path / "my-styles.csv").resolve()
+    assert "styles_file" in settings.from_cli
+    assert settings.clip_skip == 1 and settings.emphasis == "No norm"  # a saved value out of range is dropped
+    assert "clip_skip=40" in capsys.readouterr().out
+    settings = settings_for("--settings-file", str(saved))
+    assert settings.styles_file is None  # the engine's default: styles.csv beside the settings file
 
 
 # --- auth --------------------------------------------------------------------------------------------------

@@ -320,3 +320,129 @@ def test_stop_between_batches_keeps_the_finished_images(slow_app, page, artifact
     assert "Seed: 500" in wait_for_infotext(page, "txt2img-info")
     wait_for_gallery_image(page, "txt2img-gallery", (64, 64))
     shot(page, artifacts_dir, "txt2img-stopped")
+
+
+# --------------------------------------------------------------------------------------------- extra networks
+
+STYLES_CSV = 'name,prompt,negative_prompt\n"Oil","{prompt}, oil painting, thick brushwork","blurry"\n'
+
+
+def write_demo_lora(path: Path, seed: int = 1, scale: float = 0.5) -> Path:
+    """A LoRA in kohya's original layout (``lora_unet_…``, ``lora_te_…``: down, up, alpha) for every attention and
+    MLP linear of the ``--demo`` model, as kohya's trainer writes them."""
+    import torch
+    from safetensors.torch import save_file
+
+    from pipelines.tiny import demo_sd15_components
+
+    components = demo_sd15_components(seed=0)
+    generator = torch.Generator().manual_seed(seed)
+    tensors: dict[str, torch.Tensor] = {}
+
+    def add(prefix: str, module_name: str, module: torch.nn.Linear) -> None:
+        key = prefix + module_name.replace(".", "_")
+        tensors[f"{key}.lora_down.weight"] = torch.randn(4, module.in_features, generator=generator) * scale
+        tensors[f"{key}.lora_up.weight"] = torch.randn(module.out_features, 4, generator=generator) * scale
+        tensors[f"{key}.alpha"] = torch.tensor(4.0)
+
+    for name, module in components["unet"].named_modules():
+        if isinstance(module, torch.nn.Linear) and "transformer_blocks" in name:
+            add("lora_unet_", name, module)
+    for name, module in components["text_encoder"].named_modules():
+        if isinstance(module, torch.nn.Linear) and ("self_attn" in name or "mlp" in name):
+            add("lora_te_text_model_", name, module)
+    save_file(tensors, str(path), metadata={"ss_network_dim": "4", "ss_output_name": path.stem})
+    return path
+
+
+def write_preview(path: Path) -> Path:
+    """A small preview picture (a diagonal gradient), as A1111 saves ``<name>.preview.png`` beside a LoRA."""
+    from PIL import Image
+
+    image = Image.new("RGB", (96, 128))
+    image.putdata([(40 + x, 90 + y // 2, 200 - x) for y in range(128) for x in range(96)])
+    image.save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def networks_app(tmp_path_factory: pytest.TempPathFactory):
+    """A demo app with two LoRAs for the demo model (one with a preview image), an embedding and a styles file."""
+    import torch
+
+    from pipelines.tiny import demo_sd15_components
+
+    workdir = tmp_path_factory.mktemp("networks_app")
+    loras, embeddings = workdir / "models" / "loras", workdir / "models" / "embeddings"
+    loras.mkdir(parents=True)
+    embeddings.mkdir(parents=True)
+    write_demo_lora(loras / "tiny-style.safetensors")
+    write_preview(loras / "tiny-style.preview.png")
+    write_demo_lora(loras / "ink-wash.safetensors", seed=2)
+    width = demo_sd15_components(seed=0)["text_encoder"].config.hidden_size
+    torch.save({"string_to_param": {"*": torch.zeros(2, width)}, "name": "castle-ti", "step": 10},
+               embeddings / "castle-ti.pt")
+    (workdir / "styles.csv").write_text(STYLES_CSV, encoding="utf-8")  # beside settings.json: the default place
+    app = spawn_app(workdir, "--demo")
+    yield app
+    app.stop()
+
+
+def test_extra_networks_cards_add_a_lora_to_the_prompt_and_the_image_uses_it(networks_app, page,
+                                                                             artifacts_dir) -> None:
+    open_studio(page, networks_app.url)
+    set_prompt(page, "txt2img", "a lighthouse")
+    page.get_by_text("Extra networks: LoRA and embeddings").click()
+    card = page.locator('#extra-networks-cards .network-card[data-key="lora:tiny-style"]')
+    card.wait_for(state="visible")
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#extra-networks-cards img')].every(i => i.complete && i.naturalWidth)")
+    assert page.locator("#extra-networks-cards .network-card").count() == 3
+    assert page.locator('.network-card[data-key="lora:tiny-style"] img').count() == 1  # its preview image
+    page.locator("#extra-networks").screenshot(path=str(artifacts_dir / "ui-extra-networks-panel.png"))
+    shot(page, artifacts_dir, "extra-networks")
+
+    card.click()
+    page.wait_for_function(
+        "() => document.querySelector('#txt2img-prompt textarea').value === 'a lighthouse <lora:tiny-style:1>'")
+    assert "Added <lora:tiny-style:1> to the Text to Image prompt" in page.inner_text("#extra-networks-status")
+    # The counter reads the prompt language: the tag is not sent to CLIP.
+    page.wait_for_function("() => document.querySelector('#txt2img-prompt-tokens').innerText === '2/75'")
+
+    # The filter box hides the cards whose name does not match (as the artist types: key by key).
+    search = page.locator("#extra-networks-search textarea")
+    search.press_sequentially("castle")
+    page.wait_for_function(
+        "() => document.querySelector('.network-card[data-key=\"lora:tiny-style\"]').hidden === true")
+    assert page.locator('.network-card[data-key="embedding:castle-ti"]').is_visible()
+    search.press("Control+a")
+    search.press("Backspace")
+    page.wait_for_function(
+        "() => document.querySelector('.network-card[data-key=\"lora:tiny-style\"]').hidden === false")
+
+    # Generate with the LoRA and a style: the infotext names the LoRA's hash and has the style's text.
+    choose(page, "txt2img-styles", "Oil")
+    set_number(page, "txt2img-width", 64)
+    set_number(page, "txt2img-height", 64)
+    set_number(page, "txt2img-steps", 2)
+    page.locator("#txt2img-seed input").fill("2024")
+    page.click("#txt2img-generate")
+    info = wait_for_infotext(page, "txt2img-info")
+    assert info.startswith("a lighthouse <lora:tiny-style:1>, oil painting, thick brushwork")
+    assert 'Lora hashes: "tiny-style: ' in info and "Seed: 2024" in info
+    assert not page.locator("#txt2img-info .run-warnings").count()
+    wait_for_gallery_image(page, "txt2img-gallery", (64, 64))
+    shot(page, artifacts_dir, "txt2img-lora")
+
+    # The demo checkpoint's text encoder is narrower than SD 1.5's: its embeddings fit once it is loaded, which ↻
+    # (it lists the files again) then shows. In Image to Image a card writes into that tab's prompt.
+    embedding = page.locator('.network-card[data-key="embedding:castle-ti"]')
+    assert "unusable" in embedding.get_attribute("class")
+    page.click("#extra-networks-refresh")
+    page.wait_for_function(
+        "() => !document.querySelector('.network-card[data-key=\"embedding:castle-ti\"]').matches('.unusable')")
+    assert "Found 2 LoRA(s) and 1 embedding(s)" in page.inner_text("#extra-networks-status")
+    select_tab(page, "Image to Image")
+    embedding.click()
+    page.wait_for_function("() => document.querySelector('#img2img-prompt textarea').value === 'castle-ti'")
+    assert input_value(page, "#txt2img-prompt textarea") == "a lighthouse <lora:tiny-style:1>"

@@ -17,16 +17,28 @@ from typing import Any
 
 import gradio as gr
 import pytest
-from fakes import FakeManager, FakeRegistry
+from fakes import FakeManager, FakeRegistry, write_embedding, write_lora
 from PIL import Image, PngImagePlugin
 
+from pipelines.errors import InvalidRequest
 from pipelines.interface import EngineStatus
 from pipelines.progress import ProgressEvent
 from pipelines.request import GenerationRequest
 from pipelines.settings import Settings
 from ui import build_ui
-from ui.common import count_tokens, preset_size, request_fields, token_label
+from ui.common import (
+    count_prompt,
+    count_tokens,
+    override_chips,
+    preset_size,
+    remembered_values,
+    request_fields,
+    style_names,
+    styles_hint,
+    token_label,
+)
 from ui.jobs import SessionJobs, follow_job, info_html, progress_text
+from ui.networks import NetworkShelf, cards_html, click_card, find_preview, network_cards
 from ui.persist import SettingsFile
 from ui.pnginfo import parse_parameters, read_parameters, txt2img_values
 from ui.settings_tab import collect_changes, save_settings
@@ -384,3 +396,184 @@ def test_a_missing_model_toast_adds_the_uis_refresh_hint_and_other_errors_do_not
     assert str(missing.message).endswith(REFRESH_HINT) and "'gone'" in str(missing.message)
     disk = user_error(OutputWriteError("The disk holding /out is full; the image was not saved."))
     assert REFRESH_HINT not in str(disk.message)
+
+
+# --------------------------------------------------------------------------------------------- the prompt language
+
+STYLES_CSV = (
+    'name,prompt,negative_prompt\n'
+    '"Oil","{prompt}, oil painting, thick brushwork","blurry"\n'
+    '"Moody","dark, moody light",""\n'
+)
+
+
+@pytest.fixture
+def networks(settings: Settings, tmp_path: Path) -> Iterator[FakeManager]:
+    """The stand-in with a styles file, two LoRAs (SD 1.x with a preview image, SDXL) and two embeddings (SD 1.x,
+    SDXL)."""
+    import torch
+
+    folder = tmp_path / "files"
+    folder.mkdir()
+    loras = (write_lora(folder / "paint.safetensors", "sd1"), write_lora(folder / "xl-only.safetensors", "sdxl"))
+    Image.new("RGB", (16, 24), "teal").save(folder / "paint.preview.png")
+    embeddings = (
+        write_embedding(folder / "castle-ti.pt", torch.zeros(2, 768)),
+        write_embedding(folder / "xl-ti.safetensors", {"clip_l": torch.zeros(1, 768), "clip_g": torch.zeros(1, 1280)}),
+    )
+    settings.settings_file.with_name("styles.csv").write_text(STYLES_CSV, encoding="utf-8")
+    registry = FakeRegistry(checkpoints=("demo-sd15",), loras=loras, embeddings=embeddings)
+    fake = FakeManager(settings, registry)
+    yield fake
+    fake.close()
+
+
+def test_the_token_counter_shows_the_engines_count_and_chunk_limit(manager: FakeManager) -> None:
+    assert count_prompt("a photo of a cat <lora:paint:0.8>", manager) == (5, 75)  # the tag is not sent to CLIP
+    assert count_prompt("a cat BREAK a dog", manager) == (77, 150)  # BREAK fills the chunk, as A1111 counts it
+    long = ", ".join(["stone"] * 45)
+    assert count_prompt(long, manager) == (89, 150)
+    assert ">89/150<" in token_label(*count_prompt(long, manager))
+    assert token_label(3, 150).endswith(">3/150</span>") and "over" in token_label(3, 150)
+    assert count_prompt("", manager) == (0, 75)
+
+
+def test_styles_and_override_chips_become_request_fields() -> None:
+    values = {"prompt": "a cat", "steps": 4, "seed": 1, "styles": ["Oil", "Moody"],
+              "overrides": ["Clip skip: 2", "Emphasis: No norm"]}
+    fields = request_fields("txt2img", values)
+    assert (fields["styles"], fields["clip_skip"], fields["emphasis"]) == (["Oil", "Moody"], 2, "No norm")
+    request = GenerationRequest.create(**fields)
+    assert (request.styles, request.clip_skip, request.emphasis) == (["Oil", "Moody"], 2, "No norm")
+    plain = request_fields("txt2img", {"prompt": "a cat", "steps": 4, "seed": 1, "styles": [], "overrides": []})
+    assert "styles" not in plain and "clip_skip" not in plain
+    with pytest.raises(gr.Error, match="Override settings"):
+        request_fields("txt2img", {**values, "overrides": ["Sampler: DDIM"]})
+    assert override_chips({"Clip skip": 2, "Emphasis": None}) == ["Clip skip: 2"]
+    assert remembered_values({"prompt": "x", "styles": ["Oil"], "init": object()}) == {"prompt": "x", "styles": ["Oil"]}
+
+
+def test_the_style_pickers_list_the_styles_file_and_the_panel_is_built(networks: FakeManager,
+                                                                        settings: Settings) -> None:
+    SettingsFile(settings).save_last_values("txt2img", {"prompt": "x", "styles": ["Moody", "Gone"]})
+    config = build_ui(networks, settings).get_config_file()
+    by_id = {c["props"].get("elem_id"): c for c in config["components"]}
+    for prefix in ("txt2img", "img2img"):
+        picker = by_id[f"{prefix}-styles"]["props"]
+        assert picker["multiselect"] and [choice[0] for choice in picker["choices"]] == ["Oil", "Moody"]
+        assert by_id[f"{prefix}-override-settings"]["props"]["visible"] is False
+    assert by_id["txt2img-styles"]["props"]["value"] == ["Moody"]  # remembered, and a style no longer there dropped
+    assert by_id["img2img-styles"]["props"]["value"] == []
+    assert by_id["extra-networks"]["type"] == "accordion"
+    cards = by_id["extra-networks-cards"]["props"]["value"]
+    assert 'data-key="lora:paint"' in cards and 'data-key="embedding:castle-ti"' in cards
+    assert "paint.preview.png" in cards and cards.count('loading="lazy"') == 1
+    for setting in ("settings-clip-skip", "settings-emphasis", "settings-styles-file"):
+        assert setting in by_id
+    assert by_id["settings-clip-skip"]["props"]["label"] == "Clip skip"
+    assert by_id["settings-styles-file"]["props"]["value"].endswith("styles.csv")
+
+
+def test_a_styles_file_that_is_missing_says_where_to_write_it(manager: FakeManager, settings: Settings) -> None:
+    assert style_names(manager) == []
+    hint = styles_hint([], settings)
+    assert str(settings.settings_file.with_name("styles.csv")) in hint and "name,prompt,negative_prompt" in hint
+    settings.styles_file = Path("/somewhere/my-styles.csv")
+    assert "/somewhere/my-styles.csv" in styles_hint([], settings)
+    assert styles_hint(["Oil"], settings) == ""
+
+
+def test_network_cards_show_previews_and_say_which_model_a_file_is_for(networks: FakeManager) -> None:
+    cards = {card.key: card for card in network_cards(networks)}
+    assert list(cards) == ["lora:paint", "lora:xl-only", "embedding:castle-ti", "embedding:xl-ti"]
+    paint = cards["lora:paint"]
+    assert (paint.insert, paint.detail, paint.problem) == ("<lora:paint:1>", "SD 1.x", "")
+    assert paint.preview is not None and paint.preview.name == "paint.preview.png"
+    assert "made for SDXL checkpoints; the current checkpoint is SD 1.x" in cards["lora:xl-only"].problem
+    assert (cards["embedding:castle-ti"].insert, cards["embedding:castle-ti"].detail) == ("castle-ti", "2 vectors")
+    assert "another model" in cards["embedding:xl-ti"].problem
+    html_text = cards_html(list(cards.values()))
+    assert html_text.count('class="network-card unusable"') == 2
+    assert cards_html([], "/m").count("None yet: put files in") == 2
+
+
+def test_find_preview_follows_a1111s_names(tmp_path: Path) -> None:
+    model = tmp_path / "thing.safetensors"
+    model.write_bytes(b"x")
+    assert find_preview(model) is None
+    (tmp_path / "thing.png").write_bytes(b"x")
+    assert find_preview(model) == tmp_path / "thing.png"
+    (tmp_path / "thing.preview.webp").write_bytes(b"x")
+    assert find_preview(model) == tmp_path / "thing.preview.webp"  # ".preview." wins
+    (tmp_path / "thing.preview.png").write_bytes(b"x")
+    assert find_preview(model) == tmp_path / "thing.preview.png"
+
+
+def test_a_card_click_adds_its_tag_to_the_tab_in_use_and_a_second_click_takes_it_out(networks: FakeManager) -> None:
+    shelf = NetworkShelf(networks)
+    paint, castle = shelf.find("lora:paint"), shelf.find("embedding:castle-ti")
+    click = click_card(paint, "img2img", "a castle")
+    assert (click.tab, click.prompt) == ("img2img", "a castle <lora:paint:1>")
+    assert click.message == "Added <lora:paint:1> to the Image to Image prompt."
+    assert click_card(paint, "txt2img", "").prompt == "<lora:paint:1>"
+    # a second click takes it out, whatever weight the artist gave it since
+    assert click_card(paint, "txt2img", "a castle <lora:paint:0.6>, at night").prompt == "a castle, at night"
+    assert click_card(castle, "txt2img", "a castle").prompt == "a castle castle-ti"
+    assert click_card(castle, "txt2img", "a castle castle-ti, dusk").prompt == "a castle, dusk"
+    assert click_card(castle, "txt2img", "castle-tiles").prompt == "castle-tiles castle-ti"  # whole names only
+    refused = click_card(shelf.find("lora:xl-only"), "txt2img", "a castle")
+    assert refused.tab is None and refused.prompt is None and "SDXL" in refused.message
+    assert click_card(None, "txt2img", "x").tab is None
+    assert click_card(paint, "upscale", "x").tab == "txt2img"  # not a generation tab: Text to Image
+
+
+def test_refreshing_the_shelf_finds_new_files(networks: FakeManager, tmp_path: Path) -> None:
+    shelf = NetworkShelf(networks)
+    assert "Found 2 LoRA(s) and 2 embedding(s)" in shelf.summary()
+    networks.registry._loras.append(networks.registry._loras[0].__class__(
+        "new-one", write_lora(tmp_path / "new-one.safetensors", "sd1"), kind="lora", family="sd1"))
+    assert shelf.find("lora:new-one") is None
+    shelf.reload(rescan=True)
+    assert shelf.find("lora:new-one") is not None and 'data-key="lora:new-one"' in shelf.html()
+
+
+def test_result_warnings_are_shown_above_the_infotext(networks: FakeManager) -> None:
+    request = GenerationRequest.create(prompt="a castle <lora:nope:1>", styles=["Oil", "Gone"], steps=2, width=64,
+                                       height=64)
+    result = networks.run(request)
+    assert result.warnings == ["Style not found: Gone", "LoRA not found: nope"]
+    shown = info_html(result)
+    assert shown.index('class="run-warnings"') < shown.index('class="infotext"')
+    assert "<li>LoRA not found: nope</li>" in shown
+    assert "a castle &lt;lora:nope:1&gt;, oil painting, thick brushwork" in shown  # the infotext has the style
+    assert 'class="run-warnings"' not in info_html(networks.run(request.model_copy(update={"prompt": "x",
+                                                                                           "styles": []})))
+
+
+def test_png_info_finds_the_styles_and_carries_clip_skip_and_lora_tags(networks: FakeManager,
+                                                                        settings: Settings) -> None:
+    styles = {style.name: style for style in networks.styles()}
+    text = ("a castle <lora:paint:0.7>, oil painting, thick brushwork, dark, moody light\n"
+            "Negative prompt: fog, blurry\nSteps: 4, Sampler: Euler a, CFG scale: 7, Seed: 5, Size: 64x64, "
+            "Clip skip: 2, Emphasis: No norm")
+    values = txt2img_values(parse_parameters(text), styles, settings)
+    assert values["prompt"] == "a castle <lora:paint:0.7>" and values["negative"] == "fog"
+    assert values["styles"] == ["Oil", "Moody"]
+    assert values["overrides"] == ["Clip skip: 2", "Emphasis: No norm"]
+    # A1111 writes clip skip 1 and Original emphasis by leaving them out: a chip only where the Settings differ
+    plain = "a castle\nSteps: 4, Sampler: Euler a, CFG scale: 7, Seed: 5, Size: 64x64"
+    assert txt2img_values(parse_parameters(plain), styles, settings)["overrides"] == []
+    assert txt2img_values(parse_parameters(plain), styles, settings)["styles"] == []
+    settings.clip_skip = 2
+    assert txt2img_values(parse_parameters(plain), styles, settings)["overrides"] == ["Clip skip: 1"]
+
+
+def test_settings_tab_saves_clip_skip_and_emphasis_through_the_engine(manager: FakeManager, settings: Settings) -> None:
+    store = SettingsFile(settings)
+    report = save_settings(manager, settings, store, {"clip_skip": 2.0, "emphasis": "No norm"})
+    assert manager.applied[-1] == {"clip_skip": 2, "emphasis": "No norm"} and "clip_skip" in report
+    saved = json.loads(settings.settings_file.read_text())
+    assert (saved["clip_skip"], saved["emphasis"]) == (2, "No norm")
+    with pytest.raises(InvalidRequest, match="emphasis"):
+        save_settings(manager, settings, store, {"emphasis": "Loud"})
+    assert settings.emphasis == "No norm"

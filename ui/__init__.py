@@ -1,5 +1,5 @@
 """The studio in the browser: one Gradio Blocks page with the Text to Image, Image to Image, Upscale 4x,
-PNG Info and Settings tabs, the model pickers and the status bar.
+PNG Info and Settings tabs, the model pickers, the extra-networks panel and the status bar.
 
 ``build_ui(manager, settings)`` is all app.py calls. The UI never touches torch: every tab builds a
 ``GenerationRequest`` and follows the manager's job; element ids and tab labels are DESIGN.md's, exactly.
@@ -19,9 +19,10 @@ from PIL import Image
 from pipelines.errors import AtelierError
 from pipelines.settings import Settings
 
-from .common import ResultPanel, UiContext, count_tokens, is_local_request
+from .common import OVERRIDE_KEYS, ResultPanel, UiContext, count_tokens, is_local_request, override_chips
 from .img2img import Img2ImgTab, build_img2img_tab, fit_size
 from .jobs import SessionJobs, last_request, selected_image, user_error
+from .networks import NetworksPanel, build_networks_panel, wire_networks_panel
 from .persist import SettingsFile
 from .pnginfo import build_pnginfo_tab
 from .settings_tab import build_settings_tab
@@ -81,6 +82,8 @@ def build_ui(manager: Any, settings: Settings) -> gr.Blocks:
             with gr.Column(scale=5, min_width=300, elem_id="status-column"):
                 status_bar = gr.HTML(status_html(manager, settings), elem_id="status-bar", js_on_load=None)
         ctx = UiContext(manager, settings, store, session, model_select, vae_select, status_bar=status_bar)
+        # Above the tab strip, so that the prompt a card writes into stays in view just below it.
+        networks = build_networks_panel(manager, settings)
         with gr.Tabs(elem_id="atelier-tabs") as tabs:
             ctx.tabs = tabs
             with gr.Tab(TAB_LABELS["txt2img"], id="txt2img", elem_id="tab-txt2img"):
@@ -93,8 +96,9 @@ def build_ui(manager: Any, settings: Settings) -> gr.Blocks:
                 build_pnginfo_tab(ctx, txt2img)
             with gr.Tab(TAB_LABELS["settings"], id="settings", elem_id="tab-settings"):
                 build_settings_tab(ctx)
+        wire_networks_panel(networks, txt2img.form.prompts.prompt, img2img.form.prompts.prompt)
         _wire_send_buttons(ctx, txt2img, img2img, upscale)
-        _wire_model_pickers(ctx, model_refresh, upscale)
+        _wire_model_pickers(ctx, model_refresh, upscale, networks)
         gr.Timer(STATUS_REFRESH_S).tick(
             lambda: status_html(manager, settings), outputs=status_bar, queue=False, show_progress="hidden"
         )
@@ -161,7 +165,7 @@ def _build_model_pickers(manager: Any, settings: Settings) -> tuple[gr.Dropdown,
     return model_select, model_refresh, vae_select
 
 
-def _wire_model_pickers(ctx: UiContext, refresh: gr.Button, upscale: UpscaleTab) -> None:
+def _wire_model_pickers(ctx: UiContext, refresh: gr.Button, upscale: UpscaleTab, networks: NetworksPanel) -> None:
     manager = ctx.manager
 
     def choose_checkpoint(name: str | None) -> None:
@@ -197,13 +201,21 @@ def _wire_model_pickers(ctx: UiContext, refresh: gr.Button, upscale: UpscaleTab)
             ),
         ]
 
-    ctx.model_select.input(choose_checkpoint, inputs=ctx.model_select, show_progress="hidden")
+    def relist_cards() -> str:
+        """The extra-networks cards again: which of them fit depends on the checkpoint, and ↻ found new files."""
+        networks.shelf.reload()
+        return networks.shelf.html()
+
+    for event in (
+        ctx.model_select.input(choose_checkpoint, inputs=ctx.model_select, show_progress="hidden"),
+        refresh.click(
+            rescan,
+            inputs=[ctx.model_select, ctx.vae_select, upscale.upscaler],
+            outputs=[ctx.model_select, ctx.vae_select, upscale.upscaler],
+        ),
+    ):
+        event.success(relist_cards, outputs=networks.cards, queue=False, show_progress="hidden")
     ctx.vae_select.input(choose_vae, inputs=ctx.vae_select, show_progress="hidden")
-    refresh.click(
-        rescan,
-        inputs=[ctx.model_select, ctx.vae_select, upscale.upscaler],
-        outputs=[ctx.model_select, ctx.vae_select, upscale.upscaler],
-    )
 
 
 # --------------------------------------------------------------------------------------------- send to …
@@ -219,6 +231,15 @@ def _image_size(image: Any) -> tuple[int, int] | None:
         return None
 
 
+def _styles_of(request: Any) -> list[Any]:
+    """The styles picker and the "Override settings" chips of a request sent on to Image to Image."""
+    if request is None or request.task == "upscale":
+        return [gr.skip(), gr.skip()]
+    given = {key: getattr(request, field) for key, field in OVERRIDE_KEYS.items()}
+    chips = override_chips(given)
+    return [list(request.styles), gr.Dropdown(choices=chips, value=chips, visible=bool(chips))]
+
+
 def _wire_send_buttons(ctx: UiContext, txt2img: Txt2ImgTab, img2img: Img2ImgTab, upscale: UpscaleTab) -> None:
     """Send the selected image (and its prompts) from one result panel to Image to Image or Upscale 4x."""
     i2i_form, up_form = img2img.form, upscale.form
@@ -231,6 +252,8 @@ def _wire_send_buttons(ctx: UiContext, txt2img: Txt2ImgTab, img2img: Img2ImgTab,
         i2i_form.sampler.cfg,
         i2i_form.size.width,
         i2i_form.size.height,
+        img2img.styles.styles,
+        img2img.styles.overrides,
         ctx.tabs,
     ]
     to_upscale = [upscale.input_image, up_form.prompts.prompt, up_form.prompts.negative, ctx.tabs]
@@ -251,7 +274,9 @@ def _wire_send_buttons(ctx: UiContext, txt2img: Txt2ImgTab, img2img: Img2ImgTab,
             )
             size = _image_size(image)
             width, height = fit_size(*size) if size else (keep, keep)
-            return [image, *prompts, *sampling, width, height, gr.Tabs(selected="img2img")]
+            # The prompts come with the styles and overrides they were made with (the prompt is the one typed).
+            styles = [keep, keep] if same_tab else _styles_of(request)
+            return [image, *prompts, *sampling, width, height, *styles, gr.Tabs(selected="img2img")]
 
         return send
 

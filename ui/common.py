@@ -93,27 +93,42 @@ def create_request(**fields: Any) -> GenerationRequest:
 # --------------------------------------------------------------------------------------------- token counter
 
 
-def count_tokens(text: str, manager: Any = None) -> int:
-    """CLIP tokens in ``text``: the manager's tokenizer when it offers one, else the bundled CLIP tokenizer,
-    else a word/punctuation estimate (never an error while someone types)."""
+def chunk_limit(count: int) -> int:
+    """The token limit of the 75-token chunks ``count`` tokens fill (75, 150, ...)."""
+    return max(1, math.ceil(count / TOKENS_PER_CHUNK)) * TOKENS_PER_CHUNK
+
+
+def count_prompt(text: str, manager: Any = None) -> tuple[int, int]:
+    """A1111's counter for a prompt box: (tokens, limit). The manager's counter when it offers one (it reads the
+    prompt language: weights, ``BREAK``, ``<lora:...>`` tags left out), else the bundled CLIP tokenizer, else a
+    word/punctuation estimate (never an error while someone types)."""
     if not text:
-        return 0
+        return 0, TOKENS_PER_CHUNK
     counter = getattr(manager, "count_tokens", None)
     try:
         if callable(counter):
             counted = counter(text)
-            return int(counted[0] if isinstance(counted, tuple) else counted)
+            if isinstance(counted, tuple):
+                return int(counted[0]), int(counted[1])
+            return int(counted), chunk_limit(int(counted))
         from pipelines.tokenizers import count_tokens as clip_count
 
-        return int(clip_count(text))
+        count = int(clip_count(text))
     except Exception:  # tokenizer files missing or broken: the estimate is good enough for a counter
-        return len(re.findall(r"\w+|[^\w\s]", text))
+        count = len(re.findall(r"\w+|[^\w\s]", text))
+    return count, chunk_limit(count)
 
 
-def token_label(count: int) -> str:
-    """A1111's counter: "n/75", then "n/150" once a second chunk starts."""
-    limit = max(1, math.ceil(count / TOKENS_PER_CHUNK)) * TOKENS_PER_CHUNK
-    over = " over" if count > TOKENS_PER_CHUNK else ""
+def count_tokens(text: str, manager: Any = None) -> int:
+    """CLIP tokens in ``text`` (see ``count_prompt``)."""
+    return count_prompt(text, manager)[0]
+
+
+def token_label(count: int, limit: int | None = None) -> str:
+    """A1111's counter: "n/75", then "n/150" once a second chunk starts (``limit`` as the engine counts it: a
+    ``BREAK`` starts a chunk too)."""
+    limit = chunk_limit(count) if limit is None else limit
+    over = " over" if limit > TOKENS_PER_CHUNK else ""
     return f'<span class="token-count{over}" title="CLIP tokens (75 per chunk)">{count}/{limit}</span>'
 
 
@@ -183,7 +198,7 @@ def build_prompt_controls(prefix: str, values: dict[str, Any], ctx: UiContext) -
             elem_id=f"{prefix}-prompt",
         )
         prompt_tokens = gr.HTML(
-            token_label(count_tokens(prompt.value, ctx.manager)),
+            token_label(*count_prompt(prompt.value, ctx.manager)),
             elem_id=f"{prefix}-prompt-tokens",
             elem_classes="token-counter",
             js_on_load=None,
@@ -198,7 +213,7 @@ def build_prompt_controls(prefix: str, values: dict[str, Any], ctx: UiContext) -
             elem_id=f"{prefix}-negative",
         )
         negative_tokens = gr.HTML(
-            token_label(count_tokens(negative.value, ctx.manager)),
+            token_label(*count_prompt(negative.value, ctx.manager)),
             elem_id=f"{prefix}-negative-tokens",
             elem_classes="token-counter",
             js_on_load=None,
@@ -206,7 +221,7 @@ def build_prompt_controls(prefix: str, values: dict[str, Any], ctx: UiContext) -
     controls = PromptControls(prompt, negative, prompt_tokens, negative_tokens)
     for box, counter in ((prompt, prompt_tokens), (negative, negative_tokens)):
         box.change(
-            lambda text: token_label(count_tokens(text, ctx.manager)),
+            lambda text: token_label(*count_prompt(text, ctx.manager)),
             inputs=box,
             outputs=counter,
             queue=False,
@@ -214,6 +229,93 @@ def build_prompt_controls(prefix: str, values: dict[str, Any], ctx: UiContext) -
             trigger_mode="always_last",
         )
     return controls
+
+
+@dataclass
+class StyleControls:
+    styles: gr.Dropdown
+    refresh: gr.Button
+    overrides: gr.Dropdown
+
+
+# A1111's "Override settings" chips ("Clip skip: 2"): the infotext keys a pasted image sets for its own tab, and the
+# request fields they fill.
+OVERRIDE_KEYS = {"Clip skip": "clip_skip", "Emphasis": "emphasis"}
+
+
+def style_names(manager: Any) -> list[str]:
+    """The names of the styles file's styles, in file order ([] when it cannot be read)."""
+    try:
+        return [style.name for style in manager.styles()]
+    except Exception as exc:
+        log.warning("Could not list the styles: %s", exc)
+        return []
+
+
+def styles_file_path(settings: Settings) -> Path | None:
+    """Where the styles come from: ``--styles-file``, else styles.csv beside the settings file (as the engine reads
+    it)."""
+    if settings.styles_file is not None:
+        return Path(settings.styles_file)
+    if settings.settings_file is not None:
+        return Path(settings.settings_file).with_name("styles.csv")
+    return None
+
+
+def styles_hint(names: list[str], settings: Settings) -> str:
+    """The picker's note when there is no style yet: which file to write, in which format; "" otherwise."""
+    if names:
+        return ""
+    path = styles_file_path(settings)
+    where = str(path) if path is not None else "styles.csv beside settings.json"
+    return f"No styles yet: add rows to {where} (A1111's styles.csv: name,prompt,negative_prompt) and press ↻."
+
+
+def build_style_controls(prefix: str, values: dict[str, Any], ctx: UiContext) -> StyleControls:
+    """The styles picker (A1111's styles, several at once, applied in order) with its ↻, and the "Override
+    settings" chips a pasted image brings (hidden while there are none)."""
+    names = style_names(ctx.manager)
+    saved = values.get("styles")
+    chosen = [name for name in saved if name in names] if isinstance(saved, list) else []
+    with gr.Row(equal_height=True, elem_classes="style-row"):
+        styles = gr.Dropdown(
+            names, value=chosen, multiselect=True, label="Styles", elem_id=f"{prefix}-styles", scale=5,
+            min_width=200, info=styles_hint(names, ctx.settings) or None,
+        )
+        refresh = gr.Button("↻", elem_id=f"{prefix}-styles-refresh", scale=0, min_width=44, elem_classes="tool-button")
+    overrides = gr.Dropdown(
+        [], value=[], multiselect=True, label="Override settings", elem_id=f"{prefix}-override-settings",
+        info="From a pasted image: used for this tab's images instead of the Settings (✕ removes one).",
+        visible=False,
+    )
+
+    def reload(current: list[str] | None) -> Any:
+        names = style_names(ctx.manager)
+        return gr.Dropdown(choices=names, value=[name for name in current or [] if name in names],
+                           info=styles_hint(names, ctx.settings))
+
+    refresh.click(reload, inputs=styles, outputs=styles, queue=False, show_progress="hidden")
+    overrides.change(lambda chips: gr.Dropdown(visible=bool(chips)), inputs=overrides, outputs=overrides,
+                     queue=False, show_progress="hidden")
+    return StyleControls(styles, refresh, overrides)
+
+
+def override_chips(values: dict[str, Any]) -> list[str]:
+    """``{"Clip skip": 2}`` → ``["Clip skip: 2"]`` (A1111's chip text), in ``OVERRIDE_KEYS`` order."""
+    return [f"{key}: {values[key]}" for key in OVERRIDE_KEYS if values.get(key) is not None]
+
+
+def override_fields(chips: list[str] | None) -> dict[str, Any]:
+    """"Override settings" chips → request fields (``clip_skip``, ``emphasis``); a bad chip is a toast."""
+    fields: dict[str, Any] = {}
+    for chip in chips or []:
+        key, _, value = str(chip).partition(":")
+        name = OVERRIDE_KEYS.get(key.strip())
+        if name is None or not value.strip():
+            raise gr.Error(f"Override settings: '{chip}' is not a setting Atelier can override; remove it.",
+                           print_exception=False)
+        fields[name] = as_int(value, key.strip()) if name == "clip_skip" else value.strip()
+    return fields
 
 
 def build_action_buttons(prefix: str) -> ActionButtons:
@@ -566,6 +668,7 @@ REMEMBERED = (
     "strength",
     "resize_mode",
     "noise_level",
+    "styles",
 )
 
 
@@ -596,6 +699,10 @@ def request_fields(task: str, values: dict[str, Any], checkpoint: Any = None, va
         fields["noise_level"] = as_int(values["noise_level"], "Noise level")
     if values.get("upscaler"):
         fields["upscaler"] = values["upscaler"]
+    if values.get("styles"):
+        fields["styles"] = list(values["styles"])
+    if values.get("overrides"):
+        fields.update(override_fields(values["overrides"]))
     if checkpoint:
         fields["checkpoint"] = checkpoint
     if vae:
@@ -605,7 +712,13 @@ def request_fields(task: str, values: dict[str, Any], checkpoint: Any = None, va
 
 def remembered_values(values: dict[str, Any]) -> dict[str, Any]:
     """The part of a form worth keeping across restarts (no images)."""
-    return {k: v for k, v in values.items() if k in REMEMBERED and isinstance(v, (str, int, float, type(None)))}
+
+    def plain(value: Any) -> bool:
+        if isinstance(value, list):
+            return all(isinstance(item, str) for item in value)
+        return isinstance(value, (str, int, float, type(None)))
+
+    return {k: v for k, v in values.items() if k in REMEMBERED and plain(v)}
 
 
 def wire_generate(

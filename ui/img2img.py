@@ -13,11 +13,13 @@ from pipelines.request import MIN_SIZE, RESIZE_MODES
 from .common import (
     GenerationForm,
     ResultPanel,
+    StyleControls,
     UiContext,
     build_action_buttons,
     build_generation_controls,
     build_prompt_controls,
     build_result_panel,
+    build_style_controls,
     float_or,
     wire_generate,
 )
@@ -32,6 +34,7 @@ class Img2ImgTab:
     form: GenerationForm
     panel: ResultPanel
     init_image: gr.Image
+    styles: StyleControls
 
 
 def fit_size(width: int, height: int) -> tuple[int, int]:
@@ -57,6 +60,7 @@ def build_img2img_tab(ctx: UiContext) -> Img2ImgTab:
     with gr.Row(equal_height=False):
         with gr.Column(scale=5, min_width=380, elem_classes="controls-column"):
             prompts = build_prompt_controls(TAB, values, ctx)
+            styles = build_style_controls(TAB, values, ctx)
             init_image = gr.Image(
                 label="Init image (upload, drop or paste)",
                 type="pil",
@@ -97,7 +101,8 @@ def build_img2img_tab(ctx: UiContext) -> Img2ImgTab:
         seed,
         size=size,
         batch=batch,
-        extra={"strength": strength, "resize_mode": resize_mode},
+        extra={"strength": strength, "resize_mode": resize_mode, "styles": styles.styles,
+               "overrides": styles.overrides},
     )
     wire_generate(ctx, form, panel, image_fields={"init_image": init_image})
-    return Img2ImgTab(form, panel, init_image)
+    return Img2ImgTab(form, panel, init_image, styles)

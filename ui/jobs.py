@@ -218,10 +218,15 @@ def gallery_items(result: Result | None) -> list[tuple[Any, str]]:
 
 
 def info_html(result: Result | None, index: int = 0) -> str:
-    """The infotext of the selected image, the notes of the run (memory fallback, stop) and where it was saved."""
+    """What the request named and did not get (a LoRA or style not found), the infotext of the selected image, the
+    notes of the run (memory fallback, stop) and where it was saved."""
     if result is None:
         return ""
     parts = []
+    warnings = list(getattr(result, "warnings", None) or [])
+    if warnings:
+        items = "".join(f"<li>{html.escape(str(w))}</li>" for w in warnings)
+        parts.append(f'<ul class="run-warnings" title="Made without these">{items}</ul>')
     if result.infotexts:
         text = result.infotexts[min(index, len(result.infotexts) - 1)]
         parts.append(f'<div class="infotext">{html.escape(text)}</div>')

@@ -1,4 +1,5 @@
-"""PNG Info: drop any image made by Atelier or A1111, read its generation parameters, send them to txt2img.
+"""PNG Info: drop any image made by Atelier or A1111, read its generation parameters, send them to txt2img (with its
+styles found and taken out of the prompts, and its clip skip and emphasis as "Override settings", as A1111 does).
 
 Parameters live in the PNG text chunk ``parameters`` (A1111's format, DESIGN.md "Output files"); JPEG/WebP
 files from A1111 carry them in the EXIF UserComment. Reading and parsing are the engine's
@@ -10,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import html
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,9 +20,11 @@ import gradio as gr
 from pipelines.errors import AtelierError
 from pipelines.infotext import parse_infotext
 from pipelines.outputs import read_parameters
+from pipelines.prompt_encoding import EMPHASIS_MODES
+from pipelines.prompt_parser import PromptStyle, extract_styles
 from pipelines.samplers import resolve_sampler
 
-from .common import UiContext
+from .common import OVERRIDE_KEYS, UiContext, override_chips
 from .txt2img import Txt2ImgTab
 
 PNG_INFO_ROUTE = "png_info_read"  # Gradio's /gradio_api/call/<route> for the reader
@@ -42,12 +46,25 @@ def _join_sizes(fields: dict[str, str]) -> dict[str, str]:
     return out
 
 
-def txt2img_values(fields: dict[str, str]) -> dict[str, Any]:
+# What an infotext without these keys was made with (A1111 writes them only when they differ).
+INFOTEXT_DEFAULTS = {"Clip skip": "1", "Emphasis": "Original"}
+
+
+def txt2img_values(fields: dict[str, str], styles: Mapping[str, PromptStyle] | None = None,
+                   settings: Any = None) -> dict[str, Any]:
     """What "Send to Text to Image" fills: prompt, negative, sampler, steps, CFG, size and seed.
 
-    Values that are missing or unusable are left out (the txt2img field keeps what it had).
+    With ``styles`` (the styles file, by name), the styles the prompts were made with are found and taken out of
+    them (A1111's ``extract_styles_from_prompt``): ``styles`` is the picker's new value. With ``settings``,
+    ``overrides`` holds A1111's "Override settings" chips for the clip skip and emphasis the image was made with,
+    where they differ from the Settings. ``<lora:...>`` tags stay in the prompt. Values that are missing or unusable
+    are left out (the txt2img field keeps what it had).
     """
     out: dict[str, Any] = {"prompt": fields.get("Prompt", ""), "negative": fields.get("Negative prompt", "")}
+    if styles is not None:
+        out["styles"], out["prompt"], out["negative"] = extract_styles(out["prompt"], out["negative"], styles)
+    if settings is not None:
+        out["overrides"] = infotext_overrides(fields, settings)
     if "Sampler" in fields:
         with contextlib.suppress(AtelierError):  # a sampler we do not have: keep the current one
             out["sampler"] = resolve_sampler(fields["Sampler"], fields.get("Schedule type"))[0]
@@ -60,12 +77,38 @@ def txt2img_values(fields: dict[str, str]) -> dict[str, Any]:
     return out
 
 
+def infotext_overrides(fields: dict[str, str], settings: Any) -> list[str]:
+    """A1111's "Override settings" chips for a pasted infotext: "Clip skip: 2", "Emphasis: No norm" where the
+    image's value (its default when the infotext leaves it out) differs from the Settings'."""
+    chips = {}
+    for key, name in OVERRIDE_KEYS.items():
+        value = fields.get(key, INFOTEXT_DEFAULTS[key]).strip()
+        current = str(getattr(settings, name, INFOTEXT_DEFAULTS[key]))
+        if key == "Clip skip":
+            try:
+                value = str(int(float(value)))
+            except ValueError:
+                continue
+        elif value not in EMPHASIS_MODES:
+            continue
+        if value != current:
+            chips[key] = value
+    return override_chips(chips)
+
+
 def fields_html(fields: dict[str, str]) -> str:
     """The parsed fields as a two-column table."""
     if not fields:
         return ""
     rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in fields.items() if v != "")
     return f'<table class="png-info-fields">{rows}</table>'
+
+
+def _styles(manager: Any) -> list[PromptStyle]:
+    try:
+        return list(manager.styles())
+    except Exception:  # an unreadable styles file: the prompt goes across as it is
+        return []
 
 
 @dataclass
@@ -127,13 +170,20 @@ def build_pnginfo_tab(ctx: UiContext, txt2img: Txt2ImgTab) -> PngInfoTab:
         "width": form.size.width if form.size else None,
         "height": form.size.height if form.size else None,
         "seed": form.seed.seed,
+        "styles": txt2img.styles.styles,
+        "overrides": txt2img.styles.overrides,
     }
     targets = {k: v for k, v in targets.items() if v is not None}
 
     def send_to_txt2img(found: dict[str, str]) -> list[Any]:
         if not found:
             raise gr.Error("Drop an image with generation parameters first.", print_exception=False)
-        values = txt2img_values(found)
+        styles = {style.name: style for style in _styles(ctx.manager)}
+        values = txt2img_values(found, styles, ctx.settings)
+        chips = values.pop("overrides", [])
+        values["overrides"] = gr.Dropdown(choices=chips, value=chips, visible=bool(chips))
+        if "styles" in values:  # the picker lists the file's styles as they are now
+            values["styles"] = gr.Dropdown(choices=list(styles), value=values["styles"])
         updates = [values.get(name, gr.skip()) for name in targets]
         return [*updates, gr.Tabs(selected="txt2img")]
 

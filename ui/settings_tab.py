@@ -1,5 +1,5 @@
-"""Settings: memory mode, cache sizes, default sampler/steps, xformers, the fast path and the speed-ups that change
-pixels (DeepCache, token merging); saved to
+"""Settings: memory mode, cache sizes, default sampler/steps, xformers, the fast path, the speed-ups that change
+pixels (DeepCache, token merging) and the prompt's clip skip and emphasis; saved to
 ``settings.json`` and applied without a restart where the manager can. Fields given on the command line are
 shown locked: a flag always wins over a saved value."""
 
@@ -13,11 +13,12 @@ from typing import Any
 import gradio as gr
 
 from pipelines.errors import AtelierError
-from pipelines.request import MAX_STEPS
+from pipelines.prompt_encoding import EMPHASIS_MODES
+from pipelines.request import MAX_CLIP_SKIP, MAX_STEPS
 from pipelines.samplers import SAMPLER_NAMES
 from pipelines.settings import DEEP_CACHE_INTERVALS, MEMORY_MODES, TOKEN_MERGING_MAX
 
-from .common import UiContext
+from .common import UiContext, styles_file_path
 from .controls import labelled_number, labelled_slider
 from .jobs import user_error
 from .persist import SettingsFile
@@ -25,8 +26,8 @@ from .status import status_html
 
 CLI_NOTE = "Set on the command line for this run (a flag wins over the saved value)."
 EDITABLE = ("memory_mode", "vram_slots", "ram_slots", "default_sampler", "default_steps", "xformers", "fast",
-            "deep_cache", "deep_cache_interval", "token_merging")
-INT_FIELDS = ("vram_slots", "ram_slots", "default_steps", "deep_cache_interval")
+            "deep_cache", "deep_cache_interval", "token_merging", "clip_skip", "emphasis")
+INT_FIELDS = ("vram_slots", "ram_slots", "default_steps", "deep_cache_interval", "clip_skip")
 FLOAT_FIELDS = ("token_merging",)
 
 
@@ -182,6 +183,25 @@ def build_settings_tab(ctx: UiContext) -> SettingsTab:
                 elem_id="settings-default-steps",
                 **locked("default_steps"),
             )
+            gr.Markdown("### Prompt")
+            clip_skip = labelled_slider(
+                1,
+                MAX_CLIP_SKIP,
+                value=settings.clip_skip,
+                step=1,
+                label="Clip skip",
+                elem_id="settings-clip-skip",
+                info="A1111's CLIP_stop_at_last_layers: 1 uses CLIP's last layer; 2 is what many anime models expect. "
+                "Written into the image's parameters as 'Clip skip: 2'.",
+            )
+            emphasis = gr.Dropdown(
+                list(EMPHASIS_MODES),
+                value=settings.emphasis if settings.emphasis in EMPHASIS_MODES else EMPHASIS_MODES[0],
+                label="Emphasis",
+                elem_id="settings-emphasis",
+                info="How (word:1.2) weights apply. Original: A1111's default; No norm: without restoring the mean; "
+                "Ignore: brackets parsed, weights left out; None: brackets are plain text.",
+            )
             gr.Markdown("### Folders")
             gr.Textbox(
                 value=str(settings.outputs_dir),
@@ -194,6 +214,11 @@ def build_settings_tab(ctx: UiContext) -> SettingsTab:
                 value=str(settings.models_dir), label="Models folder", interactive=False, elem_id="settings-models-dir"
             )
             gr.Textbox(value=str(ctx.store.path), label="Settings file", interactive=False, elem_id="settings-file")
+            gr.Textbox(
+                value=str(styles_file_path(settings) or ""), label="Styles file", interactive=False,
+                elem_id="settings-styles-file",
+                info="A1111's styles.csv (name,prompt,negative_prompt); change it with --styles-file.",
+            )
     with gr.Row():
         save = gr.Button("Save settings", variant="primary", elem_id="settings-save", scale=0, min_width=200)
         result = gr.HTML("", elem_id="settings-result", js_on_load=None)
@@ -209,6 +234,8 @@ def build_settings_tab(ctx: UiContext) -> SettingsTab:
         "token_merging": token_merging,
         "default_sampler": default_sampler,
         "default_steps": default_steps,
+        "clip_skip": clip_skip,
+        "emphasis": emphasis,
     }
 
     def on_save(data: dict[Any, Any]) -> str:
