@@ -16,12 +16,21 @@ from typing import Any
 from PIL import Image
 
 from pipelines.errors import InvalidRequest
+from pipelines.infotext import hires_params
 from pipelines.outputs import encode_png
 from pipelines.prompt_parser import apply_named_styles
-from pipelines.request import GenerationRequest, Result, open_image
+from pipelines.request import (
+    SCRIPT_NAMES,
+    SD_UPSCALE,
+    GenerationRequest,
+    Result,
+    firstphase_fields,
+    open_image,
+    sd_upscale_fields,
+)
 from pipelines.settings import Settings
 
-from .models import ExtrasSingleImageRequest, GenerationFields, Img2ImgRequest, Txt2ImgRequest
+from .models import ExtrasBaseRequest, GenerationFields, Img2ImgRequest, Txt2ImgRequest
 
 log = logging.getLogger("atelier.api")
 
@@ -35,8 +44,23 @@ GENERATION_FIELD_NAMES = {
     "token_merging": "override_settings.token_merging_ratio",
     "deep_cache": "override_settings.deep_cache",
     "deep_cache_interval": "override_settings.deep_cache_interval",
+    # A1111's SD upscale script_args: [info, tile_overlap, upscaler, scale_factor]
+    "sd_upscale_overlap": "script_args[1]",
+    "sd_upscale_upscaler": "script_args[2]",
+    "sd_upscale_scale": "script_args[3]",
 }
-UPSCALE_FIELD_NAMES = {"upscaler": "upscaler_1"}
+# /extra-single-image and /extra-batch-images: the request's upscale fields → A1111's extras fields
+UPSCALE_FIELD_NAMES = {
+    "upscaler": "upscaler_1",
+    "upscale_scale": "upscaling_resize",
+    "upscale_width": "upscaling_resize_w",
+    "upscale_height": "upscaling_resize_h",
+}
+SECOND_UPSCALER_FIELD_NAMES = {**UPSCALE_FIELD_NAMES, "upscaler": "upscaler_2"}
+# The hires fix's default strength (A1111's UI and webuiapi send 0.7); img2img's is the request's own 0.75.
+HIRES_DENOISING_STRENGTH = 0.7
+# A1111's "same checkpoint" values of hr_checkpoint_name
+SAME_CHECKPOINT = ("", "none", "use same checkpoint")
 
 # override_settings keys that Atelier honours for one request, and the GenerationRequest field they set.
 _OVERRIDES = {"sd_model_checkpoint": "checkpoint", "sd_vae": "vae"}
@@ -48,22 +72,54 @@ PROMPT_OPTIONS = {"CLIP_stop_at_last_layers": "clip_skip", "emphasis": "emphasis
 
 
 def txt2img_request(body: Txt2ImgRequest, settings: Settings) -> GenerationRequest:
-    """The GenerationRequest for an A1111 txt2img body; ``InvalidRequest`` names the A1111 field at fault."""
+    """The GenerationRequest for an A1111 txt2img body (the hires fix's fields too); ``InvalidRequest`` names the
+    A1111 field at fault."""
     refuse_unbuilt(body)
-    if body.enable_hr:
-        raise _not_built(
-            "enable_hr",
-            "Hires. fix is not available in Atelier; send enable_hr false and upscale "
-            "the result with /sdapi/v1/extra-single-image",
-        )
     if body.firstpass_image:
-        raise _not_built("firstpass_image", "a first-pass image is a Hires. fix feature, which Atelier does not have")
+        raise _not_built("firstpass_image", "a first pass made elsewhere is not available; send it to img2img instead")
+    if body.script_name and body.script_name.strip().lower() not in ("", "none"):
+        raise unknown_script(body.script_name, "txt2img")
     log_ignored("txt2img", body)
-    return GenerationRequest.create(task="txt2img", **_common_fields(body, settings))
+    fields = _common_fields(body, settings)
+    # A1111's legacy firstphase_width/height: the first pass at that size, width x height its hires size
+    fields.update(firstphase_fields(fields["width"], fields["height"], body.firstphase_width or 0,
+                                    body.firstphase_height or 0))
+    if body.enable_hr:
+        fields.update(hires_fields(body))
+    return GenerationRequest.create(task="txt2img", **fields)
 
 
-def img2img_request(body: Img2ImgRequest, settings: Settings) -> GenerationRequest:
-    """The GenerationRequest for an A1111 img2img body (one init image, raw base64 or a ``data:`` URL)."""
+def hires_fields(body: Txt2ImgRequest) -> dict[str, Any]:
+    """A1111's hires fix fields as request fields: ``None`` means A1111's default (scale 2, the "Latent" upscaler,
+    as many steps as the first pass, strength 0.7, the first pass's sampler and prompts)."""
+    checkpoint = (body.hr_checkpoint_name or "").strip()
+    if checkpoint.lower() not in SAME_CHECKPOINT:
+        raise _not_built("hr_checkpoint_name", "a second checkpoint for the hires pass is not available; send "
+                         "'Use same checkpoint'")
+    fields: dict[str, Any] = {
+        "enable_hr": True,
+        "hr_scale": _or(body.hr_scale, 2.0),
+        "hr_upscaler": body.hr_upscaler or "Latent",
+        "hr_second_pass_steps": _or(body.hr_second_pass_steps, 0),
+        "hr_resize_x": _or(body.hr_resize_x, 0),
+        "hr_resize_y": _or(body.hr_resize_y, 0),
+        "hr_sampler_name": body.hr_sampler_name,
+        "hr_scheduler": body.hr_scheduler,
+        "hr_prompt": body.hr_prompt or "",
+        "hr_negative_prompt": body.hr_negative_prompt or "",
+        "denoising_strength": _or(body.denoising_strength, HIRES_DENOISING_STRENGTH),
+    }
+    if body.firstphase_width or body.firstphase_height:  # the legacy fields set the hires size already
+        fields.pop("hr_resize_x")
+        fields.pop("hr_resize_y")
+    return fields
+
+
+def img2img_request(body: Img2ImgRequest, settings: Settings,
+                    upscaler_names: list[str] | None = None) -> GenerationRequest:
+    """The GenerationRequest for an A1111 img2img body (one init image, raw base64 or a ``data:`` URL), with A1111's
+    SD upscale script when ``script_name`` asks for it (``upscaler_names``: ``/upscalers``' names, in order, for
+    the script's upscaler given as an index)."""
     refuse_unbuilt(body)
     if body.mask or body.latent_mask:
         raise _not_built("mask", "inpainting (a mask) is not available in Atelier's img2img yet")
@@ -77,13 +133,48 @@ def img2img_request(body: Img2ImgRequest, settings: Settings) -> GenerationReque
     fields.update(init_image=images[0], resize_mode=0 if body.resize_mode is None else body.resize_mode)
     if body.denoising_strength is not None:
         fields["denoising_strength"] = body.denoising_strength
+    script = (body.script_name or "").strip().lower()
+    if script not in ("", "none"):
+        if script not in SCRIPT_NAMES:
+            raise unknown_script(body.script_name or "", "img2img")
+        fields.update(script_fields(script, body.script_args, upscaler_names or []))
     return GenerationRequest.create(task="img2img", **fields)
 
 
-def upscale_request(
-    body: ExtrasSingleImageRequest, image: Image.Image, upscaler: str, settings: Settings
-) -> GenerationRequest:
-    """The GenerationRequest for ``/extra-single-image`` with an SD x4 upscaler (Atelier's optional fields too)."""
+def script_fields(script: str, script_args: list[Any] | None, upscaler_names: list[str]) -> dict[str, Any]:
+    """``script_args`` of A1111's SD upscale (``[info, tile_overlap, upscaler, scale_factor]``) as request fields; the
+    upscaler may be a name or, as A1111's own UI sends it, an index into ``/sdapi/v1/upscalers``."""
+    if script != SD_UPSCALE:
+        raise unknown_script(script, "img2img")
+    if script_args is not None and not isinstance(script_args, list):
+        raise InvalidRequest("script_args must be a list: [info, tile_overlap, upscaler, scale_factor].", "script_args")
+    fields = sd_upscale_fields(script_args or [])
+    upscaler = fields.get("sd_upscale_upscaler")
+    if isinstance(upscaler, bool) or (upscaler is not None and not isinstance(upscaler, (int, str))):
+        raise InvalidRequest(f"script_args[2] (the upscaler) must be a name or an index of /sdapi/v1/upscalers; "
+                             f"got {upscaler!r}.", "script_args[2]")
+    if isinstance(upscaler, int):
+        if not 0 <= upscaler < len(upscaler_names):
+            listed = ", ".join(f"{index}: {name}" for index, name in enumerate(upscaler_names))
+            raise InvalidRequest(f"script_args[2] is the upscaler's index in /sdapi/v1/upscalers, 0 to "
+                                 f"{len(upscaler_names) - 1} ({listed}); got {upscaler}.", "script_args[2]")
+        fields["sd_upscale_upscaler"] = upscaler_names[upscaler]
+    return fields
+
+
+def unknown_script(name: str, route: str) -> InvalidRequest:
+    """A script Atelier does not run on ``route``: 422 naming the ones it does."""
+    available = list(SCRIPT_NAMES) if route == "img2img" else []
+    offer = f"the scripts on {route}: {', '.join(repr(n) for n in available)}" if available else (
+        f"{route} runs no scripts ('sd upscale' runs on img2img)")
+    return InvalidRequest(f"script_name: A1111 script {name!r} is not available; {offer}.", "script_name")
+
+
+def upscale_request(body: ExtrasBaseRequest, image: Image.Image, upscaler: str,
+                    settings: Settings) -> GenerationRequest:
+    """The GenerationRequest for A1111's extras (``/extra-single-image``, each image of ``/extra-batch-images``) with
+    ``upscaler``: by ``upscaling_resize`` (``resize_mode`` 0) or to ``upscaling_resize_w`` x ``_h`` (1, cropped to
+    that size with ``upscaling_crop``). The SD x4 upscaler reads Atelier's optional prompt fields too."""
     fields: dict[str, Any] = {
         "image": image,
         "upscaler": upscaler,
@@ -92,6 +183,17 @@ def upscale_request(
         "steps": _or(body.steps, settings.default_steps),
         "seed": _or(body.seed, -1),
     }
+    mode = _or(body.resize_mode, 0)
+    if mode == 1:
+        fields.update(upscale_width=_or(body.upscaling_resize_w, 512), upscale_height=_or(body.upscaling_resize_h, 512),
+                      upscale_crop=_or(body.upscaling_crop, True))
+        if not fields["upscale_width"] or not fields["upscale_height"]:
+            missing = "upscaling_resize_w" if not fields["upscale_width"] else "upscaling_resize_h"
+            raise InvalidRequest(f"{missing} must be a size in px with resize_mode 1 (got 0).", missing)
+    elif mode == 0:
+        fields["upscale_scale"] = _or(body.upscaling_resize, 2.0)
+    else:
+        raise InvalidRequest(f"resize_mode must be 0 (scale by) or 1 (scale to), got {mode!r}.", "resize_mode")
     if body.noise_level is not None:
         fields["noise_level"] = body.noise_level
     return GenerationRequest.create(task="upscale", **fields)
@@ -112,6 +214,7 @@ def _common_fields(body: GenerationFields, settings: Settings) -> dict[str, Any]
         "batch_count": _or(body.n_iter, 1),
         "batch_size": _or(body.batch_size, 1),
         "styles": list(body.styles or []),
+        "tiling": bool(body.tiling),
     }
     if body.clip_skip is not None:  # a top-level clip_skip (some clients); override_settings wins below
         fields["clip_skip"] = body.clip_skip
@@ -162,14 +265,10 @@ def refuse_unbuilt(body: GenerationFields) -> None:
     """
     if body.restore_faces:
         raise _not_built("restore_faces", "face restoration is not available; send restore_faces false")
-    if body.tiling:
-        raise _not_built("tiling", "seamless tiling is not available; send tiling false")
     if body.subseed_strength:
         raise _not_built("subseed_strength", "variation seeds are not available; send subseed_strength 0")
     if body.refiner_checkpoint and body.refiner_checkpoint != "None":
         raise _not_built("refiner_checkpoint", "the SDXL refiner pass is not available")
-    if body.script_name and body.script_name != "None":
-        raise _not_built("script_name", f"A1111 scripts are not available (got '{body.script_name}')")
     active = [name for name, entry in (body.alwayson_scripts or {}).items() if _script_is_active(entry)]
     if active:
         raise _not_built("alwayson_scripts", f"extension scripts are not available (got {', '.join(active)})")
@@ -244,6 +343,7 @@ def generation_info(body: GenerationFields, request: GenerationRequest, result: 
     subseed = _or(body.subseed, -1)
     styled = apply_named_styles(request.prompt, request.negative_prompt, list(request.styles), styles or {})
     clip_skip = request.clip_skip if request.clip_skip is not None else getattr(settings, "clip_skip", 1)
+    hires = request.task == "txt2img" and request.enable_hr
     info: dict[str, Any] = {
         "prompt": request.prompt,
         "all_prompts": [styled.prompt] * count,
@@ -270,8 +370,8 @@ def generation_info(body: GenerationFields, request: GenerationRequest, result: 
         "sd_vae_hash": None,
         "seed_resize_from_w": -1,
         "seed_resize_from_h": -1,
-        "denoising_strength": request.denoising_strength if request.task == "img2img" else None,
-        "extra_generation_params": {},
+        "denoising_strength": request.denoising_strength if request.task == "img2img" or hires else None,
+        "extra_generation_params": extra_generation_params(request),
         "index_of_first_image": 0,
         "infotexts": list(result.infotexts),
         "styles": list(request.styles),
@@ -285,6 +385,15 @@ def generation_info(body: GenerationFields, request: GenerationRequest, result: 
         "interrupted": bool(result.cancelled),
     }
     return json.dumps(info, ensure_ascii=False)
+
+
+def extra_generation_params(request: GenerationRequest) -> dict[str, Any]:
+    """A1111's ``extra_generation_params``: the hires fix's keys, or the SD upscale script's."""
+    if request.task == "txt2img" and request.enable_hr:
+        return hires_params(request)
+    if request.sd_upscale:
+        return {"SD upscale overlap": request.sd_upscale_overlap, "SD upscale upscaler": request.sd_upscale_upscaler}
+    return {}
 
 
 def result_images_base64(result: Result) -> list[str]:

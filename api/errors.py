@@ -131,7 +131,8 @@ def api_field_names(mapping: Mapping[str, str]) -> Iterator[None]:
 
 
 # Only identifiers that never occur in prose are renamed inside messages.
-_RENAMED_IN_TEXT = ("batch_count", "init_image")
+_RENAMED_IN_TEXT = ("batch_count", "init_image", "sd_upscale_overlap", "sd_upscale_upscaler", "sd_upscale_scale",
+                    "upscale_scale", "upscale_width", "upscale_height")
 
 
 def _rename_fields(message: str, mapping: Mapping[str, str]) -> str:

@@ -45,11 +45,14 @@ class GenerationFields(_Lenient):
     width: int | None = Field(512, description="Image width in px: a multiple of 8 from 64 to 2048.")
     height: int | None = Field(512, description="Image height in px: a multiple of 8 from 64 to 2048.")
     restore_faces: bool | None = Field(None, description="Face restoration: not available (must be false).")
-    tiling: bool | None = Field(None, description="Seamless tiling: not available (must be false).")
+    tiling: bool | None = Field(None, description="Seamless tiling: the picture repeats without seams when laid "
+                                "side by side (the UNet's and VAE's convolutions pad circularly for this run).")
     do_not_save_samples: bool | None = False
     do_not_save_grid: bool | None = False
     eta: float | None = None
-    denoising_strength: float | None = None
+    denoising_strength: float | None = Field(
+        None, description="img2img: how much of the init image is redrawn (0-1, default 0.75). txt2img with enable_hr: "
+        "the hires pass's strength (default 0.7).")
     s_min_uncond: float | None = None
     s_churn: float | None = None
     s_tmax: float | None = None
@@ -65,8 +68,11 @@ class GenerationFields(_Lenient):
     refiner_switch_at: float | None = None
     disable_extra_networks: bool | None = False
     comments: dict[str, Any] | None = None
-    script_name: str | None = Field(None, description="A1111 scripts: not available (must be empty).")
-    script_args: list[Any] | None = None
+    script_name: str | None = Field(
+        None, description="A1111 script: 'sd upscale' on img2img (see /sdapi/v1/scripts); others are not available.")
+    script_args: list[Any] | None = Field(
+        None, description="The script's arguments; 'sd upscale': [info, tile_overlap (0-256 px), upscaler (a name from "
+        "/sdapi/v1/upscalers or its index there), scale_factor (1-4)]. Tiles are width x height.")
     send_images: bool | None = Field(True, description="Return the images in the response.")
     save_images: bool | None = Field(False, description="Atelier always saves images to its outputs folder.")
     alwayson_scripts: dict[str, Any] | None = Field(
@@ -82,20 +88,27 @@ class GenerationFields(_Lenient):
 class Txt2ImgRequest(GenerationFields):
     """``POST /sdapi/v1/txt2img`` (A1111's ``StableDiffusionTxt2ImgProcessingAPI``)."""
 
-    enable_hr: bool | None = Field(False, description="Hires. fix: not available (must be false).")
-    firstphase_width: int | None = None
-    firstphase_height: int | None = None
-    hr_scale: float | None = None
-    hr_upscaler: str | None = None
-    hr_second_pass_steps: int | None = None
-    hr_resize_x: int | None = None
-    hr_resize_y: int | None = None
-    hr_checkpoint_name: str | None = None
-    hr_sampler_name: str | None = None
-    hr_scheduler: str | None = None
-    hr_prompt: str | None = None
-    hr_negative_prompt: str | None = None
-    firstpass_image: str | None = None
+    enable_hr: bool | None = Field(
+        False, description="Hires. fix: a first pass at width x height, an upscale, then a second pass at the large "
+        "size with the same seed (denoising_strength is its strength).")
+    firstphase_width: int | None = Field(
+        None, description="Legacy (A1111 before hr_scale): the first pass's width; width x height is then the hires "
+        "size.")
+    firstphase_height: int | None = Field(None, description="Legacy: the first pass's height (see firstphase_width).")
+    hr_scale: float | None = Field(None, description="Hires. fix: upscale by (1-4, default 2).")
+    hr_upscaler: str | None = Field(
+        None, description="Hires. fix: a latent mode (/sdapi/v1/latent-upscale-modes, default 'Latent') or a pixel "
+        "upscaler's name from /sdapi/v1/upscalers (not the SD x4 upscaler).")
+    hr_second_pass_steps: int | None = Field(None, description="Hires. fix: steps of the second pass (0: as steps).")
+    hr_resize_x: int | None = Field(None, description="Hires. fix: resize width to (0: from hr_scale).")
+    hr_resize_y: int | None = Field(None, description="Hires. fix: resize height to (0: from hr_scale).")
+    hr_checkpoint_name: str | None = Field(
+        None, description="Hires. fix with another checkpoint: not available (empty or 'Use same checkpoint').")
+    hr_sampler_name: str | None = Field(None, description="Hires. fix: the second pass's sampler (empty: the same).")
+    hr_scheduler: str | None = Field(None, description="Hires. fix: the second pass's schedule type (empty: the same).")
+    hr_prompt: str | None = Field(None, description="Hires. fix: the second pass's prompt (empty: the same).")
+    hr_negative_prompt: str | None = Field(None, description="Hires. fix: the second pass's negative prompt.")
+    firstpass_image: str | None = Field(None, description="A first pass from elsewhere: not available (empty).")
 
 
 class Img2ImgRequest(GenerationFields):
@@ -159,22 +172,22 @@ class ProgressResponse(BaseModel):
     current_task: str | None = None
 
 
-class ExtrasSingleImageRequest(_Lenient):
-    """``POST /sdapi/v1/extra-single-image`` (A1111's ``ExtrasSingleImageRequest``)."""
+class ExtrasBaseRequest(_Lenient):
+    """What ``/extra-single-image`` and ``/extra-batch-images`` share (A1111's ``ExtrasBaseRequest``)."""
 
-    image: str | None = Field(None, description="The image, as raw base64 or a data: URL.")
     resize_mode: int | None = Field(0, description="0: scale by upscaling_resize; 1: to upscaling_resize_w x _h.")
     show_extras_results: bool | None = True
     gfpgan_visibility: float | None = Field(0, description="Face restoration: not available (must be 0).")
     codeformer_visibility: float | None = Field(0, description="Face restoration: not available (must be 0).")
     codeformer_weight: float | None = 0
-    upscaling_resize: float | None = Field(4, description="Scale factor (1-4); the SD x4 upscaler works at 4x.")
-    upscaling_resize_w: int | None = 512
-    upscaling_resize_h: int | None = 512
-    upscaling_crop: bool | None = True
-    upscaler_1: str | None = Field("None", description="'None' or a name from /sdapi/v1/upscalers.")
-    upscaler_2: str | None = Field("None", description="Second upscaler: not available (must be 'None').")
-    extras_upscaler_2_visibility: float | None = 0
+    upscaling_resize: float | None = Field(2, description="Scale factor (1-8), with resize_mode 0.")
+    upscaling_resize_w: int | None = Field(512, description="Target width (px), with resize_mode 1.")
+    upscaling_resize_h: int | None = Field(512, description="Target height (px), with resize_mode 1.")
+    upscaling_crop: bool | None = Field(True, description="resize_mode 1: crop the centre to exactly that size.")
+    upscaler_1: str | None = Field("None", description="A name from /sdapi/v1/upscalers ('None': a plain resize).")
+    upscaler_2: str | None = Field("None", description="A second upscaler, blended over the first's result.")
+    extras_upscaler_2_visibility: float | None = Field(
+        0, description="How much of upscaler_2's result shows over upscaler_1's (0-1).")
     upscale_first: bool | None = False
     # Atelier's own (optional) fields: the SD x4 upscaler is a diffusion model with a prompt and steps.
     prompt: str | None = Field(None, description="Atelier: prompt for the SD x4 upscaler (default empty).")
@@ -184,11 +197,38 @@ class ExtrasSingleImageRequest(_Lenient):
     seed: int | None = Field(None, description="Atelier: seed (-1 random).")
 
 
+class ExtrasSingleImageRequest(ExtrasBaseRequest):
+    """``POST /sdapi/v1/extra-single-image`` (A1111's ``ExtrasSingleImageRequest``)."""
+
+    image: str | None = Field(None, description="The image, as raw base64 or a data: URL.")
+
+
 class ExtrasSingleImageResponse(BaseModel):
     """A1111's extras answer."""
 
     image: str = Field(..., description="Base64 PNG.")
     html_info: str = Field("", description="The A1111 parameters text of the upscale, when one ran.")
+
+
+class FileData(BaseModel):
+    """One image of ``/extra-batch-images`` (A1111's ``FileData``)."""
+
+    data: str = Field(..., description="The image, as raw base64 or a data: URL.")
+    name: str = Field("", description="Its file name (reported back in errors).")
+
+
+class ExtrasBatchImagesRequest(ExtrasBaseRequest):
+    """``POST /sdapi/v1/extra-batch-images`` (A1111's ``ExtrasBatchImagesRequest``)."""
+
+    imageList: list[FileData] | None = Field(  # noqa: N815 - A1111's name
+        None, description="The images to upscale, each {data, name}; every one with the same settings.")
+
+
+class ExtrasBatchImagesResponse(BaseModel):
+    """A1111's batch extras answer."""
+
+    images: list[str] = Field(default_factory=list, description="Base64 PNGs, in the order of imageList.")
+    html_info: str = Field("", description="The A1111 parameters text of the last upscale.")
 
 
 class PNGInfoRequest(_Lenient):
@@ -295,20 +335,57 @@ class SchedulerItem(BaseModel):
 
 
 class UpscalerItem(BaseModel):
-    """One entry of ``/sdapi/v1/upscalers``: 'None' and each installed SD x4 upscaler."""
+    """One entry of ``/sdapi/v1/upscalers``: the built-ins (None, Lanczos, Nearest), the ESRGAN-family model files and
+    the SD x4 upscaler folders, as A1111 lists them."""
+
+    model_config = ConfigDict(protected_namespaces=())
 
     name: str
-    model_name: str | None = None
+    model_name: str | None = Field(None, description="The model's architecture (files) or name (SD x4 folders).")
     model_path: str | None = None
     model_url: str | None = None
-    scale: float = 4
+    scale: float | None = 4
+
+
+class RealesrganItem(BaseModel):
+    """One entry of ``/sdapi/v1/realesrgan-models`` (A1111's shape)."""
+
+    name: str
+    path: str | None = None
+    scale: int | None = None
+
+
+class LatentUpscalerModeItem(BaseModel):
+    """One entry of ``/sdapi/v1/latent-upscale-modes``."""
+
+    name: str
 
 
 class ScriptsList(BaseModel):
-    """``/sdapi/v1/scripts``: Atelier has no A1111 scripts (clients probe this for extensions)."""
+    """``/sdapi/v1/scripts``: the A1111 scripts Atelier runs, by ``script_name`` (clients probe this)."""
 
     txt2img: list[str] = Field(default_factory=list)
     img2img: list[str] = Field(default_factory=list)
+
+
+class ScriptArg(BaseModel):
+    """One argument of a script in ``/sdapi/v1/script-info`` (A1111's ``ScriptArg``)."""
+
+    label: str | None = None
+    value: Any = None
+    minimum: Any = None
+    maximum: Any = None
+    step: Any = None
+    choices: list[str] | None = None
+
+
+class ScriptInfo(BaseModel):
+    """One script in ``/sdapi/v1/script-info`` (A1111's ``ScriptInfo``)."""
+
+    name: str | None = None
+    is_alwayson: bool | None = None
+    is_img2img: bool | None = None
+    args: list[ScriptArg] = Field(default_factory=list)
 
 
 class ErrorResponse(BaseModel):

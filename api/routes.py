@@ -20,7 +20,18 @@ from fastapi.concurrency import run_in_threadpool
 from PIL import Image
 
 from pipelines.errors import AtelierError, InvalidRequest, ModelNotFound
-from pipelines.request import MAX_UPSCALE_INPUT, GenerationRequest, Result, decode_image
+from pipelines.infotext import quote
+from pipelines.registry import UPSCALER_BUILTIN, UPSCALER_MODEL
+from pipelines.request import (
+    MAX_SD_UPSCALE_OVERLAP,
+    MAX_SD_UPSCALE_SCALE,
+    MAX_UPSCALE_INPUT,
+    SCRIPT_NAMES,
+    SD_UPSCALE,
+    GenerationRequest,
+    Result,
+    decode_image,
+)
 from pipelines.samplers import SAMPLERS, SCHEDULE_NAMES
 from pipelines.settings import Settings
 
@@ -31,10 +42,14 @@ from .models import (
     EmbeddingItem,
     EmbeddingsResponse,
     ErrorResponse,
+    ExtrasBaseRequest,
+    ExtrasBatchImagesRequest,
+    ExtrasBatchImagesResponse,
     ExtrasSingleImageRequest,
     ExtrasSingleImageResponse,
     ImageToImageResponse,
     Img2ImgRequest,
+    LatentUpscalerModeItem,
     LoraItem,
     Options,
     PNGInfoRequest,
@@ -42,8 +57,11 @@ from .models import (
     ProgressResponse,
     ProgressState,
     PromptStyleItem,
+    RealesrganItem,
     SamplerItem,
     SchedulerItem,
+    ScriptArg,
+    ScriptInfo,
     ScriptsList,
     SDModelItem,
     SDVaeItem,
@@ -55,7 +73,9 @@ from .models import (
 log = logging.getLogger("atelier.api")
 
 PREFIX = "/sdapi/v1"
-SD_X4_SCALE = 4
+MAX_EXTRAS_BATCH = 32  # images per /extra-batch-images request: each one is a job of its own
+# A1111's SD upscale script's info text (its first argument), as /script-info shows it
+SD_UPSCALE_INFO = "Will upscale the image by the selected scale factor; use width and height sliders to set tile size"
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
     for code, text in (
@@ -81,8 +101,13 @@ class SdApi:
         return await self._generate(convert.txt2img_request, body, TextToImageResponse)
 
     async def img2img(self, body: Img2ImgRequest) -> ImageToImageResponse:
-        """Image to image, as A1111's ``/sdapi/v1/img2img`` (one init image; no inpainting mask)."""
-        return await self._generate(convert.img2img_request, body, ImageToImageResponse)
+        """Image to image, as A1111's ``/sdapi/v1/img2img`` (one init image; no inpainting mask), with A1111's
+        ``sd upscale`` script."""
+        return await self._generate(self._img2img_request, body, ImageToImageResponse)
+
+    def _img2img_request(self, body: Img2ImgRequest, settings: Settings) -> GenerationRequest:
+        names = self._upscaler_names() if body.script_name else []
+        return convert.img2img_request(body, settings, names)
 
     async def _generate(self, build: Any, body: Any, response_type: type[TextToImageResponse]) -> Any:
         timestamp = convert.job_timestamp()
@@ -91,25 +116,88 @@ class SdApi:
         return await run_in_threadpool(self._generation_response, response_type, body, request, result, timestamp)
 
     async def extra_single_image(self, body: ExtrasSingleImageRequest) -> ExtrasSingleImageResponse:
-        """Upscale one image with the SD x4 upscaler (``upscaler_1``), then resize to the asked scale or size."""
+        """Upscale one image with ``upscaler_1`` (any of ``/upscalers``), by ``upscaling_resize`` or to
+        ``upscaling_resize_w`` x ``_h``; ``upscaler_2``'s result blended over it by ``extras_upscaler_2_visibility``."""
         convert.log_ignored("extra-single-image", body)
-        image = await run_in_threadpool(_extras_input, body)
-        target = _extras_target(body, image.size)
-        upscaler = body.upscaler_1 or "None"
-        if upscaler == "None":
-            # A1111's "None" upscaler is a plain resize to the target size.
-            resized = await run_in_threadpool(_fit, image, target, bool(body.upscaling_crop))
-            return ExtrasSingleImageResponse(image=await run_in_threadpool(convert.png_base64, resized))
-        request = await run_in_threadpool(self._build_upscale, body, image, upscaler)
-        result = await self._run(request, convert.UPSCALE_FIELD_NAMES)
-        return await run_in_threadpool(_extras_response, result, target, bool(body.upscaling_crop))
+        await run_in_threadpool(self._check_extras, body)
+        image = await run_in_threadpool(_extras_input, body.image, "image")
+        encoded, info = await self._extras(body, image)
+        return ExtrasSingleImageResponse(image=encoded, html_info=info)
+
+    async def extra_batch_images(self, body: ExtrasBatchImagesRequest) -> ExtrasBatchImagesResponse:
+        """``/extra-single-image`` for each image of ``imageList`` (``{data, name}``), one job after another."""
+        convert.log_ignored("extra-batch-images", body)
+        entries = list(body.imageList or [])
+        if not entries:
+            raise InvalidRequest("imageList: send at least one image as {data: base64, name: file name}.", "imageList")
+        if len(entries) > MAX_EXTRAS_BATCH:
+            raise InvalidRequest(f"imageList holds {len(entries)} images; the limit is {MAX_EXTRAS_BATCH} per "
+                                 "request: split it into several requests.", "imageList")
+        await run_in_threadpool(self._check_extras, body)
+        # every image decoded before the first job runs: a bad one is a 422 with nothing done
+        images = [await run_in_threadpool(_extras_input, entry.data, f"imageList[{index}].data", entry.name)
+                  for index, entry in enumerate(entries)]
+        encoded: list[str] = []
+        info = ""
+        for image in images:
+            picture, info = await self._extras(body, image)
+            encoded.append(picture)
+        return ExtrasBatchImagesResponse(images=encoded, html_info=info)
+
+    def _check_extras(self, body: ExtrasBaseRequest) -> None:
+        """What the extras routes refuse before any job: face restoration, unknown upscaler names, a bad blend."""
+        if body.gfpgan_visibility or body.codeformer_visibility:
+            raise InvalidRequest(
+                "gfpgan_visibility/codeformer_visibility: face restoration is not available; send 0.",
+                "gfpgan_visibility" if body.gfpgan_visibility else "codeformer_visibility",
+            )
+        visibility = body.extras_upscaler_2_visibility or 0
+        if not 0 <= visibility <= 1:
+            raise InvalidRequest(f"extras_upscaler_2_visibility must be between 0 and 1 (got {visibility:g}).",
+                                 "extras_upscaler_2_visibility")
+        self._check_upscaler(body.upscaler_1 or "None", "upscaler_1")
+        if _second_upscaler(body):
+            self._check_upscaler(body.upscaler_2 or "None", "upscaler_2")
+
+    def _check_upscaler(self, name: str, field: str) -> None:
+        try:
+            self.manager.registry.find_upscaler(name)
+        except ModelNotFound as exc:
+            raise _with_choices(exc, field, self._upscaler_names()) from None
+
+    def _upscaler_names(self) -> list[str]:
+        return [info.name for info in self.manager.all_upscalers()]
+
+    async def _extras(self, body: ExtrasBaseRequest, image: Image.Image) -> tuple[str, str]:
+        """One picture through ``upscaler_1`` (and ``upscaler_2``, blended as A1111's extras do): its base64 PNG and
+        infotext. Each upscale is a job of the engine, saved as any upscale is; the blend is only returned."""
+        first = await run_in_threadpool(self._build_upscale, body, image, body.upscaler_1 or "None",
+                                        convert.UPSCALE_FIELD_NAMES)
+        second = None
+        if _second_upscaler(body):
+            second = await run_in_threadpool(self._build_upscale, body, image, body.upscaler_2 or "None",
+                                             convert.SECOND_UPSCALER_FIELD_NAMES)
+        result = await self._run(first, convert.UPSCALE_FIELD_NAMES)
+        if not result.images:
+            raise AtelierError("The upscaler returned no image; see the server log.")
+        infotext = result.infotexts[0] if result.infotexts else ""
+        if second is None:
+            return await run_in_threadpool(convert.image_base64, result, 0), infotext
+        other = await self._run(second, convert.SECOND_UPSCALER_FIELD_NAMES)
+        if not other.images:
+            raise AtelierError("The second upscaler returned no image; see the server log.")
+        infotext = f"{infotext.rstrip()}, Postprocess upscaler 2: {quote(second.upscaler)}"
+        blended = await run_in_threadpool(blend_upscales, result.images[0], other.images[0],
+                                          float(body.extras_upscaler_2_visibility or 0))
+        return await run_in_threadpool(convert.png_base64, blended, infotext), infotext
 
     def _build(self, build: Any, body: Any) -> GenerationRequest:
         with api_field_names(convert.GENERATION_FIELD_NAMES):
             return build(body, self.settings)
 
-    def _build_upscale(self, body: ExtrasSingleImageRequest, image: Image.Image, upscaler: str) -> GenerationRequest:
-        with api_field_names(convert.UPSCALE_FIELD_NAMES):
+    def _build_upscale(self, body: ExtrasBaseRequest, image: Image.Image, upscaler: str,
+                       field_names: dict[str, str]) -> GenerationRequest:
+        with api_field_names(field_names):
             return convert.upscale_request(body, image, upscaler, self.settings)
 
     async def _run(self, request: GenerationRequest, field_names: dict[str, str]) -> Result:
@@ -302,17 +390,41 @@ class SdApi:
         return [SchedulerItem(name=name.lower(), label=name) for name in SCHEDULE_NAMES]
 
     def upscalers(self) -> list[UpscalerItem]:
-        """'None' (plain resize) and each installed SD x4 upscaler."""
-        items = [UpscalerItem(name="None", scale=SD_X4_SCALE)]
-        items += [
-            UpscalerItem(name=info.name, model_name=info.name, model_path=str(info.path), scale=SD_X4_SCALE)
-            for info in self.manager.upscalers()
-        ]
+        """Every upscaler, as A1111 lists them: the built-ins (None, Lanczos, Nearest), the ESRGAN-family model files
+        (spandrel's architecture as ``model_name``), the SD x4 upscaler folders."""
+        items = []
+        for info in self.manager.all_upscalers():
+            family = getattr(info, "family", None)
+            builtin = family == UPSCALER_BUILTIN
+            model_name = getattr(info, "architecture", None) if family == UPSCALER_MODEL else info.name
+            items.append(UpscalerItem(name=info.name, model_name=None if builtin else model_name,
+                                      model_path=None if builtin else str(info.path),
+                                      scale=getattr(info, "scale", None) or 4))
         return items
 
+    def realesrgan_models(self) -> list[RealesrganItem]:
+        """The Real-ESRGAN model files among the upscalers (A1111's ``/realesrgan-models`` shape)."""
+        return [RealesrganItem(name=info.name, path=str(info.path), scale=int(getattr(info, "scale", None) or 4))
+                for info in self.manager.all_upscalers() if _is_realesrgan(info)]
+
+    def latent_upscale_modes(self) -> list[LatentUpscalerModeItem]:
+        """The hires fix's latent upscale modes (A1111's names)."""
+        return [LatentUpscalerModeItem(name=name) for name in self.manager.latent_upscale_modes()]
+
     def scripts(self) -> ScriptsList:
-        """No A1111 scripts: clients such as webuiapi probe this to decide which extension fields to send."""
-        return ScriptsList()
+        """The A1111 scripts Atelier runs by ``script_name`` (clients such as webuiapi probe this)."""
+        return ScriptsList(txt2img=[], img2img=list(SCRIPT_NAMES))
+
+    def script_info(self) -> list[ScriptInfo]:
+        """The scripts' arguments, in ``script_args`` order, as A1111's ``/script-info`` describes them."""
+        names = self._upscaler_names()
+        args = [
+            ScriptArg(label=None, value=SD_UPSCALE_INFO),
+            ScriptArg(label="Tile overlap", value=64, minimum=0, maximum=MAX_SD_UPSCALE_OVERLAP, step=16),
+            ScriptArg(label="Upscaler", value=names[0] if names else "None", choices=names),
+            ScriptArg(label="Scale Factor", value=2, minimum=1, maximum=MAX_SD_UPSCALE_SCALE, step=0.05),
+        ]
+        return [ScriptInfo(name=SD_UPSCALE, is_alwayson=False, is_img2img=True, args=args)]
 
     # --- PNG info ------------------------------------------------------------------------------------------
     def png_info(self, body: PNGInfoRequest) -> PNGInfoResponse:
@@ -370,6 +482,7 @@ _ROUTES: tuple[_Route, ...] = (
     _Route("POST", "/txt2img", "txt2img", TextToImageResponse, "Text to image"),
     _Route("POST", "/img2img", "img2img", ImageToImageResponse, "Image to image"),
     _Route("POST", "/extra-single-image", "extra_single_image", ExtrasSingleImageResponse, "Upscale one image"),
+    _Route("POST", "/extra-batch-images", "extra_batch_images", ExtrasBatchImagesResponse, "Upscale several images"),
     _Route("POST", "/png-info", "png_info", PNGInfoResponse, "Read the generation parameters of a PNG"),
     _Route("GET", "/progress", "progress", ProgressResponse, "Progress of the running job"),
     _Route("POST", "/interrupt", "interrupt", dict[str, Any], "Stop the running job"),
@@ -380,8 +493,12 @@ _ROUTES: tuple[_Route, ...] = (
     _Route("POST", "/refresh-checkpoints", "refresh_checkpoints", None, "Rescan the models folders"),
     _Route("GET", "/samplers", "samplers", list[SamplerItem], "Sampler names"),
     _Route("GET", "/schedulers", "schedulers", list[SchedulerItem], "Schedule types"),
-    _Route("GET", "/upscalers", "upscalers", list[UpscalerItem], "Upscalers"),
-    _Route("GET", "/scripts", "scripts", ScriptsList, "A1111 scripts (none)"),
+    _Route("GET", "/upscalers", "upscalers", list[UpscalerItem], "Every upscaler"),
+    _Route("GET", "/realesrgan-models", "realesrgan_models", list[RealesrganItem], "Real-ESRGAN model files"),
+    _Route("GET", "/latent-upscale-modes", "latent_upscale_modes", list[LatentUpscalerModeItem],
+           "The hires fix's latent upscale modes"),
+    _Route("GET", "/scripts", "scripts", ScriptsList, "A1111 scripts Atelier runs"),
+    _Route("GET", "/script-info", "script_info", list[ScriptInfo], "The scripts' arguments"),
     _Route("GET", "/loras", "loras", list[LoraItem], "Installed LoRAs"),
     _Route("POST", "/refresh-loras", "refresh_loras", None, "Rescan the LoRA folders"),
     _Route("GET", "/embeddings", "embeddings", EmbeddingsResponse, "Textual-inversion embeddings"),
@@ -490,73 +607,41 @@ def _with_choices(exc: ModelNotFound, field: str, choices: list[str]) -> ModelNo
     return ModelNotFound(message, field)
 
 
-def _extras_input(body: ExtrasSingleImageRequest) -> Image.Image:
-    if body.gfpgan_visibility or body.codeformer_visibility:
-        raise InvalidRequest(
-            "gfpgan_visibility/codeformer_visibility: face restoration is not available; send 0.",
-            "gfpgan_visibility" if body.gfpgan_visibility else "codeformer_visibility",
-        )
-    if body.upscaler_2 not in (None, "", "None") and body.extras_upscaler_2_visibility:
-        raise InvalidRequest("upscaler_2: a second upscaler is not available; send 'None'.", "upscaler_2")
-    if not body.image:
-        raise InvalidRequest("image: send the image to upscale as base64 (raw or a data: URL).", "image")
-    image = decode_image(body.image, "image")
+def _extras_input(value: str | None, field: str, name: str = "") -> Image.Image:
+    """An extras route's image, decoded; ``name`` (a batch entry's file name) is said in the message."""
+    called = f" ({name})" if name else ""
+    if not value:
+        raise InvalidRequest(f"{field}{called}: send the image to upscale as base64 (raw or a data: URL).", field)
+    image = decode_image(value, field)
     if max(image.size) > MAX_UPSCALE_INPUT:
         raise InvalidRequest(
-            f"image is {image.width}x{image.height}; the limit is {MAX_UPSCALE_INPUT} px per side.", "image"
+            f"{field}{called} is {image.width}x{image.height}; the limit is {MAX_UPSCALE_INPUT} px per side.", field
         )
     return image
 
 
-def _extras_target(body: ExtrasSingleImageRequest, size: tuple[int, int]) -> tuple[int, int]:
-    """The output size A1111 would produce: ``upscaling_resize`` x the input, or ``upscaling_resize_w`` x ``_h``."""
-    width, height = size
-    if body.resize_mode == 1:
-        target_w, target_h = body.upscaling_resize_w or 0, body.upscaling_resize_h or 0
-        if not (1 <= target_w <= width * SD_X4_SCALE and 1 <= target_h <= height * SD_X4_SCALE):
-            raise InvalidRequest(
-                f"upscaling_resize_w/upscaling_resize_h must be between 1 and 4x the input "
-                f"({width * SD_X4_SCALE}x{height * SD_X4_SCALE}); got {target_w}x{target_h}.",
-                "upscaling_resize_w",
-            )
-        return target_w, target_h
-    if body.resize_mode not in (None, 0):
-        raise InvalidRequest(f"resize_mode must be 0 (scale) or 1 (size), got {body.resize_mode}.", "resize_mode")
-    scale = 4.0 if body.upscaling_resize is None else float(body.upscaling_resize)
-    if not 1.0 <= scale <= SD_X4_SCALE:
-        raise InvalidRequest(
-            f"upscaling_resize must be between 1 and {SD_X4_SCALE} (the SD x4 upscaler's factor), got {scale:g}.",
-            "upscaling_resize",
-        )
-    return max(1, round(width * scale)), max(1, round(height * scale))
+def _second_upscaler(body: ExtrasBaseRequest) -> bool:
+    """A1111 runs ``upscaler_2`` only when it names one and its visibility is above 0."""
+    return (body.upscaler_2 or "None").strip().lower() != "none" and (body.extras_upscaler_2_visibility or 0) > 0
 
 
-def _fit(image: Image.Image, target: tuple[int, int], crop: bool) -> Image.Image:
-    """Resize to ``target``: covering it and cropping the middle when ``crop`` (A1111's upscaling_crop)."""
-    if image.size == target:
-        return image
-    if not crop:
-        return image.resize(target, Image.Resampling.LANCZOS)
-    scale = max(target[0] / image.width, target[1] / image.height)
-    covered = image.resize(
-        (max(target[0], round(image.width * scale)), max(target[1], round(image.height * scale))),
-        Image.Resampling.LANCZOS,
-    )
-    left = (covered.width - target[0]) // 2
-    top = (covered.height - target[1]) // 2
-    return covered.crop((left, top, left + target[0], top + target[1]))
+def blend_upscales(first: Image.Image, second: Image.Image, visibility: float) -> Image.Image:
+    """A1111's extras: ``upscaler_2``'s picture over ``upscaler_1``'s with ``visibility`` (``Image.blend``)."""
+    first, second = first.convert("RGB"), second.convert("RGB")
+    if second.size != first.size:  # both upscales aim at the same size; a model may round differently
+        second = second.resize(first.size, Image.Resampling.LANCZOS)
+    return Image.blend(first, second, visibility)
 
 
-def _extras_response(result: Result, target: tuple[int, int], crop: bool) -> ExtrasSingleImageResponse:
-    if not result.images:
-        raise AtelierError("The upscaler returned no image; see the server log.")
-    infotext = result.infotexts[0] if result.infotexts else ""
-    image = result.images[0]
-    if image.size == target:
-        encoded = convert.image_base64(result, 0)  # the saved file: same metadata as on disk
-    else:
-        encoded = convert.png_base64(_fit(image, target, crop), infotext or None)
-    return ExtrasSingleImageResponse(image=encoded, html_info=infotext)
+def _is_realesrgan(info: Any) -> bool:
+    """A Real-ESRGAN model file: spandrel's Compact architecture, or an ESRGAN-shaped file in A1111's
+    ``RealESRGAN/`` folder or named so."""
+    if getattr(info, "family", None) != UPSCALER_MODEL:
+        return False
+    if getattr(info, "architecture", None) == "RealESRGAN Compact":
+        return True
+    path = str(getattr(info, "path", "")).lower().replace("\\", "/")
+    return "/realesrgan/" in path or "realesrgan" in info.name.lower() or "r-esrgan" in info.name.lower()
 
 
 def _progress_text(event: Any) -> str:

@@ -19,7 +19,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +29,12 @@ from pipelines import outputs
 from pipelines.catalog import ModelCatalog
 from pipelines.conditioning import job_prompts
 from pipelines.errors import AtelierError, Cancelled, ModelNotFound, QueueFull
-from pipelines.infotext import request_infotext
+from pipelines.infotext import Note, request_infotext
 from pipelines.interface import EngineStatus
 from pipelines.networks import check_family
 from pipelines.progress import JobState, ProgressEvent, ProgressState
-from pipelines.registry import builtin_upscalers, empty_models_message
-from pipelines.request import GenerationRequest, Result
+from pipelines.registry import UPSCALER_SD_X4, builtin_upscalers, empty_models_message
+from pipelines.request import GenerationRequest, Result, hires_size, sd_upscale_size, upscale_target
 from pipelines.settings import Settings
 
 MODELS_DIR = Path("/nonexistent-models")
@@ -102,11 +102,14 @@ class FakeRegistry:
     does not exist; found by name, title or file name; hashes known at once (``hashes`` names some: name → hash)."""
 
     def __init__(self, checkpoints=("tiny-a", "tiny-b"), vaes=("tiny-vae",), upscalers=("tiny-x4",),
-                 hashes: dict[str, str] | None = None, loras: tuple[Path, ...] = (), embeddings: tuple[Path, ...] = ()):
+                 hashes: dict[str, str] | None = None, loras: tuple[Path, ...] = (), embeddings: tuple[Path, ...] = (),
+                 families: dict[str, str] | None = None, depth: tuple[Path, ...] = ()):
         def info(name: str, path: Path, **fields: Any) -> FakeInfo:
             return FakeInfo(name, path, short_hash=(hashes or {}).get(name, ""), **fields)
 
-        self._checkpoints = [info(n, MODELS_DIR / f"{n}.safetensors") for n in checkpoints]
+        # ``families``: checkpoint name → family (default sd15), e.g. {"tiny-inpaint": "sd15-inpaint"}
+        self._checkpoints = [info(n, MODELS_DIR / f"{n}.safetensors", family=(families or {}).get(n, "sd15"))
+                             for n in checkpoints]
         self._vaes = [info(n, MODELS_DIR / "vae" / f"{n}.safetensors", kind="vae") for n in vaes]
         self._upscalers = [info(n, MODELS_DIR / "upscale_models" / n, kind="upscaler", format="diffusers",
                                 family="x4-upscaler", scale=4) for n in upscalers]
@@ -114,6 +117,8 @@ class FakeRegistry:
         # real files a test wrote (LoRAs, embeddings): read by the real loading code
         self._loras = [info(Path(p).stem, Path(p), kind="lora", family=_lora_group(Path(p))) for p in loras]
         self._embeddings = [info(Path(p).stem, Path(p), kind="embedding", family=None) for p in embeddings]
+        # DPT folders a test wrote (``pipelines.tiny.write_tiny_dpt``), loaded by the real depth code
+        self._depth = [info(Path(p).name, Path(p), kind="depth", format="transformers", family="dpt") for p in depth]
 
     def refresh(self) -> None:
         """Nothing to rescan."""
@@ -136,6 +141,9 @@ class FakeRegistry:
 
     def loras(self) -> list[FakeInfo]:
         return list(self._loras)
+
+    def depth_models(self) -> list[FakeInfo]:
+        return list(self._depth)
 
     def embeddings(self) -> list[FakeInfo]:
         return list(self._embeddings)
@@ -186,6 +194,33 @@ class FakeRegistry:
 
     def empty_message(self) -> str:
         return empty_models_message(MODELS_DIR)
+
+
+def output_size(request: GenerationRequest, model: Any) -> tuple[int, int]:
+    """The size of the picture the real engine makes for ``request`` (``model``: what it resolved to)."""
+    if request.task == "upscale":
+        width, height, _crop = upscale_target(request, float(getattr(model, "scale", None) or 4))
+        return width, height
+    if request.task == "txt2img" and request.enable_hr:
+        size = hires_size(request)
+        return size.width, size.height
+    if request.sd_upscale:
+        return sd_upscale_size(request)
+    return request.width, request.height
+
+
+def postprocess_notes(request: GenerationRequest, model: Any) -> list[Note]:
+    """A pixel upscale's A1111 ``Postprocess ...`` keys, as the real task writes them."""
+    width, height, crop = upscale_target(request, float(getattr(model, "scale", None) or 4))
+    notes = [Note.param("Postprocess upscaler", model.name)]
+    if request.upscale_width or request.upscale_height:
+        notes.insert(0, Note.param("Postprocess upscale to", f"{width}x{height}"))
+        if crop:
+            notes.append(Note.param("Postprocess crop to", f"{width}x{height}"))
+    else:
+        scale = request.upscale_scale if request.upscale_scale is not None else model.scale
+        notes.insert(0, Note.param("Postprocess upscale by", f"{scale:g}"))
+    return notes
 
 
 def _lora_group(path: Path) -> str | None:
@@ -262,8 +297,10 @@ class FakeManager:
     """Stands in for ``manager.PipelineManager``: the same FIFO queue run by one worker thread, the same model lookup
     (the real ``ModelCatalog`` over ``registry``) and the same reading of the prompts (styles, ``<lora:...>`` tags:
     a LoRA not found is a warning, one for another model a 422 at submit), but each step waits ``step_delay`` s and
-    each image is one flat colour of the requested size (x4 for an upscale), saved with its infotext as the real one
-    saves it.
+    each image is one flat colour of the size the real engine would make (the hires fix's and SD upscale's sizes, an
+    upscale's target), saved with its infotext as the real one saves it. A pixel upscaler (a built-in or a model file)
+    resizes the input with PIL (``Nearest``: nearest neighbour, any other: Lanczos), as the built-ins do. The hires
+    fix's steps are reported in its two passes (``ProgressEvent.phase``); Stop in the second keeps the first's picture.
 
     Test controls: ``step_delay``; ``fail_with`` (every job ends with this error, raised as is by ``wait()``);
     ``pause()``/``resume()`` and ``hold()``/``release()``. Records: ``submitted`` (requests), ``applied`` (the
@@ -414,11 +451,20 @@ class FakeManager:
                         mode="cpu")
         batches = request.batch_seeds(request.resolved_seed())
         prompts = self._prompts(request) if request.task in PROMPT_TASKS else None
+        hires = request.task == "txt2img" and request.enable_hr
         for batch_index, seeds in enumerate(batches):
-            if not self._steps(job, batch_index, len(batches)):
+            passes = self._steps(job, batch_index, len(batches))
+            if passes == 0:
                 if not result.images:
                     raise Cancelled("Stopped before the first image finished.")
                 result.cancelled = True
+                break
+            if hires and passes == 1:  # Stop in the hires pass: the first pass's picture, as a plain txt2img's
+                first_pass = request.model_copy(update={"enable_hr": False})
+                for seed in seeds:
+                    self._save(first_pass, targets, seed, result, prompts)
+                result.cancelled = True
+                result.notes.append("Stopped during the hires pass; the first pass's picture was kept.")
                 break
             for seed in seeds:
                 self._save(request, targets, seed, result, prompts)
@@ -432,30 +478,52 @@ class FakeManager:
         """The real engine's reading of the prompts: styles, ``<lora:...>`` tags found or warned about, Lora hashes."""
         return job_prompts(request, self.settings, self._catalog.styles(), self.registry)
 
-    def _steps(self, job: FakeJob, batch_index: int, batch_count: int) -> bool:
-        """The denoising steps of one batch; False when the job was cancelled."""
-        steps = job.request.steps
-        for step in range(1, steps + 1):
-            if job._cancel.wait(self.step_delay):
-                return False
-            job._emit(ProgressEvent(
-                job.id, ProgressState.RUNNING, step=step, total_steps=steps, batch_index=batch_index,
-                batch_count=batch_count, eta_s=self.step_delay * (steps - step),
-                preview=Image.new("RGB", (8, 8), (step * 10 % 256, 0, 0)),
-            ))
-        return True
+    def _steps(self, job: FakeJob, batch_index: int, batch_count: int) -> int:
+        """The denoising steps of one batch, in one pass or in the hires fix's two (first pass, upscaling, hires
+        pass, counted as one run as the real ``StepReporter`` counts them); returns the passes finished before a
+        cancel (all of them when none came)."""
+        request = job.request
+        passes = [("", request.steps)]
+        if request.task == "txt2img" and request.enable_hr:
+            passes = [("first pass", request.steps), ("hires pass", request.hr_steps)]
+        total = sum(steps for _, steps in passes)
+        done = 0
+        for finished, (phase, steps) in enumerate(passes):
+            if phase == "hires pass":
+                job._emit(replace(job.progress, phase="upscaling"))
+            for _ in range(steps):
+                if job._cancel.wait(self.step_delay):
+                    return finished
+                done += 1
+                job._emit(ProgressEvent(
+                    job.id, ProgressState.RUNNING, step=done, total_steps=total, batch_index=batch_index,
+                    batch_count=batch_count, eta_s=self.step_delay * (total - done),
+                    preview=Image.new("RGB", (8, 8), (done * 10 % 256, 0, 0)), phase=phase,
+                ))
+        return len(passes)
 
     def _save(self, request: GenerationRequest, targets: Any, seed: int, result: Result, prompts: Any = None) -> None:
-        source = request.image if request.task == "upscale" else None
-        size = (source.width * 4, source.height * 4) if source is not None else (request.width, request.height)
-        image = Image.new("RGB", size, (seed % 256, 80, 160))
+        model = targets.checkpoint
+        pixels = request.task == "upscale" and getattr(model, "family", None) != UPSCALER_SD_X4
+        size = output_size(request, model)
+        if pixels:
+            method = Image.Resampling.NEAREST if model.name.lower() == "nearest" else Image.Resampling.LANCZOS
+            image = request.image.resize(size, method)
+        else:
+            image = Image.new("RGB", size, (seed % 256, 80, 160))
         vae = targets.vae
         texts = {} if prompts is None else dict(prompt=prompts.plan.infotext_prompt,
                                                 negative_prompt=prompts.plan.infotext_negative)
+        notes = list(prompts.notes) if prompts is not None else []
+        if pixels:  # as pipelines/tasks/pixel_upscale.py notes it
+            notes += postprocess_notes(request, model)
+        if request.sd_upscale:  # as pipelines/tasks/sd_upscale.py notes it
+            notes += [Note.param("SD upscale overlap", request.sd_upscale_overlap),
+                      Note.param("SD upscale upscaler", request.sd_upscale_upscaler)]
         infotext = request_infotext(
-            request, seed=seed, size=size, model=targets.checkpoint.name, model_hash=result.checkpoint_hash,
-            vae=vae and vae.name, vae_hash=vae and self.registry.short_hash(vae),
-            notes=prompts.notes if prompts is not None else (), **texts,
+            request, seed=seed, size=size, model=model.name, model_hash=result.checkpoint_hash,
+            vae=vae and vae.name, vae_hash=vae and self.registry.short_hash(vae), notes=notes, postprocess=pixels,
+            **texts,
         )
         folder = outputs.output_folder(self.settings.outputs_dir, request.task)
         result.paths.append(outputs.write_png_with_parameters(image, infotext, folder, seed))
@@ -478,6 +546,9 @@ class FakeManager:
 
     def all_upscalers(self) -> list[Any]:
         return self.registry.all_upscalers()
+
+    def depth_models(self) -> list[FakeInfo]:
+        return self.registry.depth_models()
 
     def latent_upscale_modes(self) -> list[str]:
         from pipelines.request import LATENT_UPSCALE_MODES

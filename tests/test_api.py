@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from fakes import FakeManager, FakeRegistry, write_embedding, write_lora
 from fastapi import FastAPI
@@ -274,7 +275,15 @@ INVALID = [
     ("txt2img", {**BASE, "scheduler": "sideways"}, "scheduler"),
     ("txt2img", {**BASE, "n_iter": 500}, "n_iter"),
     ("txt2img", {**BASE, "steps": "many"}, "steps"),
-    ("txt2img", {**BASE, "enable_hr": True}, "enable_hr"),
+    ("txt2img", {**BASE, "enable_hr": True, "hr_scale": 5}, "hr_scale"),
+    ("txt2img", {**BASE, "enable_hr": True, "hr_resize_x": 4096}, "hr_resize_x"),
+    ("txt2img", {**BASE, "enable_hr": True, "hr_upscaler": "R-ESRGAN 4x+"}, "hr_upscaler"),
+    ("txt2img", {**BASE, "enable_hr": True, "hr_upscaler": "x4-demo"}, "hr_upscaler"),
+    ("txt2img", {**BASE, "enable_hr": True, "hr_sampler_name": "Warp Drive"}, "hr_sampler_name"),
+    ("txt2img", {**BASE, "enable_hr": True, "hr_checkpoint_name": "other"}, "hr_checkpoint_name"),
+    ("txt2img", {**BASE, "enable_hr": True, "width": 2048, "height": 2048, "steps": 150}, "hr_scale"),
+    ("txt2img", {**BASE, "firstpass_image": png_b64()}, "firstpass_image"),
+    ("txt2img", {**BASE, "script_name": "sd upscale"}, "script_name"),
     (
         "txt2img",
         {**BASE, "alwayson_scripts": {"ControlNet": {"args": [{"enabled": True, "model": "x"}]}}},
@@ -295,6 +304,17 @@ INVALID = [
     ("img2img", {**BASE, "init_images": [png_b64(), png_b64()]}, "init_images"),
     ("img2img", {**BASE, "init_images": [png_b64()], "mask": png_b64()}, "mask"),
     ("img2img", {**BASE, "init_images": [png_b64()], "resize_mode": 9}, "resize_mode"),
+    ("img2img", {**BASE, "init_images": [png_b64()], "script_name": "loopback"}, "script_name"),
+    ("img2img", {**BASE, "init_images": [png_b64()], "script_name": "sd upscale", "script_args": ["", 64, 99, 2]},
+     "script_args[2]"),
+    ("img2img", {**BASE, "init_images": [png_b64()], "script_name": "sd upscale",
+                 "script_args": ["", 64, "Bicubic++", 2]}, "script_args[2]"),
+    ("img2img", {**BASE, "init_images": [png_b64()], "script_name": "SD upscale",
+                 "script_args": ["", 64, "x4-demo", 2]}, "script_args[2]"),
+    ("img2img", {**BASE, "init_images": [png_b64()], "script_name": "sd upscale",
+                 "script_args": ["", 64, "Lanczos", 8]}, "script_args[3]"),
+    ("img2img", {**BASE, "init_images": [png_b64()], "script_name": "sd upscale",
+                 "script_args": ["", 999, "Lanczos", 2]}, "script_args[1]"),
 ]
 
 
@@ -423,9 +443,11 @@ def test_samplers_schedulers_upscalers_scripts(client: TestClient) -> None:
     schedulers = client.get(f"{API}/schedulers").json()
     assert "automatic" in [s["name"] for s in schedulers]
     upscalers = client.get(f"{API}/upscalers").json()
-    assert [u["name"] for u in upscalers] == ["None", "x4-demo"]
-    assert upscalers[1]["scale"] == 4 and upscalers[1]["model_url"] is None
-    assert client.get(f"{API}/scripts").json() == {"txt2img": [], "img2img": []}
+    assert [u["name"] for u in upscalers] == ["None", "Lanczos", "Nearest", "x4-demo"]
+    assert upscalers[0] == {"name": "None", "model_name": None, "model_path": None, "model_url": None, "scale": 4}
+    assert upscalers[3]["scale"] == 4 and upscalers[3]["model_url"] is None
+    assert upscalers[3]["model_path"].endswith("x4-demo")
+    assert client.get(f"{API}/scripts").json() == {"txt2img": [], "img2img": ["sd upscale"]}
 
 
 # --- progress / interrupt ------------------------------------------------------------------------------------
@@ -518,17 +540,22 @@ def test_extra_single_image_runs_the_x4_upscaler(client: TestClient, manager: Fa
     # scale 2: the x4 result resized, keeping its parameters
     half = decode_png(client.post(f"{API}/extra-single-image", json={**payload, "upscaling_resize": 2}).json()["image"])
     assert half.size == (64, 48) and half.text["parameters"]
-    # "None": a plain resize, no job
-    count = len(manager.submitted)
+    # "None": a plain resize (a job of the engine's, as every upscaler)
     plain = client.post(f"{API}/extra-single-image", json={**payload, "upscaler_1": "None", "upscaling_resize": 2})
-    assert decode_png(plain.json()["image"]).size == (64, 48) and len(manager.submitted) == count
+    assert decode_png(plain.json()["image"]).size == (64, 48)
+    assert manager.submitted[-1].upscaler == "None" and manager.submitted[-1].upscale_scale == 2
 
 
 @pytest.mark.parametrize(
     ("changes", "field_name"),
     [
         ({"upscaler_1": "R-ESRGAN 4x+"}, "upscaler_1"),
-        ({"upscaling_resize": 8}, "upscaling_resize"),
+        ({"upscaling_resize": 9}, "upscaling_resize"),
+        ({"upscaling_resize": 0.5}, "upscaling_resize"),
+        ({"resize_mode": 1, "upscaling_resize_w": 5000}, "upscaling_resize_w"),
+        ({"resize_mode": 2}, "resize_mode"),
+        ({"upscaler_2": "Nope", "extras_upscaler_2_visibility": 0.5}, "upscaler_2"),
+        ({"upscaler_2": "Lanczos", "extras_upscaler_2_visibility": 2}, "extras_upscaler_2_visibility"),
         ({"gfpgan_visibility": 1}, "gfpgan_visibility"),
         ({"steps": 0}, "steps"),
         ({"image": "bm90IGFuIGltYWdl"}, "image"),
@@ -579,6 +606,11 @@ ROUTES = [
     ("post", "png-info"),
     ("get", "upscalers"),
     ("post", "extra-single-image"),
+    ("post", "extra-batch-images"),
+    ("get", "realesrgan-models"),
+    ("get", "latent-upscale-modes"),
+    ("get", "scripts"),
+    ("get", "script-info"),
     ("get", "loras"),
     ("post", "refresh-loras"),
     ("get", "embeddings"),
@@ -605,6 +637,8 @@ def test_openapi_documents_every_route(manager: FakeManager, openapi_url: str | 
         "ExtrasSingleImageRequest",
         "PNGInfoResponse",
         "UpscalerItem",
+        "ExtrasBatchImagesRequest",
+        "ScriptInfo",
         "Options",
         "LoraItem",
         "EmbeddingsResponse",
@@ -750,3 +784,200 @@ def test_options_get_and_set_clip_skip_and_emphasis(client: TestClient, manager:
         assert resp.status_code == 422, (key, value, resp.text)
         assert resp.json()["field"] == key and key in resp.json()["detail"]
     assert (manager.settings.clip_skip, manager.settings.emphasis) == (2, "No norm")  # unchanged
+
+
+# --- bigger pictures: the hires fix, every upscaler, the SD upscale script, seamless tiling ------------------------
+def checkerboard(size: tuple[int, int] = (16, 12)) -> Image.Image:
+    """Black and white squares: PIL's Nearest and Lanczos enlarge it differently."""
+    image = Image.new("RGB", size)
+    image.putdata([(255, 255, 255) if (x // 2 + y // 2) % 2 else (0, 0, 0)
+                   for y in range(size[1]) for x in range(size[0])])
+    return image
+
+
+def image_b64(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_a1111s_hires_request_with_its_defaults_doubles_the_picture(client: TestClient, manager) -> None:
+    # A1111's own test request: enable_hr with everything else as webuiapi sends it
+    resp = client.post(f"{API}/txt2img", json={**WEBUIAPI_TXT2IMG, "enable_hr": True, "n_iter": 1})
+    assert resp.status_code == 200, resp.text
+    assert decode_png(resp.json()["images"][0]).size == (128, 128)
+    request = manager.submitted[-1]
+    assert (request.enable_hr, request.hr_scale, request.hr_upscaler, request.hr_second_pass_steps) == (
+        True, 2.0, "Latent", 0)
+    assert request.denoising_strength == 0.7 and (request.width, request.height) == (64, 64)
+    info = json.loads(resp.json()["info"])
+    assert (info["width"], info["height"], info["denoising_strength"]) == (64, 64, 0.7)
+    assert info["extra_generation_params"] == {"Hires upscale": 2.0, "Hires upscaler": "Latent"}
+    # PNG Info reads the hires keys back as A1111 writes them
+    fields = client.post(f"{API}/png-info", json={"image": resp.json()["images"][0]}).json()["parameters"]
+    assert (fields["Hires upscale"], fields["Hires upscaler"], fields["Denoising strength"]) == ("2", "Latent", "0.7")
+    # without denoising_strength the hires pass takes A1111's 0.7 too
+    client.post(f"{API}/txt2img", json={**BASE, "enable_hr": True})
+    assert manager.submitted[-1].denoising_strength == 0.7
+
+
+def test_every_hires_field_reaches_the_request_and_the_infotext(client: TestClient, manager) -> None:
+    body = {**BASE, "enable_hr": True, "hr_upscaler": "Lanczos", "hr_resize_x": 128, "hr_resize_y": 96,
+            "hr_second_pass_steps": 3, "denoising_strength": 0.45, "hr_sampler_name": "DPM++ 2M",
+            "hr_scheduler": "Karras", "hr_prompt": "sharper", "hr_negative_prompt": "soft",
+            "hr_checkpoint_name": "Use same checkpoint", "tiling": True}
+    resp = client.post(f"{API}/txt2img", json=body)
+    assert resp.status_code == 200, resp.text
+    assert decode_png(resp.json()["images"][0]).size == (128, 96)
+    request = manager.submitted[-1]
+    assert (request.hr_upscaler, request.hr_resize_x, request.hr_resize_y, request.hr_second_pass_steps) == (
+        "Lanczos", 128, 96, 3)
+    assert (request.hr_sampler_name, request.hr_prompt, request.hr_negative_prompt, request.tiling) == (
+        "DPM++ 2M Karras", "sharper", "soft", True)
+    fields = parse_infotext(json.loads(resp.json()["info"])["infotexts"][0])
+    assert (fields["Hires resize-1"], fields["Hires resize-2"], fields["Hires steps"]) == ("128", "96", "3")
+    assert (fields["Hires upscaler"], fields["Denoising strength"], fields["Tiling"]) == ("Lanczos", "0.45", "True")
+    assert fields["Hires prompt"] == "sharper" and fields["Hires sampler"] == "DPM++ 2M Karras"
+
+
+def test_the_legacy_firstphase_fields_draw_small_then_reach_width_and_height(client: TestClient, manager) -> None:
+    body = {**BASE, "enable_hr": True, "firstphase_width": 64, "firstphase_height": 64, "width": 128, "height": 96}
+    resp = client.post(f"{API}/txt2img", json=body)
+    assert resp.status_code == 200, resp.text
+    request = manager.submitted[-1]
+    assert (request.width, request.height, request.hr_resize_x, request.hr_resize_y) == (64, 64, 128, 96)
+    assert decode_png(resp.json()["images"][0]).size == (128, 96)
+
+
+def test_an_unknown_hires_upscaler_lists_the_latent_modes_and_the_upscalers(client: TestClient) -> None:
+    resp = client.post(f"{API}/txt2img", json={**BASE, "enable_hr": True, "hr_upscaler": "4x-UltraSharp"})
+    assert resp.status_code == 422
+    detail = resp.json()["detail"]
+    assert "Latent (bicubic antialiased)" in detail and "Lanczos" in detail and "x4-demo" not in detail
+
+
+def test_tiling_reaches_txt2img_and_img2img(client: TestClient, manager) -> None:
+    for route, extra in (("txt2img", {}), ("img2img", {"init_images": [png_b64()]})):
+        resp = client.post(f"{API}/{route}", json={**BASE, **extra, "tiling": True})
+        assert resp.status_code == 200, resp.text
+        assert manager.submitted[-1].tiling is True
+        assert "Tiling: True" in json.loads(resp.json()["info"])["infotexts"][0]
+    client.post(f"{API}/txt2img", json={**BASE, "tiling": False})
+    assert manager.submitted[-1].tiling is False
+
+
+@pytest.mark.parametrize("upscaler", ["Lanczos", 1], ids=["by-name", "by-a1111-index"])
+def test_the_sd_upscale_script_enlarges_the_init_image(client: TestClient, manager, upscaler) -> None:
+    body = {**BASE, "init_images": [png_b64((64, 48))], "denoising_strength": 0.5, "script_name": "SD upscale",
+            "script_args": ["", 16, upscaler, 2]}
+    resp = client.post(f"{API}/img2img", json=body)
+    assert resp.status_code == 200, resp.text
+    assert decode_png(resp.json()["images"][0]).size == (128, 96)
+    request = manager.submitted[-1]
+    assert (request.script_name, request.sd_upscale_overlap, request.sd_upscale_upscaler, request.sd_upscale_scale) == (
+        "sd upscale", 16, "Lanczos", 2.0)
+    info = json.loads(resp.json()["info"])
+    assert info["extra_generation_params"] == {"SD upscale overlap": 16, "SD upscale upscaler": "Lanczos"}
+    assert "SD upscale upscaler: Lanczos" in info["infotexts"][0]
+
+
+def test_scripts_script_info_latent_modes_and_realesrgan_models(client: TestClient, manager, tmp_path) -> None:
+    from pipelines.registry import UPSCALER_MODEL, ModelInfo
+
+    assert [m["name"] for m in client.get(f"{API}/latent-upscale-modes").json()] == [
+        "Latent", "Latent (antialiased)", "Latent (bicubic)", "Latent (bicubic antialiased)", "Latent (nearest)",
+        "Latent (nearest-exact)"]
+    [script] = client.get(f"{API}/script-info").json()
+    assert (script["name"], script["is_img2img"], script["is_alwayson"]) == ("sd upscale", True, False)
+    assert [arg["label"] for arg in script["args"]] == [None, "Tile overlap", "Upscaler", "Scale Factor"]
+    assert script["args"][2]["choices"] == ["None", "Lanczos", "Nearest", "x4-demo"]
+    assert client.get(f"{API}/realesrgan-models").json() == []
+    manager.registry.model_upscaler_infos = [
+        ModelInfo("RealESRGAN_x4plus", tmp_path / "RealESRGAN" / "RealESRGAN_x4plus.pth", "upscaler", "pth", 1,
+                  UPSCALER_MODEL, "keys", scale=4, architecture="ESRGAN"),
+        ModelInfo("4x-UltraSharp", tmp_path / "ESRGAN" / "4x-UltraSharp.pth", "upscaler", "pth", 1, UPSCALER_MODEL,
+                  "keys", scale=4, architecture="ESRGAN"),
+        ModelInfo("realesr-general-x4v3", tmp_path / "upscale_models" / "general.pth", "upscaler", "pth", 1,
+                  UPSCALER_MODEL, "keys", scale=4, architecture="RealESRGAN Compact"),
+    ]
+    upscalers = client.get(f"{API}/upscalers").json()
+    assert [u["name"] for u in upscalers] == ["None", "Lanczos", "Nearest", "RealESRGAN_x4plus", "4x-UltraSharp",
+                                              "realesr-general-x4v3", "x4-demo"]
+    assert upscalers[4] == {"name": "4x-UltraSharp", "model_name": "ESRGAN",
+                            "model_path": str(tmp_path / "ESRGAN" / "4x-UltraSharp.pth"), "model_url": None,
+                            "scale": 4}
+    models = client.get(f"{API}/realesrgan-models").json()
+    assert [(m["name"], m["scale"]) for m in models] == [("RealESRGAN_x4plus", 4), ("realesr-general-x4v3", 4)]
+
+
+def test_a1111s_extras_request_with_lanczos_upscales_by_the_factor(client: TestClient, manager) -> None:
+    # A1111's own test request: upscaler_1 "Lanczos", its default upscaling_resize (2)
+    source = checkerboard()
+    resp = client.post(f"{API}/extra-single-image", json={"image": image_b64(source), "upscaler_1": "Lanczos"})
+    assert resp.status_code == 200, resp.text
+    image = decode_png(resp.json()["image"])
+    assert image.size == (32, 24)
+    assert np.array_equal(np.asarray(image.convert("RGB")),
+                          np.asarray(source.resize((32, 24), Image.Resampling.LANCZOS)))
+    fields = parse_infotext(resp.json()["html_info"])
+    assert (fields["Postprocess upscaler"], fields["Postprocess upscale by"]) == ("Lanczos", "2")
+    assert manager.submitted[-1].task == "upscale" and manager.submitted[-1].upscaler == "Lanczos"
+
+
+def test_extras_scale_to_a_size_crops_to_it_or_keeps_the_aspect(client: TestClient) -> None:
+    payload = {"image": image_b64(checkerboard((16, 12))), "upscaler_1": "Nearest", "resize_mode": 1,
+               "upscaling_resize_w": 40, "upscaling_resize_h": 40}
+    cropped = decode_png(client.post(f"{API}/extra-single-image", json=payload).json()["image"])
+    assert cropped.size == (40, 40)
+    whole = decode_png(client.post(f"{API}/extra-single-image",
+                                   json={**payload, "upscaling_crop": False}).json()["image"])
+    assert whole.size == (53, 40)  # by the larger ratio, aspect kept (A1111's extras)
+
+
+def test_a_second_upscaler_is_blended_over_the_first(client: TestClient, manager) -> None:
+    source = checkerboard()
+    payload = {"image": image_b64(source), "upscaler_1": "Nearest", "upscaler_2": "Lanczos",
+               "extras_upscaler_2_visibility": 0.25, "upscaling_resize": 3}
+    resp = client.post(f"{API}/extra-single-image", json=payload)
+    assert resp.status_code == 200, resp.text
+    image = decode_png(resp.json()["image"])
+    expected = Image.blend(source.resize((48, 36), Image.Resampling.NEAREST),
+                           source.resize((48, 36), Image.Resampling.LANCZOS), 0.25)
+    assert np.array_equal(np.asarray(image.convert("RGB")), np.asarray(expected))
+    assert [r.upscaler for r in manager.submitted[-2:]] == ["Nearest", "Lanczos"]
+    fields = parse_infotext(image.text["parameters"])
+    assert (fields["Postprocess upscaler"], fields["Postprocess upscaler 2"]) == ("Nearest", "Lanczos")
+    # visibility 0 (A1111's default): upscaler_2 is not run
+    count = len(manager.submitted)
+    client.post(f"{API}/extra-single-image", json={**payload, "extras_upscaler_2_visibility": 0})
+    assert len(manager.submitted) == count + 1
+
+
+def test_an_unknown_upscaler_lists_the_available_ones_and_nothing_runs(client: TestClient, manager) -> None:
+    count = len(manager.submitted)
+    resp = client.post(f"{API}/extra-single-image", json={"image": png_b64((16, 16)), "upscaler_1": "4x-UltraSharp"})
+    assert resp.status_code == 422 and resp.json()["field"] == "upscaler_1"
+    assert all(name in resp.json()["detail"] for name in ("None", "Lanczos", "Nearest", "x4-demo"))
+    resp = client.post(f"{API}/extra-single-image", json={"image": png_b64((16, 16)), "upscaler_1": "Lanczos",
+                                                           "upscaler_2": "Bicubic", "extras_upscaler_2_visibility": 1})
+    assert resp.status_code == 422 and resp.json()["field"] == "upscaler_2"
+    assert len(manager.submitted) == count
+
+
+def test_extra_batch_images_upscales_each_image_of_the_list(client: TestClient, manager) -> None:
+    body = {"imageList": [{"data": png_b64((16, 12)), "name": "a.png"},
+                          {"data": png_b64((20, 20), data_url=True), "name": "b.png"}],
+            "upscaler_1": "Lanczos", "upscaling_resize": 2}
+    resp = client.post(f"{API}/extra-batch-images", json=body)
+    assert resp.status_code == 200, resp.text
+    assert [decode_png(image).size for image in resp.json()["images"]] == [(32, 24), (40, 40)]
+    assert "Postprocess upscaler: Lanczos" in resp.json()["html_info"]
+    count = len(manager.submitted)
+    bad = {**body, "imageList": [body["imageList"][0], {"data": "bm90IGFuIGltYWdl", "name": "broken.png"}]}
+    resp = client.post(f"{API}/extra-batch-images", json=bad)
+    assert resp.status_code == 422 and resp.json()["field"] == "imageList[1].data"
+    assert len(manager.submitted) == count  # checked before any job ran
+    for changes, field_name in (({"imageList": []}, "imageList"), ({"upscaler_1": "Bicubic"}, "upscaler_1"),
+                                ({"codeformer_visibility": 1}, "codeformer_visibility")):
+        resp = client.post(f"{API}/extra-batch-images", json={**body, **changes})
+        assert resp.status_code == 422 and resp.json()["field"] == field_name, resp.text

@@ -140,6 +140,38 @@ def test_png_info_with_webuiapi(api: webuiapi.WebUIApi) -> None:
     assert info.parameters["Prompt"] == "read me back" and info.parameters["Seed"] == "99"
 
 
+# --- bigger pictures: hires fix, tiling, the SD upscale script, every upscaler --------------------------------
+def test_hires_fix_and_tiling_with_webuiapi(api: webuiapi.WebUIApi) -> None:
+    result = api.txt2img(prompt="a tiled wall", seed=5, enable_hr=True, hr_second_pass_steps=1, tiling=True,
+                         **SMALL)  # webuiapi's hires defaults: scale 2, the "Latent" upscaler, strength 0.7
+    assert result.image.size == (128, 128)
+    parsed = parse_infotext(result.info["infotexts"][0])
+    assert (parsed["Size-1"], parsed["Hires upscale"], parsed["Hires upscaler"], parsed["Hires steps"]) == (
+        "64", "2", "Latent", "1")
+    assert (parsed["Denoising strength"], parsed["Tiling"]) == ("0.7", "True")
+    pixel = api.txt2img(prompt="pixels", seed=5, enable_hr=True, hr_upscaler="Lanczos", hr_resize_x=96,
+                        hr_resize_y=80, hr_second_pass_steps=1, **SMALL)
+    assert pixel.image.size == (96, 80)
+    assert "Latent (nearest-exact)" in [mode["name"] for mode in api.get_latent_upscale_modes()]
+
+
+def test_sd_upscale_script_and_extras_with_webuiapi(api: webuiapi.WebUIApi, demo_app: AppProcess) -> None:
+    assert "sd upscale" in api.get_scripts()["img2img"]
+    source = Image.new("RGB", (96, 64), (30, 120, 200))
+    result = api.img2img(images=[source], prompt="more detail", seed=3, denoising_strength=0.5, steps=2, width=64,
+                         height=64, script_name="SD upscale", script_args=["", 16, "Lanczos", 2])
+    assert result.image.size == (192, 128)  # 64x64 tiles with 16 px overlap
+    assert "SD upscale upscaler: Lanczos" in result.info["infotexts"][0]
+    # A1111's extras test request: Lanczos by its default factor (2), and the batch route
+    assert api.extra_single_image(image=source, upscaler_1="Lanczos").image.size == (192, 128)
+    batch = api.extra_batch_images(images=[source, source.resize((16, 16))], upscaler_1="Nearest",
+                                   upscaling_resize=3)
+    assert [image.size for image in batch.images] == [(288, 192), (48, 48)]
+    info = requests.get(sdapi(demo_app, "script-info"), timeout=30).json()
+    assert info[0]["name"] == "sd upscale" and info[0]["args"][2]["choices"][:3] == ["None", "Lanczos", "Nearest"]
+    assert requests.get(sdapi(demo_app, "realesrgan-models"), timeout=30).json() == []
+
+
 # --- requests: errors --------------------------------------------------------------------------------------
 def _png_b64() -> str:
     buffer = io.BytesIO()
@@ -151,7 +183,8 @@ BAD_REQUESTS = [
     ("txt2img", {**SMALL, "steps": -1}, "steps"),
     ("txt2img", {**SMALL, "width": 7}, "width"),
     ("txt2img", {**SMALL, "sampler_name": "No Such Sampler"}, "sampler_name"),
-    ("txt2img", {**SMALL, "enable_hr": True}, "enable_hr"),
+    ("txt2img", {**SMALL, "enable_hr": True, "hr_scale": 5}, "hr_scale"),
+    ("txt2img", {**SMALL, "enable_hr": True, "hr_upscaler": "No Such Upscaler"}, "hr_upscaler"),
     ("img2img", {**SMALL, "init_images": [_png_b64()], "denoising_strength": 2}, "denoising_strength"),
     ("img2img", {**SMALL, "init_images": [base64.b64encode(b"this is not a picture").decode()]}, "init_images"),
 ]
@@ -207,7 +240,7 @@ def test_auth_protects_every_sdapi_route(slow_auth_app: AppProcess) -> None:
 
 def test_extra_single_image_runs_the_demo_x4_upscaler(slow_auth_app: AppProcess) -> None:
     api = client_for(slow_auth_app, username="u", password="p")
-    upscaler = api.get_upscalers()[1]["name"]
+    upscaler = api.get_upscalers()[-1]["name"]  # the demo SD x4 upscaler, after the built-ins
     source = Image.new("RGB", (16, 12), (200, 80, 20))
     result = api.extra_single_image(image=source, upscaler_1=upscaler, upscaling_resize=2)  # webuiapi unchanged
     assert result.image.size == (32, 24)

@@ -233,9 +233,65 @@ def test_other_tabs_render(demo_app, page, artifacts_dir) -> None:
     choices = page.locator("#settings-memory-mode input")
     assert choices.input_value() == "auto"
     page.click("#model-refresh")
-    page.get_by_text("Found 1 checkpoint(s), 0 VAE(s), 1 upscaler(s).").wait_for()
+    page.get_by_text("Found 1 checkpoint(s), 0 VAE(s), 1 upscaler(s).").wait_for()  # the built-ins not counted
     assert input_value(page, "#model-select input").startswith("demo-tiny-sd15")
     assert input_value(page, "#vae-select input") == "Automatic"
+
+
+def test_hires_fix_doubles_the_picture_and_the_upscale_tab_runs_lanczos(demo_app, page, artifacts_dir) -> None:
+    open_studio(page, demo_app.url)
+    set_prompt(page, "txt2img", "a tower by the sea", "blurry")
+    set_number(page, "txt2img-width", 64)
+    set_number(page, "txt2img-height", 64)
+    set_number(page, "txt2img-steps", 2)
+    page.locator("#txt2img-hr .label-wrap").first.click()  # open the Hires. fix accordion
+    page.locator("#txt2img-hr-enable input").check()
+    set_number(page, "txt2img-hr-steps", 1)
+    page.wait_for_function(
+        "() => (document.querySelector('#txt2img-hr-size')?.innerText || '').includes('64×64 → 128×128')")
+    page.wait_for_function("() => document.querySelector('#txt2img-hr').innerText.includes('on · 64×64 → 128×128')")
+    page.locator("#txt2img-seed input").fill("2468")
+    page.locator("#txt2img-hr").scroll_into_view_if_needed()
+    shot(page, artifacts_dir, "txt2img-hires")
+    page.click("#txt2img-generate")
+    page.wait_for_function(
+        "() => (document.querySelector('#txt2img-info .infotext') || {}).innerText?.includes('Seed: 2468')",
+        timeout=GENERATE_TIMEOUT_MS,
+    )
+    info = page.inner_text("#txt2img-info .infotext")
+    assert "Size: 64x64" in info and "Hires upscale: 2" in info and "Hires steps: 1" in info
+    assert "Denoising strength: 0.7" in info
+    wait_for_gallery_image(page, "txt2img-gallery", (128, 128))
+    assert "Done" in page.inner_text("#txt2img-progress")
+    shot(page, artifacts_dir, "txt2img-hires-done")
+
+    # PNG Info reads the hires keys back and turns the Hires. fix on again, as the picture was made.
+    made = newest_output(demo_app, "txt2img")
+    page.locator("#txt2img-hr-enable input").uncheck()
+    set_number(page, "txt2img-hr-steps", 7)
+    select_tab(page, "PNG Info")
+    page.locator("#png-info-input input[type=file]").set_input_files(str(made))
+    page.wait_for_function(
+        "() => document.querySelector('#png-info-output textarea')?.value.includes('Hires upscale: 2')")
+    page.click("#png-info-send-txt2img")
+    page.wait_for_function("() => document.querySelector('#txt2img-hr-enable input').checked")
+    assert input_value(page, "#txt2img-hr-steps input[type=number]") == "1"
+    assert input_value(page, "#txt2img-hr-upscaler input") == "Latent"
+
+    # The picture on to the Upscale tab, enlarged 2x by Lanczos: no prompt needed, so none is shown.
+    page.click("#txt2img-send-upscale")
+    page.wait_for_function("() => document.querySelector('#upscale-input img')?.naturalWidth === 128")
+    assert page.locator("#upscale-prompt").is_visible()  # the demo SD x4 upscaler is chosen first
+    choose(page, "upscale-model", "Lanczos")
+    page.locator("#upscale-prompt").wait_for(state="hidden")
+    set_number(page, "upscale-scale", 2)
+    shot(page, artifacts_dir, "upscale-lanczos")
+    page.click("#upscale-generate")
+    info = wait_for_infotext(page, "upscale-info")
+    assert "Postprocess upscaler: Lanczos" in info and "Postprocess upscale by: 2" in info
+    wait_for_gallery_image(page, "upscale-output", (256, 256))
+    page.wait_for_selector("#upscale-compare img")
+    shot(page, artifacts_dir, "upscale-lanczos-done")
 
 
 def test_stop_ends_a_long_run_early(slow_app, page, artifacts_dir) -> None:

@@ -224,6 +224,8 @@ def test_png_info_reads_a1111_parameters_and_fills_txt2img(tmp_path: Path) -> No
         "seed": 1234,
         "width": 64,
         "height": 96,
+        "tiling": False,  # an image made without them switches tiling and the Hires. fix off
+        "hr_enable": False,
     }
 
 
@@ -577,3 +579,174 @@ def test_settings_tab_saves_clip_skip_and_emphasis_through_the_engine(manager: F
     with pytest.raises(InvalidRequest, match="emphasis"):
         save_settings(manager, settings, store, {"emphasis": "Loud"})
     assert settings.emphasis == "No norm"
+
+
+# --------------------------------------------------------------------------------------------- bigger pictures
+
+HIRES_FORM = {
+    "prompt": "a castle", "negative": "", "sampler": "Euler a", "steps": 4, "cfg": 7, "width": 64, "height": 64,
+    "seed": 5, "batch_count": 1, "batch_size": 1, "tiling": True, "hr_enable": True, "hr_scale": 2.0,
+    "hr_upscaler": "Latent (bicubic)", "hr_steps": 2, "hr_denoise": 0.55, "hr_resize_x": 0, "hr_resize_y": 0,
+    "hr_sampler": "Use same sampler", "hr_scheduler": "Use same scheduler", "hr_prompt": "", "hr_negative": "",
+}
+
+
+def test_the_hires_controls_and_tiling_become_request_fields() -> None:
+    request = GenerationRequest.create(**request_fields("txt2img", HIRES_FORM))
+    assert (request.enable_hr, request.hr_scale, request.hr_upscaler, request.hr_second_pass_steps) == (
+        True, 2.0, "Latent (bicubic)", 2)
+    assert (request.denoising_strength, request.hr_sampler_name, request.hr_scheduler, request.tiling) == (
+        0.55, None, None, True)
+    own = {**HIRES_FORM, "hr_sampler": "DDIM", "hr_scheduler": "Uniform", "hr_prompt": "sharp", "hr_resize_x": 128,
+           "hr_resize_y": 96}
+    request = GenerationRequest.create(**request_fields("txt2img", own))
+    assert (request.hr_sampler_name, request.hr_scheduler, request.hr_prompt) == ("DDIM", "Uniform", "sharp")
+    assert (request.hr_resize_x, request.hr_resize_y) == (128, 96)
+    off = GenerationRequest.create(**request_fields("txt2img", {**HIRES_FORM, "hr_enable": False, "tiling": False}))
+    assert not off.enable_hr and not off.tiling and off.hr_scale == 2.0
+    with pytest.raises(gr.Error, match="Upscale by must be a number"):
+        request_fields("txt2img", {**HIRES_FORM, "hr_scale": None})
+    assert remembered_values(HIRES_FORM)["hr_upscaler"] == "Latent (bicubic)"
+
+
+def test_the_hires_size_line_and_title_follow_the_engines_sizes() -> None:
+    from ui.hires import accordion_label, hires_size_html
+
+    assert "512×512 → <b>1024×1024</b>" in hires_size_html(True, 512, 512, 2, 0, 0)
+    assert 'class="hires-size off"' in hires_size_html(False, 512, 512, 2, 0, 0)
+    assert "512×768 → <b>768×1152</b>" in hires_size_html(True, 512, 768, 1.5, 0, 0)
+    cropped = hires_size_html(True, 512, 512, 2, 1024, 768)
+    assert "1024×768 (upscaled to 1024×1024, centre cropped)" in cropped
+    assert "640×480" in hires_size_html(True, 512, 384, 2, 640, 0)  # one side given: the aspect kept
+    too_big = hires_size_html(True, 1536, 1536, 2, 0, 0)
+    assert 'class="hires-size invalid"' in too_big and "hr_scale" in too_big
+    assert accordion_label(False, 512, 512, 2, 0, 0) == "Hires. fix"
+    assert accordion_label(True, 512, 512, 2, 0, 0) == "Hires. fix: on · 512×512 → 1024×1024"
+
+
+def test_the_hires_upscaler_menu_lists_latent_modes_and_pixel_upscalers_not_the_sd_x4(manager) -> None:
+    from ui.hires import hires_upscaler_choices
+
+    choices = hires_upscaler_choices(manager)
+    assert choices[:6] == ["Latent", "Latent (antialiased)", "Latent (bicubic)", "Latent (bicubic antialiased)",
+                           "Latent (nearest)", "Latent (nearest-exact)"]
+    assert choices[6:] == ["None", "Lanczos", "Nearest"] and "demo-x4-upscaler" not in choices
+
+
+def test_progress_names_the_pass_of_the_hires_fix() -> None:
+    event = ProgressEvent("j", "running", step=5, total_steps=6, eta_s=2, phase="hires pass")
+    assert progress_text(event, 0) == "Hires pass · Step 5/6 · ETA 2 s"
+    assert progress_text(ProgressEvent("j", "running", step=3, total_steps=6, phase="upscaling"), 0).startswith(
+        "Upscaling · Step 3/6")
+
+
+def test_a_hires_run_shows_both_passes_and_doubles_the_picture(manager: FakeManager) -> None:
+    manager.step_delay = 0.15  # each pass lasts longer than two polls of the progress
+    request = GenerationRequest.create(**request_fields("txt2img", {**HIRES_FORM, "hr_steps": 4}))
+    views = run_async(_collect(manager, request, SessionJobs(), "txt2img"))
+    texts = " | ".join(view.progress for view in views)
+    assert "First pass · Step" in texts and "Hires pass · Step" in texts
+    final = views[-1].result
+    assert final.images[0].size == (128, 128)
+    assert "Hires upscale: 2" in info_html(final) and "Tiling: True" in info_html(final)
+
+
+def test_stop_in_the_hires_pass_keeps_and_shows_the_first_pass_picture(manager: FakeManager) -> None:
+    manager.step_delay = 0.02
+    session = SessionJobs()
+    request = GenerationRequest.create(**request_fields("txt2img", {**HIRES_FORM, "hr_steps": 40}))
+
+    async def stop_in_the_second_pass() -> list:
+        views = []
+        async for view in follow_job(manager, request, session, "txt2img"):
+            views.append(view)
+            job = session.jobs.get("txt2img")
+            if job is not None and job.progress.phase == "hires pass":
+                job.cancel()
+        return views
+
+    views = run_async(stop_in_the_second_pass())
+    result = views[-1].result
+    assert result is not None and result.cancelled and result.images[0].size == (64, 64)
+    assert "Stopped in the hires pass: kept the first pass&#x27;s picture." in views[-1].progress
+    assert "first pass&#x27;s picture was kept" in info_html(result)
+    assert "Hires upscale" not in result.infotexts[0]  # the first pass's own parameters
+
+
+def test_png_info_carries_the_hires_fix_and_tiling_to_txt2img() -> None:
+    text = ("a castle\nSteps: 4, Sampler: Euler a, CFG scale: 7, Seed: 5, Size: 64x64, Model: demo, "
+            "Denoising strength: 0.45, Tiling: True, Hires sampler: DPM++ 2M, Hires schedule type: Karras, "
+            'Hires prompt: "sharp, detailed", Hires resize: 128x96, Hires steps: 3, Hires upscaler: Lanczos, '
+            "Version: v1.10.1")
+    values = txt2img_values(parse_parameters(text))
+    assert values["tiling"] is True and values["hr_enable"] is True
+    assert (values["hr_resize_x"], values["hr_resize_y"], values["hr_steps"], values["hr_upscaler"]) == (
+        128, 96, 3, "Lanczos")
+    assert (values["hr_denoise"], values["hr_scale"], values["hr_prompt"]) == (0.45, 2.0, "sharp, detailed")
+    assert (values["hr_sampler"], values["hr_scheduler"]) == ("DPM++ 2M Karras", "Use same scheduler")
+    by_scale = txt2img_values(parse_parameters(
+        "x\nSteps: 4, Sampler: Euler a, Seed: 5, Size: 64x64, Denoising strength: 0.7, Hires upscale: 1.5, "
+        "Hires upscaler: Latent"))
+    assert (by_scale["hr_scale"], by_scale["hr_resize_x"], by_scale["hr_steps"], by_scale["hr_sampler"]) == (
+        1.5, 0, 0, "Use same sampler")
+    # the same request built back from those values runs the same hires fix
+    form = {**HIRES_FORM, **values, "negative": ""}
+    request = GenerationRequest.create(**request_fields("txt2img", form))
+    assert (request.hr_resize_x, request.hr_upscaler, request.denoising_strength, request.tiling) == (
+        128, "Lanczos", 0.45, True)
+
+
+def test_the_upscale_tab_sizes_by_a_factor_or_to_a_size() -> None:
+    base = {"prompt": "", "steps": 20, "seed": -1, "upscaler": "Lanczos", "upscale_scale": 2.5,
+            "upscale_width": 100, "upscale_height": 80, "upscale_crop": False}
+    by = request_fields("upscale", {**base, "upscale_mode": "Scale by"})
+    assert by["upscale_scale"] == 2.5 and "upscale_width" not in by and by["upscaler"] == "Lanczos"
+    to = request_fields("upscale", {**base, "upscale_mode": "Scale to"})
+    assert (to["upscale_width"], to["upscale_height"], to["upscale_crop"]) == (100, 80, False)
+    assert "upscale_scale" not in to
+
+
+def test_the_upscale_tab_runs_any_upscaler_and_lists_every_kind(manager: FakeManager, settings: Settings) -> None:
+    from ui.upscale import default_upscaler, installed_upscaler_count, upscaler_choices, upscaler_note
+
+    assert upscaler_choices(manager) == ["None", "Lanczos", "Nearest", "demo-x4-upscaler"]
+    assert default_upscaler(manager) == "demo-x4-upscaler" and default_upscaler(manager, "Nearest") == "Nearest"
+    assert installed_upscaler_count(manager) == 1
+    assert "prompt" in upscaler_note(manager, "demo-x4-upscaler") and "resize" in upscaler_note(manager, "Lanczos")
+    source = Image.new("RGB", (24, 16), (10, 200, 30))
+    fields = request_fields("upscale", {"prompt": "", "steps": 20, "seed": -1, "upscaler": "Lanczos",
+                                        "upscale_mode": "Scale by", "upscale_scale": 2})
+    request = GenerationRequest.create(**fields, image=source)
+    views = run_async(_collect(manager, request, SessionJobs(), "upscale"))
+    result = views[-1].result
+    assert result.images[0].size == (48, 32) and "Postprocess upscaler: Lanczos" in info_html(result)
+
+
+def test_the_new_contract_ids_are_built_and_the_sd_x4_options_follow_the_upscaler(manager: FakeManager,
+                                                                                 settings: Settings) -> None:
+    config = build_ui(manager, settings).get_config_file()
+    by_id = {c["props"].get("elem_id"): c for c in config["components"]}
+    for elem_id in ("txt2img-hr-enable", "txt2img-hr-scale", "txt2img-hr-upscaler", "txt2img-hr-steps",
+                    "txt2img-hr-denoise", "txt2img-tiling", "img2img-tiling", "upscale-model", "upscale-scale",
+                    "upscale-input", "upscale-prompt", "upscale-negative", "upscale-steps", "upscale-generate",
+                    "upscale-output", "upscale-info"):
+        assert elem_id in by_id, elem_id
+    hr_scale = by_id["txt2img-hr-scale"]["props"]
+    assert (hr_scale["minimum"], hr_scale["maximum"], hr_scale["value"]) == (1, 4, 2)
+    assert by_id["txt2img-hr-denoise"]["props"]["value"] == 0.7 and by_id["txt2img-hr-steps"]["props"]["value"] == 0
+    assert by_id["txt2img-hr-enable"]["props"]["value"] is False
+    assert by_id["txt2img-hr"]["props"]["label"] == "Hires. fix" and by_id["txt2img-hr"]["props"]["open"] is False
+    choices = [c[0] for c in by_id["upscale-model"]["props"]["choices"]]
+    assert choices == ["None", "Lanczos", "Nearest", "demo-x4-upscaler"]
+    assert by_id["upscale-model"]["props"]["value"] == "demo-x4-upscaler"
+    assert by_id["upscale-sd-x4-options"]["props"]["visible"] is True  # the SD x4 upscaler is chosen
+    assert by_id["upscale-scale"]["props"]["value"] == 4
+    # chosen last time: Lanczos, by 2 → the SD x4 options hidden, the hires fix open
+    SettingsFile(settings).save_last_values("upscale", {"upscaler": "Lanczos", "upscale_scale": 2})
+    SettingsFile(settings).save_last_values("txt2img", {"hr_enable": True, "hr_upscaler": "Nearest"})
+    by_id = {c["props"].get("elem_id"): c for c in build_ui(manager, settings).get_config_file()["components"]}
+    assert by_id["upscale-sd-x4-options"]["props"]["visible"] is False
+    assert by_id["upscale-scale"]["props"]["value"] == 2
+    assert by_id["txt2img-hr"]["props"]["open"] is True
+    assert by_id["txt2img-hr"]["props"]["label"] == "Hires. fix: on · 512×512 → 1024×1024"
+    assert by_id["txt2img-hr-upscaler"]["props"]["value"] == "Nearest"

@@ -20,6 +20,7 @@ from pipelines.errors import AtelierError
 from pipelines.settings import Settings
 
 from .common import OVERRIDE_KEYS, ResultPanel, UiContext, count_tokens, is_local_request, override_chips
+from .hires import hires_upscaler_choices
 from .img2img import Img2ImgTab, build_img2img_tab, fit_size
 from .jobs import SessionJobs, last_request, selected_image, user_error
 from .networks import NetworksPanel, build_networks_panel, wire_networks_panel
@@ -28,7 +29,7 @@ from .pnginfo import build_pnginfo_tab
 from .settings_tab import build_settings_tab
 from .status import STATUS_REFRESH_S, status_html
 from .txt2img import Txt2ImgTab, build_txt2img_tab
-from .upscale import UpscaleTab, build_upscale_tab, upscaler_choices
+from .upscale import UpscaleTab, build_upscale_tab, default_upscaler, installed_upscaler_count, upscaler_choices
 
 __all__ = ["build_ui", "UI_CSS"]
 
@@ -60,7 +61,9 @@ CLIENT_JS = """
     const box = event.target.closest && event.target.closest('[id$="-prompt"], [id$="-negative"]');
     if (!box) return;
     const prefix = box.id.replace(/-(prompt|negative)$/, "");
-    const button = document.getElementById(prefix + "-generate");
+    // a tab's own boxes (txt2img-prompt) and those of its sections (txt2img-hr-prompt): the tab's Generate
+    const button = document.getElementById(prefix + "-generate") ||
+      document.getElementById(prefix.split("-")[0] + "-generate");
     if (button) { event.preventDefault(); button.click(); }
   }, true);
 }
@@ -98,7 +101,7 @@ def build_ui(manager: Any, settings: Settings) -> gr.Blocks:
                 build_settings_tab(ctx)
         wire_networks_panel(networks, txt2img.form.prompts.prompt, img2img.form.prompts.prompt)
         _wire_send_buttons(ctx, txt2img, img2img, upscale)
-        _wire_model_pickers(ctx, model_refresh, upscale, networks)
+        _wire_model_pickers(ctx, model_refresh, upscale, networks, txt2img)
         gr.Timer(STATUS_REFRESH_S).tick(
             lambda: status_html(manager, settings), outputs=status_bar, queue=False, show_progress="hidden"
         )
@@ -165,7 +168,8 @@ def _build_model_pickers(manager: Any, settings: Settings) -> tuple[gr.Dropdown,
     return model_select, model_refresh, vae_select
 
 
-def _wire_model_pickers(ctx: UiContext, refresh: gr.Button, upscale: UpscaleTab, networks: NetworksPanel) -> None:
+def _wire_model_pickers(ctx: UiContext, refresh: gr.Button, upscale: UpscaleTab, networks: NetworksPanel,
+                        txt2img: Txt2ImgTab) -> None:
     manager = ctx.manager
 
     def choose_checkpoint(name: str | None) -> None:
@@ -182,13 +186,16 @@ def _wire_model_pickers(ctx: UiContext, refresh: gr.Button, upscale: UpscaleTab,
         except AtelierError as exc:
             raise user_error(exc) from None
 
-    def rescan(current_model: str | None, current_vae: str | None, current_upscaler: str | None) -> list[Any]:
+    def rescan(current_model: str | None, current_vae: str | None, current_upscaler: str | None,
+               current_hires: str | None) -> list[Any]:
         try:
             manager.refresh_models()
         except AtelierError as exc:
             raise user_error(exc) from None
         names, vaes, upscalers = checkpoint_names(manager), vae_names(manager), upscaler_choices(manager)
-        gr.Info(f"Found {len(names)} checkpoint(s), {len(vaes) - 1} VAE(s), {len(upscalers)} upscaler(s).")
+        hires = hires_upscaler_choices(manager)
+        gr.Info(f"Found {len(names)} checkpoint(s), {len(vaes) - 1} VAE(s), "
+                f"{installed_upscaler_count(manager)} upscaler(s).")
         return [
             gr.Dropdown(
                 choices=names,
@@ -197,8 +204,9 @@ def _wire_model_pickers(ctx: UiContext, refresh: gr.Button, upscale: UpscaleTab,
             gr.Dropdown(choices=vaes, value=current_vae if current_vae in vaes else AUTOMATIC_VAE),
             gr.Dropdown(
                 choices=upscalers,
-                value=current_upscaler if current_upscaler in upscalers else (upscalers[0] if upscalers else None),
+                value=current_upscaler if current_upscaler in upscalers else default_upscaler(manager),
             ),
+            gr.Dropdown(choices=hires, value=current_hires if current_hires in hires else hires[0] if hires else None),
         ]
 
     def relist_cards() -> str:
@@ -210,8 +218,8 @@ def _wire_model_pickers(ctx: UiContext, refresh: gr.Button, upscale: UpscaleTab,
         ctx.model_select.input(choose_checkpoint, inputs=ctx.model_select, show_progress="hidden"),
         refresh.click(
             rescan,
-            inputs=[ctx.model_select, ctx.vae_select, upscale.upscaler],
-            outputs=[ctx.model_select, ctx.vae_select, upscale.upscaler],
+            inputs=[ctx.model_select, ctx.vae_select, upscale.upscaler, txt2img.hires.upscaler],
+            outputs=[ctx.model_select, ctx.vae_select, upscale.upscaler, txt2img.hires.upscaler],
         ),
     ):
         event.success(relist_cards, outputs=networks.cards, queue=False, show_progress="hidden")

@@ -15,7 +15,7 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -169,6 +169,7 @@ class SeedControls:
 class BatchControls:
     batch_count: gr.Slider
     batch_size: gr.Slider
+    tiling: gr.Checkbox | None = None
 
 
 @dataclass
@@ -364,9 +365,10 @@ def build_cfg_slider(prefix: str, values: dict[str, Any]) -> gr.Slider:
 
 
 def build_generation_controls(
-    prefix: str, values: dict[str, Any], ctx: UiContext
+    prefix: str, values: dict[str, Any], ctx: UiContext, after_size: Callable[[SizeControls], Any] | None = None
 ) -> tuple[SamplerControls, SeedControls, SizeControls, BatchControls]:
-    """The sampler/seed/steps/CFG/size/batch block shared by Text to Image and Image to Image.
+    """The sampler/seed/steps/CFG/size/batch block shared by Text to Image and Image to Image; ``after_size(size)``
+    builds what a tab shows under the size controls (Text to Image's Hires. fix).
 
     Ordered so that what changes most (sampler, seed, steps, CFG, size) fits a 1280x800 screen.
     """
@@ -378,7 +380,9 @@ def build_generation_controls(
         steps = build_steps_slider(prefix, values, ctx.settings)
         cfg = build_cfg_slider(prefix, values)
     size = build_size_controls(prefix, values)
-    batch = build_batch_controls(prefix, values)
+    if after_size is not None:
+        after_size(size)
+    batch = build_batch_controls(prefix, values, tiling=True)
     return SamplerControls(sampler, steps, cfg), seed, size, batch
 
 
@@ -468,9 +472,10 @@ def build_seed_controls(prefix: str, values: dict[str, Any], ctx: UiContext, tab
     return SeedControls(seed, random_button, reuse_button)
 
 
-def build_batch_controls(prefix: str, values: dict[str, Any]) -> BatchControls:
-    """Batch count (runs one after another) and batch size (images per run)."""
-    with gr.Row():
+def build_batch_controls(prefix: str, values: dict[str, Any], tiling: bool = False) -> BatchControls:
+    """Batch count (runs one after another) and batch size (images per run); with ``tiling``, the seamless tiling
+    switch beside them."""
+    with gr.Row(equal_height=True, elem_classes="batch-row"):
         batch_count = labelled_slider(
             1,
             MAX_BATCH_COUNT,
@@ -478,6 +483,7 @@ def build_batch_controls(prefix: str, values: dict[str, Any]) -> BatchControls:
             step=1,
             label="Batch count",
             elem_id=f"{prefix}-batch-count",
+            scale=3,
         )
         batch_size = labelled_slider(
             1,
@@ -486,8 +492,19 @@ def build_batch_controls(prefix: str, values: dict[str, Any]) -> BatchControls:
             step=1,
             label="Batch size",
             elem_id=f"{prefix}-batch-size",
+            scale=3,
         )
-    return BatchControls(batch_count, batch_size)
+        tiling_box = None
+        if tiling:
+            tiling_box = gr.Checkbox(
+                value=bool(values.get("tiling", False)),
+                label="Tiling",
+                elem_id=f"{prefix}-tiling",
+                elem_classes="tiling-box",
+                scale=1,
+                min_width=100,
+            )
+    return BatchControls(batch_count, batch_size, tiling_box)
 
 
 SEND_LABELS = {"img2img": "Send to Image to Image", "upscale": "Send to Upscale 4x"}
@@ -650,6 +667,8 @@ class GenerationForm:
             named.update(width=self.size.width, height=self.size.height)
         if self.batch is not None:
             named.update(batch_count=self.batch.batch_count, batch_size=self.batch.batch_size)
+            if self.batch.tiling is not None:
+                named["tiling"] = self.batch.tiling
         named.update(self.extra)
         return named
 
@@ -669,7 +688,32 @@ REMEMBERED = (
     "resize_mode",
     "noise_level",
     "styles",
+    "tiling",
+    # Text to Image's Hires. fix
+    "hr_enable",
+    "hr_scale",
+    "hr_upscaler",
+    "hr_steps",
+    "hr_denoise",
+    "hr_resize_x",
+    "hr_resize_y",
+    "hr_sampler",
+    "hr_scheduler",
+    "hr_prompt",
+    "hr_negative",
+    # the Upscale tab
+    "upscaler",
+    "upscale_mode",
+    "upscale_scale",
+    "upscale_width",
+    "upscale_height",
+    "upscale_crop",
 )
+# The hires fix's "as the first pass" entries of its sampler and schedule menus (A1111's words)
+HR_SAME_SAMPLER = "Use same sampler"
+HR_SAME_SCHEDULER = "Use same scheduler"
+# The Upscale tab's two ways to say the size (A1111's extras tabs)
+UPSCALE_BY, UPSCALE_TO = "Scale by", "Scale to"
 
 
 def request_fields(task: str, values: dict[str, Any], checkpoint: Any = None, vae: Any = None) -> dict[str, Any]:
@@ -699,6 +743,12 @@ def request_fields(task: str, values: dict[str, Any], checkpoint: Any = None, va
         fields["noise_level"] = as_int(values["noise_level"], "Noise level")
     if values.get("upscaler"):
         fields["upscaler"] = values["upscaler"]
+    if "upscale_mode" in values:
+        fields.update(upscale_size_fields(values))
+    if "tiling" in values:
+        fields["tiling"] = bool(values["tiling"])
+    if values.get("hr_enable"):
+        fields.update(hires_request_fields(values))
     if values.get("styles"):
         fields["styles"] = list(values["styles"])
     if values.get("overrides"):
@@ -708,6 +758,36 @@ def request_fields(task: str, values: dict[str, Any], checkpoint: Any = None, va
     if vae:
         fields["vae"] = vae
     return fields
+
+
+def hires_request_fields(values: dict[str, Any]) -> dict[str, Any]:
+    """The Hires. fix controls' values as request fields (the hires sampler, schedule and prompts only when set)."""
+    sampler = values.get("hr_sampler")
+    scheduler = values.get("hr_scheduler")
+    return {
+        "enable_hr": True,
+        "hr_scale": as_number(values.get("hr_scale"), "Upscale by"),
+        "hr_upscaler": values.get("hr_upscaler") or "Latent",
+        "hr_second_pass_steps": as_int(values.get("hr_steps"), "Hires steps"),
+        "denoising_strength": as_number(values.get("hr_denoise"), "Denoising strength"),
+        "hr_resize_x": as_int(values.get("hr_resize_x") or 0, "Resize width to"),
+        "hr_resize_y": as_int(values.get("hr_resize_y") or 0, "Resize height to"),
+        "hr_sampler_name": None if not sampler or sampler == HR_SAME_SAMPLER else sampler,
+        "hr_scheduler": None if not scheduler or scheduler == HR_SAME_SCHEDULER else scheduler,
+        "hr_prompt": values.get("hr_prompt") or "",
+        "hr_negative_prompt": values.get("hr_negative") or "",
+    }
+
+
+def upscale_size_fields(values: dict[str, Any]) -> dict[str, Any]:
+    """The Upscale tab's size: "Scale by" a factor, or "Scale to" a width x height (cropped to it when asked)."""
+    if values.get("upscale_mode") == UPSCALE_TO:
+        return {
+            "upscale_width": as_int(values.get("upscale_width"), "Width"),
+            "upscale_height": as_int(values.get("upscale_height"), "Height"),
+            "upscale_crop": bool(values.get("upscale_crop", True)),
+        }
+    return {"upscale_scale": as_number(values.get("upscale_scale"), "Scale")}
 
 
 def remembered_values(values: dict[str, Any]) -> dict[str, Any]:

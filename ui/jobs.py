@@ -100,7 +100,7 @@ def format_eta(seconds: float | None) -> str:
 
 
 def progress_text(event: ProgressEvent | None, position: int) -> str:
-    """The words on the progress bar: queue position, loading, or "Step n/N · batch b/B · ETA"."""
+    """The words on the progress bar: queue position, loading, or "[Pass ·] Step n/N · batch b/B · ETA"."""
     if position > 0:
         ahead = "1 job" if position == 1 else f"{position} jobs"
         return f"Queued: {ahead} ahead of yours"
@@ -116,8 +116,8 @@ def progress_text(event: ProgressEvent | None, position: int) -> str:
     eta = format_eta(event.eta_s)
     if eta:
         parts.append(eta)
-    if event.phase:
-        parts.insert(0, event.phase)
+    if event.phase:  # which pass of the hires fix: "first pass", "upscaling", "hires pass"
+        parts.insert(0, event.phase[:1].upper() + event.phase[1:])
     if event.message:
         parts.append(event.message)
     return " · ".join(parts)
@@ -179,13 +179,25 @@ async def follow_job(
     session.results[tab] = result
     session.selected[tab] = 0
     count = len(result.images)
-    if result.cancelled:
+    if result.cancelled and stopped_in_hires_pass(result):
+        text = f"Stopped in the hires pass: kept the first pass's picture{'s' if count != 1 else ''}."
+        state = "stopped"
+    elif result.cancelled:
         text = f"Stopped: kept {count} finished image{'s' if count != 1 else ''}."
         state = "stopped"
     else:
         text = f"Done: {count} image{'s' if count != 1 else ''}" + (f" · {result.mode} mode" if result.mode else "")
         state = "done"
     yield JobView(progress_html(text, 1.0, state=state), result=result, stopped_early=result.cancelled)
+
+
+def stopped_in_hires_pass(result: Result) -> bool:
+    """A hires fix stopped in its second pass: the pictures kept are the first pass's (the engine says so in its
+    notes)."""
+    request = result.request
+    if request is None or request.task != "txt2img" or not request.enable_hr or not result.images:
+        return False
+    return any("hires pass" in str(note) for note in result.notes)
 
 
 def _safe_position(job: Any) -> int:
@@ -198,7 +210,7 @@ def _safe_position(job: Any) -> int:
 def _event_key(event: ProgressEvent | None) -> tuple:
     if event is None:
         return ()
-    return (event.state, event.step, event.batch_index, event.message, id(event.preview))
+    return (event.state, event.step, event.batch_index, event.message, event.phase, id(event.preview))
 
 
 # --------------------------------------------------------------------------------------------- results

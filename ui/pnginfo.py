@@ -24,7 +24,8 @@ from pipelines.prompt_encoding import EMPHASIS_MODES
 from pipelines.prompt_parser import PromptStyle, extract_styles
 from pipelines.samplers import resolve_sampler
 
-from .common import OVERRIDE_KEYS, UiContext, override_chips
+from .common import HR_SAME_SAMPLER, HR_SAME_SCHEDULER, OVERRIDE_KEYS, UiContext, override_chips
+from .hires import hires_upscaler_choices
 from .txt2img import Txt2ImgTab
 
 PNG_INFO_ROUTE = "png_info_read"  # Gradio's /gradio_api/call/<route> for the reader
@@ -52,7 +53,8 @@ INFOTEXT_DEFAULTS = {"Clip skip": "1", "Emphasis": "Original"}
 
 def txt2img_values(fields: dict[str, str], styles: Mapping[str, PromptStyle] | None = None,
                    settings: Any = None) -> dict[str, Any]:
-    """What "Send to Text to Image" fills: prompt, negative, sampler, steps, CFG, size and seed.
+    """What "Send to Text to Image" fills: prompt, negative, sampler, steps, CFG, size, seed, tiling and the Hires.
+    fix (``hires_values``).
 
     With ``styles`` (the styles file, by name), the styles the prompts were made with are found and taken out of
     them (A1111's ``extract_styles_from_prompt``): ``styles`` is the picker's new value. With ``settings``,
@@ -74,6 +76,40 @@ def txt2img_values(fields: dict[str, str], styles: Mapping[str, PromptStyle] | N
     size = re.fullmatch(r"\s*(\d+)\s*x\s*(\d+)\s*", fields.get("Size", ""))
     if size:
         out["width"], out["height"] = int(size.group(1)), int(size.group(2))
+    out["tiling"] = fields.get("Tiling", "").strip().lower() == "true"
+    out.update(hires_values(fields))
+    return out
+
+
+HIRES_KEYS = ("Hires upscale", "Hires resize", "Hires upscaler")
+
+
+def hires_values(fields: dict[str, str]) -> dict[str, Any]:
+    """The Hires. fix controls for a pasted infotext (A1111's keys: ``Hires upscale``/``Hires resize``, ``Hires
+    steps``, ``Hires upscaler``, ``Denoising strength``, ``Hires sampler``/``schedule type``/``prompt``); an image
+    made without it switches the hires fix off and leaves its other controls as they are."""
+    if not any(key in fields for key in HIRES_KEYS):
+        return {"hr_enable": False}
+    out: dict[str, Any] = {"hr_enable": True, "hr_upscaler": fields.get("Hires upscaler", "Latent"),
+                           "hr_prompt": fields.get("Hires prompt", ""),
+                           "hr_negative": fields.get("Hires negative prompt", "")}
+    resize = re.fullmatch(r"\s*(\d+)\s*x\s*(\d+)\s*", fields.get("Hires resize", ""))
+    out["hr_resize_x"], out["hr_resize_y"] = (int(resize.group(1)), int(resize.group(2))) if resize else (0, 0)
+    for key, name, kind, default in (("Hires upscale", "hr_scale", float, 2.0), ("Hires steps", "hr_steps", int, 0),
+                                     ("Denoising strength", "hr_denoise", float, 0.7)):
+        try:
+            out[name] = kind(float(fields[key])) if kind is int else kind(fields[key])
+        except (KeyError, ValueError):
+            out[name] = default
+    out["hr_sampler"], out["hr_scheduler"] = HR_SAME_SAMPLER, HR_SAME_SCHEDULER
+    if "Hires sampler" in fields:
+        with contextlib.suppress(AtelierError):  # a sampler we do not have: the first pass's
+            label, schedule = resolve_sampler(fields["Hires sampler"], fields.get("Hires schedule type"))
+            out["hr_sampler"] = label
+            if schedule != "Automatic":
+                out["hr_scheduler"] = schedule
+    elif fields.get("Hires schedule type"):
+        out["hr_scheduler"] = fields["Hires schedule type"]
     return out
 
 
@@ -172,6 +208,8 @@ def build_pnginfo_tab(ctx: UiContext, txt2img: Txt2ImgTab) -> PngInfoTab:
         "seed": form.seed.seed,
         "styles": txt2img.styles.styles,
         "overrides": txt2img.styles.overrides,
+        "tiling": form.batch.tiling if form.batch else None,
+        **txt2img.hires.value_components(),
     }
     targets = {k: v for k, v in targets.items() if v is not None}
 
@@ -184,8 +222,14 @@ def build_pnginfo_tab(ctx: UiContext, txt2img: Txt2ImgTab) -> PngInfoTab:
         values["overrides"] = gr.Dropdown(choices=chips, value=chips, visible=bool(chips))
         if "styles" in values:  # the picker lists the file's styles as they are now
             values["styles"] = gr.Dropdown(choices=list(styles), value=values["styles"])
+        if "hr_upscaler" in values and values["hr_upscaler"] not in hires_upscaler_choices(ctx.manager):
+            gr.Warning(f"The image's hires upscaler {values.pop('hr_upscaler')!r} is not installed here; the Hires. "
+                       "fix keeps the upscaler it had.")
         updates = [values.get(name, gr.skip()) for name in targets]
-        return [*updates, gr.Tabs(selected="txt2img")]
+        # the Hires. fix opens when the image was made with it
+        hires = gr.Accordion(open=True) if values.get("hr_enable") else gr.skip()
+        return [*updates, hires, gr.Tabs(selected="txt2img")]
 
-    send.click(send_to_txt2img, inputs=parsed, outputs=[*targets.values(), ctx.tabs], queue=False)
+    send.click(send_to_txt2img, inputs=parsed, outputs=[*targets.values(), txt2img.hires.accordion, ctx.tabs],
+               queue=False)
     return PngInfoTab(image, output, fields, send)
