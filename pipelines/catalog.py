@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelNotFound
+from .errors import InvalidRequest, ModelNotFound
+from .families import FAMILIES
 from .prompt_parser import PromptStyle, load_styles
-from .registry import UPSCALER_SD_X4
+from .registry import DEPTH_FAMILY, UPSCALER_SD_X4, ModelInfo
 from .request import LATENT_UPSCALE_MODES, GenerationRequest, check_upscale_target
 from .settings import Settings
 from .upscale import no_upscaler_error
@@ -38,6 +39,7 @@ class Targets:
     checkpoint: Any  # ModelInfo of the checkpoint (or of the upscaler for task "upscale")
     vae: Any = None  # ModelInfo of an external VAE, or None for the checkpoint's own
     upscaler: Any = None  # the pixel upscaler of a hires fix or an SD upscale (None: a latent mode, or none)
+    depth: Any = None  # the DPT model of a depth-to-image run (None: not a depth checkpoint, or a depth map given)
 
 
 class ModelCatalog:
@@ -90,7 +92,39 @@ class ModelCatalog:
             targets.upscaler = self.pixel_upscaler(request.hr_upscaler, "hr_upscaler", latent=True)
         if request.sd_upscale:
             targets.upscaler = self.pixel_upscaler(request.sd_upscale_upscaler, "sd_upscale_upscaler")
+        spec = FAMILIES.get(getattr(targets.checkpoint, "family", None) or "")
+        if spec is not None and spec.is_depth and request.task == "img2img" and request.depth_map is None:
+            targets.depth = self.depth_model(targets.checkpoint)
         return targets
+
+    def check_runs(self, targets: Targets, request: GenerationRequest) -> None:
+        """``InvalidRequest`` naming the checkpoint when its family has no pipeline for the request (SD 2's depth
+        model draws image to image only; txt2img, the hires fix and inpainting need another checkpoint)."""
+        info = targets.checkpoint
+        spec = FAMILIES.get(getattr(info, "family", None) or "")
+        task = request.pipeline_task
+        if request.task == "upscale" or spec is None or spec.supports(task):
+            return
+        what = {"txt2img": "Text to Image", "img2img": "Image to Image", "inpaint": "inpainting or outpainting"}
+        runs = " and ".join(what.get(name, name) for name in spec.pipelines)
+        raise InvalidRequest(f"{info.name} is an {spec.label} checkpoint, which runs {runs} only, not "
+                             f"{what.get(task, task)}. Choose another checkpoint.", field="checkpoint")
+
+    def depth_model(self, checkpoint: Any) -> Any:
+        """The DPT model a depth-to-image run of ``checkpoint`` estimates its depth with: the first usable folder of
+        ``models/depth/``, else the checkpoint's own ``depth_estimator/`` (a diffusers folder's layout). Without
+        either, ``InvalidRequest`` naming ``depth_map``."""
+        usable = [info for info in self.registry.depth_models() if getattr(info, "family", None) == DEPTH_FAMILY]
+        if usable:
+            return usable[0]
+        own = Path(str(getattr(checkpoint, "path", ""))) / "depth_estimator"
+        if getattr(checkpoint, "format", "") == "diffusers" and (own / "config.json").is_file():
+            return ModelInfo(f"{checkpoint.name}/depth_estimator", own, "depth", "transformers", 0, DEPTH_FAMILY,
+                             "config")
+        raise InvalidRequest(
+            f"{checkpoint.name} is a depth-to-image checkpoint: it needs a depth map. Upload one (depth_map), or put a "
+            "DPT depth model folder (transformers' DPTForDepthEstimation, e.g. Intel/dpt-hybrid-midas) into "
+            "models/depth/ to have it estimated.", field="depth_map")
 
     def checkpoint(self, name: str | None) -> Any:
         """The checkpoint called ``name``, or the default one for None/""."""

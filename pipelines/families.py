@@ -6,7 +6,8 @@ in one ``FamilySpec`` row: the bundled diffusers config folder used for offline 
 the diffusers pipeline class per task.
 
 Inpainting families (9-channel UNet) only run through the inpaint pipelines: for plain txt2img the engine passes a
-blank image and a full white mask, as A1111 does.
+blank image and a full white mask, as A1111 does. The other SD families inpaint through the same pipelines' 4-channel
+path. SD 2's depth model (5-channel UNet) runs image to image only, through the depth-to-image pipeline.
 """
 
 from __future__ import annotations
@@ -32,13 +33,19 @@ SDXL_LATENT_RGB = [
 ]
 SDXL_LATENT_RGB_BIAS = [0.1084, -0.0175, -0.0011]
 
-_SD_PIPELINES = {"txt2img": "StableDiffusionPipeline", "img2img": "StableDiffusionImg2ImgPipeline"}
+# "inpaint" over a normal (4-channel) checkpoint: the inpaint pipelines' 4-channel path, which re-noises the latents
+# outside the mask each step
+_SD_PIPELINES = {"txt2img": "StableDiffusionPipeline", "img2img": "StableDiffusionImg2ImgPipeline",
+                 "inpaint": "StableDiffusionInpaintPipeline"}
 _SD_INPAINT_PIPELINES = {
     "txt2img": "StableDiffusionInpaintPipeline",
     "img2img": "StableDiffusionInpaintPipeline",
     "inpaint": "StableDiffusionInpaintPipeline",
 }
-_SDXL_PIPELINES = {"txt2img": "StableDiffusionXLPipeline", "img2img": "StableDiffusionXLImg2ImgPipeline"}
+_SDXL_PIPELINES = {"txt2img": "StableDiffusionXLPipeline", "img2img": "StableDiffusionXLImg2ImgPipeline",
+                   "inpaint": "StableDiffusionXLInpaintPipeline"}
+# SD 2's depth model (5-channel UNet: latents + depth): image to image only, the depth map from a DPT model or upload
+_SD_DEPTH_PIPELINES = {"img2img": "StableDiffusionDepth2ImgPipeline"}
 _SDXL_INPAINT_PIPELINES = {
     "txt2img": "StableDiffusionXLInpaintPipeline",
     "img2img": "StableDiffusionXLInpaintPipeline",
@@ -60,6 +67,7 @@ class FamilySpec:
     pipelines: dict[str, str] = field(default_factory=dict)
     is_xl: bool = False
     is_inpaint: bool = False
+    is_depth: bool = False  # a depth-to-image model: its UNet takes a depth map beside the latents
 
     def supports(self, task: str) -> bool:
         """Whether this family can run ``task``."""
@@ -80,6 +88,8 @@ FAMILIES: dict[str, FamilySpec] = {
         _spec("sd2-v", "SD 2.x (768, v-prediction)", 768, "v_prediction", SD15_LATENT_RGB, None, _SD_PIPELINES),
         _spec("sd2-inpaint", "SD 2.x inpainting", 512, "epsilon", SD15_LATENT_RGB, None, _SD_INPAINT_PIPELINES,
               is_inpaint=True),
+        _spec("sd2-depth", "SD 2.x depth-to-image", 512, "epsilon", SD15_LATENT_RGB, None, _SD_DEPTH_PIPELINES,
+              is_depth=True),
         _spec("sdxl", "SDXL base", 1024, "epsilon", SDXL_LATENT_RGB, SDXL_LATENT_RGB_BIAS, _SDXL_PIPELINES,
               is_xl=True),
         _spec("sdxl-inpaint", "SDXL inpainting", 1024, "epsilon", SDXL_LATENT_RGB, SDXL_LATENT_RGB_BIAS,
@@ -92,7 +102,7 @@ FAMILIES: dict[str, FamilySpec] = {
 
 # VAE compatibility: a VAE made for one of these groups fits every family of the group.
 VAE_GROUPS: dict[str, str] = {
-    "sd15": "sd", "sd15-inpaint": "sd", "sd2": "sd", "sd2-v": "sd", "sd2-inpaint": "sd",
+    "sd15": "sd", "sd15-inpaint": "sd", "sd2": "sd", "sd2-v": "sd", "sd2-inpaint": "sd", "sd2-depth": "sd",
     "sdxl": "sdxl", "sdxl-inpaint": "sdxl", "x4-upscaler": "x4",
 }
 

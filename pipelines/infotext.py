@@ -153,7 +153,7 @@ def request_infotext(request: GenerationRequest, *, seed: int, size: tuple[int, 
             vae_hash=vae_hash,
             denoising_strength=request.denoising_strength if request.task == "img2img" or hires else None,
             extra={**({"Tiling": "True"} if request.tiling else {}), **(hires_params(request) if hires else {}),
-                   **extra},
+                   **(img2img_params(request) if request.task == "img2img" else {}), **extra},
         )
     return build_infotext(request.prompt if prompt is None else prompt,
                           request.negative_prompt if negative_prompt is None else negative_prompt, params)
@@ -180,6 +180,29 @@ def hires_params(request: GenerationRequest) -> dict[str, Any]:
     if request.hr_second_pass_steps:
         params["Hires steps"] = request.hr_second_pass_steps
     params["Hires upscaler"] = request.hr_upscaler
+    return params
+
+
+def img2img_params(request: GenerationRequest) -> dict[str, Any]:
+    """An img2img's inpainting keys in A1111's order and spelling (``StableDiffusionProcessingImg2Img.init`` and
+    ``sample``): ``Mask mode``, ``Mask blur`` (when blurred the same along x and y), ``Inpaint area: Only masked``,
+    ``Masked area padding``, ``Masked content`` (A1111 writes none for "original"); ``Noise multiplier`` when not 1."""
+    from .masks import MASKED_CONTENT, ORIGINAL
+
+    params: dict[str, Any] = {}
+    if request.inpainting:
+        if request.inpainting_mask_invert:
+            params["Mask mode"] = "Inpaint not masked"
+        blur_x, blur_y = request.mask_blur_xy
+        if blur_x == blur_y and blur_x > 0:
+            params["Mask blur"] = blur_x
+        if request.inpaint_full_res:
+            params["Inpaint area"] = "Only masked"
+            params["Masked area padding"] = request.inpaint_full_res_padding
+        if request.inpainting_fill != ORIGINAL:
+            params["Masked content"] = MASKED_CONTENT[request.inpainting_fill]
+    if request.noise_multiplier != 1.0:
+        params["Noise multiplier"] = float(request.noise_multiplier)
     return params
 
 

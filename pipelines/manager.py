@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from . import devices, networks, outputs
-from .cache import CacheEntry, CheckpointCache
+from .cache import CacheEntry, CheckpointCache, family_spec
 from .catalog import ModelCatalog, Targets
 from .conditioning import JobPrompts, job_prompts
+from .depth import DepthEstimator, DepthLibrary
 from .embeddings import EmbeddingLibrary, EmbeddingReport
 from .errors import Cancelled, InvalidRequest, ModelNotFound, OutOfMemoryEverywhere
 from .infotext import request_infotext
@@ -76,6 +77,7 @@ class PipelineManager:
         self.upscale_tile = DEFAULT_TILE
         self.upscale_overlap = DEFAULT_OVERLAP
         self.upscalers_library = UpscalerLibrary(lambda: self.placement.choice)
+        self.depth_library = DepthLibrary(lambda: self.placement.choice)
         self.last_rung: str | None = None
         self.jobs = JobQueue(self._run_job, lambda: self.settings.queue_size)
 
@@ -104,6 +106,7 @@ class PipelineManager:
         if not isinstance(request, GenerationRequest):
             raise InvalidRequest("submit() takes a GenerationRequest.")
         targets = self.catalog.resolve(request)
+        self.catalog.check_runs(targets, request)  # a depth checkpoint asked to inpaint: 422 now
         if request.task in PROMPT_TASKS:  # prompt syntax and LoRAs for another model: 422 now, not after the wait
             prompts = job_prompts(request, self.settings, self.catalog.styles(), self.registry)
             networks.check_family(prompts.loras, targets.checkpoint.family)
@@ -152,7 +155,9 @@ class PipelineManager:
         targets = self.catalog.resolve(request)
         if request.task == "upscale" and getattr(targets.checkpoint, "family", None) != UPSCALER_SD_X4:
             return self._upscale_pixels(job, targets)
+        self.catalog.check_runs(targets, request)
         upscaler = self.upscalers_library.bind(targets.upscaler) if targets.upscaler is not None else None
+        depth = self.depth_library.bind(targets.depth) if targets.depth is not None else None
         seed = request.resolved_seed()
         self.registry.hash_soon(targets.checkpoint)  # for the infotext: read while the model loads and runs
         result = Result(request=request, checkpoint=targets.checkpoint.name)
@@ -176,7 +181,7 @@ class PipelineManager:
             for batch_index, seeds in enumerate(batches):
                 try:
                     output, rung = self._run_batch(job, entry, rung, seeds, batch_index, len(batches), result,
-                                                   prompts, job_cache, upscaler)
+                                                   prompts, job_cache, upscaler, depth)
                 except Cancelled:
                     if not result.images:
                         raise
@@ -198,7 +203,8 @@ class PipelineManager:
 
     def _run_batch(self, job: Job, entry: CacheEntry, rung: Rung, seeds: list[int], batch_index: int,
                    batch_count: int, result: Result, prompts: JobPrompts | None = None,
-                   job_cache: dict | None = None, upscaler: PixelUpscaler | None = None) -> tuple[BatchOutput, Rung]:
+                   job_cache: dict | None = None, upscaler: PixelUpscaler | None = None,
+                   depth: DepthEstimator | None = None) -> tuple[BatchOutput, Rung]:
         """Run one batch; on out-of-memory free memory, step one rung down and retry with fresh generators."""
         prompt_fields = {} if prompts is None else dict(
             prompts=prompts.plan, encode_options=prompts.options, embeddings=prompts.embeddings,
@@ -206,7 +212,7 @@ class PipelineManager:
         while True:
             devices.reset_peak(self.choice.device)
             try:
-                pipe = self._prepare(job, entry, rung, result, prompts)
+                pipe = self._prepare(job, entry, rung, result, prompts, job.request.pipeline_task)
 
                 def pipeline_for(task: str, rung: Rung = rung) -> Any:  # the hires pass's img2img, same rung
                     return self._prepare(job, entry, rung, result, prompts, task)
@@ -216,7 +222,7 @@ class PipelineManager:
                     schedulers=self.schedulers, batch_index=batch_index, batch_count=batch_count,
                     step_delay_s=self.settings.step_delay_s, tile=self.upscale_tile, overlap=self.upscale_overlap,
                     job_cache=job_cache if job_cache is not None else {}, upscaler=upscaler,
-                    pipeline_for=pipeline_for, **prompt_fields,
+                    pipeline_for=pipeline_for, depth=depth, **prompt_fields,
                 ))
                 self.placement.record_peak(rung, self.placement.shape(entry, job.request, self.upscale_tile))
                 return output, rung
@@ -266,7 +272,9 @@ class PipelineManager:
         try:
             with self.cache.checkout(targets.checkpoint, targets.vae) as entry:
                 result.mode, _reason = self.placement.choose(entry, job.request, self.upscale_tile)
-                self._prepare(job, entry, result.mode, result)
+                tasks = family_spec(entry.loaded).pipelines  # a depth checkpoint has no txt2img: its img2img then
+                first = "txt2img" if "txt2img" in tasks else next(iter(tasks))
+                self._prepare(job, entry, result.mode, result, task=first)
         except Exception as exc:  # nobody waits on this job: say it in the log; a request will retry the load
             log.warning("Could not load %s at start (%s); it will be tried again with the first image.", name, exc)
             raise
@@ -367,6 +375,11 @@ class PipelineManager:
         the ESRGAN-family model files, the SD x4 folders. ``family`` says which kind (``registry.UPSCALER_FAMILIES``),
         ``scale`` the factor."""
         return list(self.registry.all_upscalers())
+
+    def depth_models(self) -> list[Any]:
+        """The DPT depth-estimation folders of ``models/depth/`` (SD 2's depth model estimates its depth map with the
+        first usable one; ``problem`` says why another cannot be used)."""
+        return list(self.registry.depth_models())
 
     def latent_upscale_modes(self) -> list[str]:
         """A1111's latent upscale modes, for the hires fix only (``/sdapi/v1/latent-upscale-modes``)."""

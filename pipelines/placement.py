@@ -14,7 +14,7 @@ from . import devices
 from .cache import CacheEntry
 from .devices import DeviceChoice
 from .memory import Ladder, Rung, Shape
-from .request import GenerationRequest, hires_size
+from .request import GenerationRequest, hires_size, processing_size
 from .settings import MEMORY_MODES, Settings
 
 ON_DEVICE_RUNGS = (Rung.FULL, Rung.SLICED)  # every module on the accelerator, no offload hooks
@@ -34,7 +34,7 @@ class Placement:
         """What the request's memory use depends on (an upscale counts one tile's output, a hires fix its second
         pass)."""
         sizes = entry.module_bytes()
-        width, height = request.width, request.height
+        width, height = processing_size(request)  # a whole-picture outpaint draws the grown canvas
         if request.task == "txt2img" and request.enable_hr:
             size = hires_size(request)
             width, height = max(width, size.width), max(height, size.height)

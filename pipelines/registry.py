@@ -10,6 +10,7 @@ LoRAs              ``loras/``, ``Lora/``, ``LyCORIS/``
 upscalers          SD x4 diffusers folders in ``upscale_models/``, ``ESRGAN/`` (and ``checkpoints/``); ESRGAN-family
                    model files (``.pth``, ``.pt``, ``.safetensors``, ``.ckpt``) in ``upscale_models/``, ``ESRGAN/``,
                    ``RealESRGAN/``, ``SwinIR/``, ``DAT/``, ``HAT/``, read by spandrel
+depth estimators   DPT folders (transformers ``DPTForDepthEstimation``) in ``depth/``, for SD 2's depth model
 =================  ===========================================================
 
 Upscalers are one list (``all_upscalers``): the built-ins ``None``, ``Lanczos`` and ``Nearest`` (PIL), the model
@@ -60,11 +61,13 @@ VAE_DIRS = ("vae", "VAE")
 LORA_DIRS = ("loras", "Lora", "LyCORIS")
 EMBEDDING_DIRS = ("embeddings",)  # also an A1111 install's embeddings/ beside its models/ folder
 EMBEDDING_SUFFIXES = (".pt", ".safetensors", ".bin")
-KINDS = ("checkpoint", "vae", "lora", "embedding", "upscaler")
+DEPTH_DIRS = ("depth",)  # DPT depth-estimation folders (transformers), for SD 2's depth model
+DEPTH_FAMILY = "dpt"  # ``ModelInfo.family`` of a depth estimator
+KINDS = ("checkpoint", "vae", "lora", "embedding", "upscaler", "depth")
 # A LoRA's model group, from its keys: SDXL's two text encoders, else the width of the UNet's cross-attention input.
 LORA_GROUP_BY_CONTEXT = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
 FAMILY_GROUP = {"sd15": "sd1", "sd15-inpaint": "sd1", "sd2": "sd2", "sd2-v": "sd2", "sd2-inpaint": "sd2",
-                "sdxl": "sdxl", "sdxl-inpaint": "sdxl"}
+                "sd2-depth": "sd2", "sdxl": "sdxl", "sdxl-inpaint": "sdxl"}
 NETWORK_GROUP_LABELS = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
 UPSCALER_DIRS = ("upscale_models", "ESRGAN")  # where SD x4 diffusers folders are looked for
 # ESRGAN-family model files (upscaler_models.UPSCALER_FOLDERS, which imports torch; a test keeps the two equal)
@@ -177,22 +180,30 @@ def detect_checkpoint_family(shapes: dict[str, list[int]], filename: str) -> Det
         return Detection(None, f"{filename} is an SD3/Flux-type model, which Atelier does not run "
                                "(SD 1.x, SD 2.x and SDXL are supported).")
     in_channels = shapes.get(KEY_INPUT, [0, 4])[1] if len(shapes.get(KEY_INPUT, [])) > 1 else 4
-    inpaint = in_channels == 9
-    if in_channels not in (4, 9):
+    inpaint, depth = in_channels == 9, in_channels == 5
+    if in_channels not in (4, 5, 9):
         if in_channels == 7:
             return Detection(None, f"{filename} is an SD x4 upscaler single file; put the x4 upscaler's diffusers "
                                    "folder into models/upscale_models/ instead.")
-        return Detection(None, f"{filename} has a UNet with {in_channels} input channels, which matches no model "
-                               "family Atelier knows (SD 1.x, SD 2.x, SDXL, their inpainting variants).")
+        return Detection(None, _unknown_channels(filename, in_channels))
     if KEY_SDXL_REFINER in shapes and KEY_SDXL_OPENCLIP not in shapes:
         return Detection(None, f"{filename} is an SDXL refiner, which Atelier does not run yet: use an SDXL base "
                                "checkpoint.")
-    if KEY_SDXL in shapes or KEY_SDXL_OPENCLIP in shapes:
-        return Detection("sdxl-inpaint" if inpaint else "sdxl")
+    sdxl = KEY_SDXL in shapes or KEY_SDXL_OPENCLIP in shapes
     cross = shapes.get(KEY_CROSS_ATTENTION)
-    if cross and cross[-1] == 1024:
+    sd2 = not sdxl and bool(cross) and cross[-1] == 1024
+    if depth:  # latents + a depth map: SD 2's 512-depth model is the only one
+        return Detection("sd2-depth") if sd2 else Detection(None, _unknown_channels(filename, in_channels))
+    if sdxl:
+        return Detection("sdxl-inpaint" if inpaint else "sdxl")
+    if sd2:
         return Detection("sd2-inpaint" if inpaint else "sd2")
     return Detection("sd15-inpaint" if inpaint else "sd15")
+
+
+def _unknown_channels(filename: str, in_channels: int) -> str:
+    return (f"{filename} has a UNet with {in_channels} input channels, which matches no model family Atelier knows "
+            "(SD 1.x, SD 2.x, SDXL, their inpainting variants, SD 2's depth model).")
 
 
 def _not_a_checkpoint(keys, filename: str) -> str:
@@ -284,6 +295,10 @@ def detect_diffusers_folder(folder: Path) -> Detection:
     in_channels = unet.get("in_channels", 4)
     if cls == "StableDiffusionUpscalePipeline" or in_channels == 7:
         return Detection("x4-upscaler")
+    if in_channels == 5:
+        if unet.get("cross_attention_dim") == 1024 and "text_encoder_2" not in index:
+            return Detection("sd2-depth")
+        return Detection(None, _unknown_channels(folder.name, in_channels))
     if not unet or "UNet2DConditionModel" not in str(index.get("unet", "")):
         return Detection(None, f"{folder.name} is a {cls or 'diffusers'} model, which Atelier does not run "
                                "(SD 1.x, SD 2.x, SDXL and the SD x4 upscaler are supported).")
@@ -398,6 +413,8 @@ class ModelRegistry:
                     if info.format == "diffusers":
                         info.kind = "upscaler"
                         found["upscaler"].append(info)
+            for sub in DEPTH_DIRS:
+                found["depth"].extend(self._scan_depth(root / sub))
         model_upscalers, rejects = self._scan_model_upscalers()
         with self._lock:
             self._entries = {kind: _dedupe(items) for kind, items in found.items()}
@@ -494,6 +511,22 @@ class ModelRegistry:
                 yield info
             elif (info := self._file_info(path, name, kind)) is not None:
                 yield info
+
+    def _scan_depth(self, folder: Path) -> Iterator[ModelInfo]:
+        """DPT depth-estimation folders (transformers: ``config.json`` with ``model_type`` ``dpt``, weights beside
+        it), at any depth below ``folder``; another kind of folder is listed with its problem."""
+        for path, _ in self._walk(folder, (), diffusers_marker="config.json"):
+            name = path.relative_to(folder).as_posix()
+            try:
+                config = json.loads((path / "config.json").read_text())
+                problem = None if config.get("model_type") == "dpt" else (
+                    f"{name} is a {config.get('model_type') or 'transformers'} model, not a DPT depth model "
+                    "(DPTForDepthEstimation, e.g. Intel/dpt-hybrid-midas).")
+            except (OSError, ValueError, AttributeError) as exc:
+                problem = f"{name}: its config.json could not be read ({exc})."
+            mtime = self._stat(path / "config.json")
+            yield ModelInfo(name, path, "depth", "transformers", _folder_size(path), None if problem else DEPTH_FAMILY,
+                            "config", mtime[2] if mtime else 0, problem)
 
     def _walk(self, folder: Path, suffixes, diffusers_marker: str | None = "model_index.json"):
         """(path, is_diffusers_folder) under ``folder``, following symlinks, skipping loops and unreadable dirs."""
@@ -722,6 +755,12 @@ class ModelRegistry:
         """Textual-inversion embedding files found (read when a prompt uses them)."""
         self._ensure_scanned()
         return list(self._entries["embedding"])
+
+    def depth_models(self) -> list[ModelInfo]:
+        """DPT depth-estimation folders found in ``depth/`` (SD 2's depth model estimates its depth map with one;
+        ``problem`` says why a folder cannot be used)."""
+        self._ensure_scanned()
+        return list(self._entries["depth"])
 
     def find_lora(self, name: str) -> ModelInfo | None:
         """A LoRA by the name a prompt gives it (``<lora:name:1>``): its file name without extension, or its

@@ -19,6 +19,8 @@ from PIL import Image, ImageOps
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from .errors import InvalidRequest
+from .masks import MASKED_CONTENT, SIDES, Sides, is_empty, read_mask, resize_image
+from .masks import invert as invert_mask
 from .prompt_encoding import EMPHASIS_MODES
 from .samplers import resolve_sampler
 from .settings import DEEP_CACHE_INTERVALS, TOKEN_MERGING_MAX
@@ -42,6 +44,9 @@ MIN_HR_SCALE, MAX_HR_SCALE = 1.0, 4.0
 MAX_UPSCALE_SCALE = 8.0  # A1111's extras slider
 MAX_SD_UPSCALE_SCALE = 4.0  # A1111's SD upscale script slider
 MAX_SD_UPSCALE_OVERLAP = 256
+MAX_MASK_BLUR = 64  # A1111's slider
+MAX_INPAINT_PADDING = 256  # A1111's "Only masked padding, pixels" slider
+MAX_NOISE_MULTIPLIER = 1.5  # A1111's "Noise multiplier for img2img" slider
 SD_UPSCALE = "sd upscale"  # A1111's script name (img2img)
 SCRIPT_NAMES = (SD_UPSCALE,)
 
@@ -138,6 +143,53 @@ def decode_image(value: Any, field_name: str = "init_image") -> Image.Image:
     return img
 
 
+def decode_mask(value: Any, size: tuple[int, int], resize_mode: str = "just resize") -> Image.Image:
+    """An inpainting mask (PIL image, bytes, base64 or a ``data:`` URL) as A1111 reads it (``masks.read_mask``: a
+    brush layer's alpha, else its grey level; white = repaint), resized to ``size`` (the init image's) with the
+    request's resize mode. Raises ``InvalidRequest`` naming ``mask``."""
+    image = open_image(value, "mask")
+    try:
+        image = ImageOps.exif_transpose(image) or image
+    except Exception:
+        pass
+    mask = read_mask(image)
+    return resize_image(mask, size[0], size[1], resize_mode) if mask.size != size else mask
+
+
+def decode_depth_map(value: Any) -> Image.Image:
+    """An uploaded depth map (white = near, as MiDaS/DPT draw them) as a float (``F``) image: 16-bit PNGs keep their
+    precision. Raises ``InvalidRequest`` naming ``depth_map``."""
+    image = open_image(value, "depth_map")
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        return image.convert("F") if image.mode in ("I", "F") else image.convert("I").convert("F")
+    return image.convert("L").convert("F")
+
+
+class Outpaint(BaseModel):
+    """Atelier's outpainting: px added on each side of the init image (multiples of 8); the new strips, and a seam
+    into the old picture, are inpainted."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    left: int = 0
+    right: int = 0
+    up: int = 0
+    down: int = 0
+
+    @field_validator("left", "right", "up", "down")
+    @classmethod
+    def _side(cls, v: int) -> int:
+        if not 0 <= v <= MAX_SIZE:
+            raise ValueError(f"must be between 0 and {MAX_SIZE} px (got {v})")
+        if v % 8:
+            raise ValueError(f"must be a multiple of 8 (got {v}; try {v // 8 * 8})")
+        return v
+
+    @property
+    def sides(self) -> Sides:
+        return Sides(self.left, self.right, self.up, self.down)
+
+
 def _check_finite(value: Any, name: str) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number")
@@ -209,6 +261,20 @@ class GenerationRequest(BaseModel):
     sd_upscale_overlap: int = 64
     sd_upscale_upscaler: str = "None"
     sd_upscale_scale: float = 2.0
+    # inpainting (A1111's img2img mask fields): an img2img request with a ``mask`` (white = repaint) or an ``outpaint``
+    # runs the inpaint task. The defaults are A1111's UI defaults (its API's differ: the API maps them).
+    mask: Any = None
+    mask_blur: int = 4
+    mask_blur_x: int | None = None  # None: mask_blur
+    mask_blur_y: int | None = None
+    inpainting_fill: int = 1  # masks.MASKED_CONTENT: 0 fill, 1 original, 2 latent noise, 3 latent nothing (or names)
+    inpaint_full_res: bool = False  # "Only masked": redraw the mask's surroundings at width x height, paste back
+    inpaint_full_res_padding: int = 32  # px around the mask for "Only masked"
+    inpainting_mask_invert: bool = False  # repaint what is not masked
+    initial_noise_multiplier: float | None = None  # img2img's noise scaled (A1111's setting); None: 1
+    outpaint: Outpaint | None = None  # px added on each side, then inpainted
+    # depth-to-image (an SD 2 depth checkpoint): the depth map (white = near); None: estimated by a models/depth/ DPT
+    depth_map: Any = None
 
     @classmethod
     def create(cls, **fields: Any) -> GenerationRequest:
@@ -310,6 +376,52 @@ class GenerationRequest(BaseModel):
         if not 1.0 <= v <= MAX_SD_UPSCALE_SCALE:
             raise ValueError(f"must be between 1 and {MAX_SD_UPSCALE_SCALE:g} (got {v:g})")
         return float(v)
+
+    @field_validator("mask_blur", "mask_blur_x", "mask_blur_y")
+    @classmethod
+    def _mask_blur(cls, v: int | None) -> int | None:
+        if v is not None and not 0 <= v <= MAX_MASK_BLUR:
+            raise ValueError(f"must be between 0 and {MAX_MASK_BLUR} px (got {v})")
+        return v
+
+    @field_validator("inpainting_fill", mode="before")
+    @classmethod
+    def _inpainting_fill(cls, v: Any) -> Any:
+        names = ", ".join(MASKED_CONTENT)
+        if isinstance(v, str):
+            text = v.strip().lower().replace("_", " ")
+            if text in MASKED_CONTENT:
+                return MASKED_CONTENT.index(text)
+            if not text.isdigit():
+                raise ValueError(f"must be 0-3 or one of {names} (got {v!r})")
+            v = int(text)
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < len(MASKED_CONTENT):
+            raise ValueError(f"must be 0-3 or one of {names} (got {v!r})")
+        return v
+
+    @field_validator("inpaint_full_res_padding")
+    @classmethod
+    def _inpaint_padding(cls, v: int) -> int:
+        if not 0 <= v <= MAX_INPAINT_PADDING:
+            raise ValueError(f"must be between 0 and {MAX_INPAINT_PADDING} px (got {v})")
+        return v
+
+    @field_validator("initial_noise_multiplier")
+    @classmethod
+    def _noise_multiplier(cls, v: float | None) -> float | None:
+        if v is None:
+            return None
+        _check_finite(v, "initial_noise_multiplier")
+        if not 0.0 <= v <= MAX_NOISE_MULTIPLIER:
+            raise ValueError(f"must be between 0 and {MAX_NOISE_MULTIPLIER:g} (got {v:g})")
+        return float(v)
+
+    @field_validator("outpaint", mode="before")
+    @classmethod
+    def _outpaint(cls, v: Any) -> Any:
+        if v is None or (isinstance(v, dict) and not any(v.values())):
+            return None
+        return v
 
     @field_validator("steps")
     @classmethod
@@ -430,6 +542,8 @@ class GenerationRequest(BaseModel):
         label, sched = resolve_sampler(self.sampler, self.scheduler)
         object.__setattr__(self, "sampler", label)
         object.__setattr__(self, "scheduler", sched)
+        if self.outpaint is not None and not self.outpaint.sides:
+            object.__setattr__(self, "outpaint", None)
         _check_task_fields(self)
         if self.enable_hr:
             _resolve_hires_sampler(self)
@@ -442,6 +556,9 @@ class GenerationRequest(BaseModel):
             object.__setattr__(self, "init_image", decode_image(self.init_image, "init_image"))
             if self.script_name == SD_UPSCALE:
                 _check_sd_upscale(self)
+            _prepare_inpaint(self)
+            if self.depth_map is not None:
+                object.__setattr__(self, "depth_map", decode_depth_map(self.depth_map))
         if self.task == "upscale":
             if self.image is None:
                 raise InvalidRequest("Upscale 4x needs an input image.", field="image")
@@ -481,6 +598,33 @@ class GenerationRequest(BaseModel):
         return self.steps
 
     @property
+    def inpainting(self) -> bool:
+        """An img2img request with a mask or an outpaint: the inpaint task runs it."""
+        return self.task == "img2img" and (self.mask is not None or self.outpaint is not None)
+
+    @property
+    def pipeline_task(self) -> str:
+        """The family's pipeline entry that runs the request (``families.FamilySpec.pipelines``)."""
+        return "inpaint" if self.inpainting else self.task
+
+    @property
+    def mask_blur_xy(self) -> tuple[int, int]:
+        """The mask blur along x and y (``mask_blur_x``/``mask_blur_y`` when given, else ``mask_blur``)."""
+        x = self.mask_blur if self.mask_blur_x is None else self.mask_blur_x
+        y = self.mask_blur if self.mask_blur_y is None else self.mask_blur_y
+        return x, y
+
+    @property
+    def noise_multiplier(self) -> float:
+        """A1111's ``initial_noise_multiplier`` (1 when unset)."""
+        return 1.0 if self.initial_noise_multiplier is None else self.initial_noise_multiplier
+
+    @property
+    def outpaint_sides(self) -> Sides:
+        """The outpaint's sides (all 0 without one)."""
+        return self.outpaint.sides if self.outpaint is not None else Sides()
+
+    @property
     def hr_steps(self) -> int:
         """The hires fix's second-pass steps, run exactly as A1111 runs them (``hr_second_pass_steps`` or
         ``steps``, whatever the denoising strength)."""
@@ -495,7 +639,8 @@ class GenerationRequest(BaseModel):
     def work(self) -> int:
         """The request's size in pixel-steps (width x height x steps run x images, the hires fix's second pass and
         every tile of an SD upscale counted), checked against ``MAX_WORK``."""
-        per_image = self.width * self.height * self.steps_run
+        width, height = processing_size(self)
+        per_image = width * height * self.steps_run
         if self.task == "txt2img" and self.enable_hr:
             size = hires_size(self)
             per_image += size.width * size.height * self.hr_steps
@@ -519,6 +664,7 @@ def check_work_budget(request: GenerationRequest) -> None:
     steps = f"{request.steps_run} steps"
     if request.task == "img2img":
         steps += f" ({request.steps} steps × denoising strength {request.denoising_strength:g})"
+    size_text = "{}×{}".format(*processing_size(request))
     units = request.work / WORK_UNIT_PX
     limit = MAX_WORK // WORK_UNIT_PX
     extra = ""
@@ -533,7 +679,7 @@ def check_work_budget(request: GenerationRequest) -> None:
         single = "sd_upscale_scale"
     field_name = "batch_count" if request.batch_count > 1 else "batch_size" if request.batch_size > 1 else single
     raise InvalidRequest(
-        f"This request is too large for one run: {batches} of {request.width}×{request.height} px at {steps}{extra} "
+        f"This request is too large for one run: {batches} of {size_text} px at {steps}{extra} "
         f"is the work of {units:,.0f} steps of a 512×512 image, and the limit is {limit:,} per request (for "
         f"example 16 × 8 images of 512×512 at 32 steps, or one 2048×2048 image at 150 steps). Lower the batch "
         f"count, batch size, steps or size, or split it into several requests.",
@@ -596,6 +742,13 @@ def _check_task_fields(request: GenerationRequest) -> None:
     if request.script_name is not None and request.task != "img2img":
         raise InvalidRequest(f"The {request.script_name!r} script runs on Image to Image requests.",
                              field="script_name")
+    for name in ("mask", "outpaint", "depth_map"):
+        if getattr(request, name) is not None and request.task != "img2img":
+            raise InvalidRequest(f"{name} belongs to Image to Image (inpainting, outpainting, depth); send it with an "
+                                 "img2img request and an init image.", field=name)
+        if getattr(request, name) is not None and request.script_name is not None:
+            raise InvalidRequest(f"The {request.script_name!r} script redraws the whole picture; it takes no {name}.",
+                                 field=name)
 
 
 def _resolve_hires_sampler(request: GenerationRequest) -> None:
@@ -731,10 +884,58 @@ def _check_steps_after_strength(request: GenerationRequest) -> None:
         )
 
 
+# --- inpainting and outpainting: sizes and checks ------------------------------------------------------------------
+def processing_size(request: GenerationRequest) -> tuple[int, int]:
+    """The size the UNet draws at: ``width`` x ``height``, grown by the outpaint's sides for a "whole picture"
+    outpaint ("Only masked" draws its crop at ``width`` x ``height``)."""
+    if request.task == "img2img" and request.outpaint is not None and not request.inpaint_full_res:
+        return request.outpaint_sides.grown(request.width, request.height)
+    return request.width, request.height
+
+
+def output_size(request: GenerationRequest) -> tuple[int, int]:
+    """The size of the picture an img2img request gives: ``processing_size``, except "Only masked", which keeps the
+    init image's size (grown by an outpaint's sides)."""
+    if request.inpainting and request.inpaint_full_res and isinstance(request.init_image, Image.Image):
+        return request.outpaint_sides.grown(*request.init_image.size)
+    return processing_size(request)
+
+
+def _prepare_inpaint(request: GenerationRequest) -> None:
+    """The mask read and resized to the init image (an empty one refused, unless an outpaint gives the area to
+    repaint), and an outpaint's new size checked against the limits, naming the side."""
+    sides = request.outpaint_sides
+    if request.mask is not None:
+        mask = decode_mask(request.mask, request.init_image.size, request.resize_mode)
+        if is_empty(invert_mask(mask) if request.inpainting_mask_invert else mask):
+            if not sides:
+                raise InvalidRequest(
+                    "the mask is empty: paint the area to change (white repaints"
+                    + ("; with inpainting_mask_invert, black does)." if request.inpainting_mask_invert else ")."),
+                    field="mask")
+            mask = None  # the outpaint alone says what to repaint
+        object.__setattr__(request, "mask", mask)
+    if not sides:
+        return
+    limit = MAX_UPSCALE_OUTPUT if request.inpaint_full_res else MAX_SIZE
+    width, height = output_size(request)
+    for axis, size, pair in (("width", width, ("left", "right")), ("height", height, ("up", "down"))):
+        if size > limit:
+            side = max(pair, key=lambda name: (getattr(sides, name), name == pair[1]))
+            raise InvalidRequest(
+                f"The outpainted picture would be {width}×{height} px; its {axis} must be at most {limit} px"
+                + (" (the limit of a whole-picture outpaint, which is drawn at that size)"
+                   if not request.inpaint_full_res else "")
+                + f". Lower outpaint.{side}.", field=f"outpaint.{side}")
+
+
 def _first_field(exc: ValidationError) -> str | None:
     errors = exc.errors()
     if errors and errors[0].get("loc"):
-        return str(errors[0]["loc"][0])
+        loc = errors[0]["loc"]
+        if loc[0] == "outpaint" and len(loc) > 1 and loc[1] in SIDES:  # name the side: outpaint.left
+            return f"outpaint.{loc[1]}"
+        return str(loc[0])
     return None
 
 

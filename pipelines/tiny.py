@@ -116,6 +116,46 @@ def _sd15_components(unet: Any, vae: Any, seed: int) -> dict[str, Any]:
     }
 
 
+def tiny_sd15_inpaint_components(seed: int = 0) -> dict[str, Any]:
+    """A tiny SD 1.x inpainting checkpoint: a 9-channel UNet (latents + mask + masked-picture latents)."""
+    return _sd15_components(tiny_unet(cross_attention_dim=32, in_channels=9, seed=seed), tiny_vae(seed=seed), seed)
+
+
+def tiny_depth_components(seed: int = 0) -> dict[str, Any]:
+    """SD 2's depth-to-image interface at tiny size: a 5-channel UNet (latents + depth) beside the tiny SD 1.x text
+    encoder (the family is the registry's to say; real files are detected by their 1024-wide cross-attention)."""
+    return _sd15_components(tiny_unet(cross_attention_dim=32, in_channels=5, seed=seed), tiny_vae(seed=seed), seed)
+
+
+def tiny_dpt(seed: int = 0, image_size: int = 32) -> tuple[Any, Any]:
+    """A tiny random DPT depth estimator and its image processor (transformers' own test sizes): ``(model,
+    processor)``, to be saved as a ``models/depth/`` folder with ``save_pretrained``."""
+    import torch
+    from transformers import DPTConfig, DPTForDepthEstimation, DPTImageProcessor
+
+    torch.manual_seed(seed)
+    config = DPTConfig(
+        image_size=image_size, patch_size=16, num_channels=3, hidden_size=32, num_hidden_layers=4,
+        backbone_out_indices=[0, 1, 2, 3], num_attention_heads=4, intermediate_size=37,
+        neck_hidden_sizes=[16, 16, 32, 32], fusion_hidden_size=16, reassemble_factors=[4, 2, 1, 0.5],
+        head_in_index=-1, is_hybrid=False,
+    )
+    processor = DPTImageProcessor(size={"height": image_size, "width": image_size}, keep_aspect_ratio=False,
+                                  image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
+    return DPTForDepthEstimation(config).eval(), processor
+
+
+def write_tiny_dpt(folder: Any, seed: int = 0) -> Any:
+    """``tiny_dpt`` saved as a DPT folder (config.json, weights, preprocessor_config.json); returns the folder."""
+    from pathlib import Path
+
+    model, processor = tiny_dpt(seed)
+    folder = Path(folder)
+    model.save_pretrained(str(folder))
+    processor.save_pretrained(str(folder))
+    return folder
+
+
 def demo_unet(seed: int = 0):
     """The ``--demo`` UNet: SD 1.x's interface (4 latent channels, 32-wide cross-attention) at a tiny cost per pixel.
 

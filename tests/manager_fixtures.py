@@ -17,10 +17,17 @@ from pipelines.settings import Settings
 from pipelines.tiny import (
     SD15_SCHEDULER_CONFIG,
     X4_SCHEDULER_CONFIG,
+    tiny_depth_components,
     tiny_sd15_components,
+    tiny_sd15_inpaint_components,
+    tiny_sdxl_components,
     tiny_vae,
     tiny_x4_components,
 )
+
+# the tiny components for a checkpoint of each family a test's registry names (FakeInfo.family); others: SD 1.x
+TINY_BUILDERS = {"sd15-inpaint": tiny_sd15_inpaint_components, "sd2-inpaint": tiny_sd15_inpaint_components,
+                 "sd2-depth": tiny_depth_components, "sdxl": tiny_sdxl_components}
 
 
 @dataclass
@@ -37,7 +44,8 @@ class FakeLoaded:
 
 
 class TinyLoader:
-    """``load_components`` stand-in: builds tiny models in memory, one seed per checkpoint name; counts loads."""
+    """``load_components`` stand-in: builds tiny models in memory, one seed per checkpoint name; counts loads. The
+    checkpoint's ``family`` picks the UNet (a 9-channel inpainting one, a 5-channel depth one, else SD 1.x's)."""
 
     def __init__(self):
         self.loads: list[str] = []
@@ -57,7 +65,8 @@ class TinyLoader:
             components = tiny_x4_components()
             config = dict(X4_SCHEDULER_CONFIG)
         else:
-            components = {k: v for k, v in tiny_sd15_components(self.seed_for(info.name)).items() if v is not None}
+            build = TINY_BUILDERS.get(info.family, tiny_sd15_components)
+            components = {k: v for k, v in build(self.seed_for(info.name)).items() if v is not None}
             config = dict(SD15_SCHEDULER_CONFIG)
         for module in components.values():
             if hasattr(module, "parameters") and module.dtype != dtype:

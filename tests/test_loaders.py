@@ -271,7 +271,7 @@ def test_fp16_load_gives_fp16_modules(tiny_models_dir, tiny_cache_dir):
 
 REAL_SIZE_CASES = [("sd15", "sd15", "v1"), ("sd15-inpaint", "sd15-inpaint", "inpainting"), ("sd2-v", "sd2", "v2"),
                    ("sd2-inpaint", "sd2-inpaint", "inpainting_v2"), ("sdxl", "sdxl", "xl_base"),
-                   ("sdxl-inpaint", "sdxl-inpaint", "xl_inpaint")]
+                   ("sdxl-inpaint", "sdxl-inpaint", "xl_inpaint"), ("sd2-depth", "sd2-depth", "v2")]
 
 
 @pytest.mark.parametrize(("family", "detected", "diffusers_type"), REAL_SIZE_CASES, ids=[c[0] for c in REAL_SIZE_CASES])

@@ -134,7 +134,8 @@ def test_detection_reads_only_the_header(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     ("kwargs", "family"),
     [({}, "sd15"), ({"in_channels": 9}, "sd15-inpaint"), ({"cross": 1024}, "sd2"),
-     ({"cross": 2048, "sdxl": True}, "sdxl"), ({"cross": 2048, "sdxl": True, "in_channels": 9}, "sdxl-inpaint")],
+     ({"cross": 2048, "sdxl": True}, "sdxl"), ({"cross": 2048, "sdxl": True, "in_channels": 9}, "sdxl-inpaint"),
+     ({"cross": 1024, "in_channels": 5}, "sd2-depth")],
 )
 def test_family_from_sentinel_keys(tmp_path, kwargs, family):
     path = fake_checkpoint(tmp_path / "x.safetensors", **kwargs)
@@ -280,3 +281,47 @@ def test_garbage_files_are_listed_with_a_reason_and_do_not_break_the_list(tmp_pa
     assert registry.find_checkpoint("good").family == "sd15"
     junk = registry.find_checkpoint("junk")
     assert junk.family is None and junk.problem
+
+
+# --- SD 2's depth model and its depth estimators ------------------------------------------------------------------
+def test_a_5_channel_unet_is_sd2s_depth_model_only_with_sd2s_text_width(tmp_path):
+    models = tmp_path / "models"
+    fake_checkpoint(models / "checkpoints" / "512-depth-ema.safetensors", in_channels=5, cross=1024)
+    fake_checkpoint(models / "checkpoints" / "odd-depth.safetensors", in_channels=5, cross=768)
+    registry = ModelRegistry(models, tmp_path / "cache")
+    depth = registry.find_checkpoint("512-depth-ema")
+    assert depth.family == "sd2-depth" and depth.problem is None
+    assert depth.notes == []  # epsilon: no SD 2.x prediction-type guess
+    odd = registry.find_checkpoint("odd-depth")
+    assert odd.family is None and "5 input channels" in odd.problem and "depth model" in odd.problem
+
+
+def test_a_diffusers_depth_folder_is_sd2_depth(tmp_path):
+    import json
+
+    folder = tmp_path / "models" / "checkpoints" / "stable-diffusion-2-depth"
+    (folder / "unet").mkdir(parents=True)
+    (folder / "model_index.json").write_text(json.dumps({
+        "_class_name": "StableDiffusionDepth2ImgPipeline", "unet": ["diffusers", "UNet2DConditionModel"],
+        "depth_estimator": ["transformers", "DPTForDepthEstimation"]}))
+    (folder / "unet" / "config.json").write_text(json.dumps({"in_channels": 5, "cross_attention_dim": 1024}))
+    registry = ModelRegistry(tmp_path / "models", tmp_path / "cache")
+    assert registry.find_checkpoint("stable-diffusion-2-depth").family == "sd2-depth"
+
+
+def test_dpt_folders_in_models_depth_are_listed_and_other_folders_say_why_not(tmp_path):
+    import json
+
+    from pipelines.tiny import write_tiny_dpt
+
+    models = tmp_path / "models"
+    write_tiny_dpt(models / "depth" / "Intel" / "dpt-tiny")
+    other = models / "depth" / "not-dpt"
+    other.mkdir(parents=True)
+    (other / "config.json").write_text(json.dumps({"model_type": "vit"}))
+    registry = ModelRegistry(models, tmp_path / "cache")
+    found = {info.name: info for info in registry.depth_models()}
+    assert sorted(found) == ["Intel/dpt-tiny", "not-dpt"]
+    assert found["Intel/dpt-tiny"].family == "dpt" and found["Intel/dpt-tiny"].problem is None
+    assert found["not-dpt"].family is None and "not a DPT depth model" in found["not-dpt"].problem
+    assert registry.checkpoints() == []

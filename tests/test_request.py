@@ -132,3 +132,74 @@ def test_upscale_requests_are_not_counted_against_the_generation_budget():
     request = GenerationRequest.create(task="upscale", image=png_bytes((64, 64)), steps=MAX_STEPS, width=MAX_SIZE,
                                        height=MAX_SIZE, batch_size=8, batch_count=16)
     assert request.task == "upscale"
+
+
+# --- inpainting fields (A1111's img2img mask fields, Atelier's outpaint) -----------------------------------------
+def inpaint_request(**fields) -> GenerationRequest:
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (8, 8, 24, 24))
+    base = dict(task="img2img", init_image=Image.new("RGB", (64, 64), (9, 9, 9)), width=64, height=64, mask=mask)
+    base.update(fields)
+    return GenerationRequest.create(**base)
+
+
+def test_inpaint_defaults_are_a1111s_ui_defaults_and_a_mask_makes_it_an_inpaint():
+    request = inpaint_request()
+    assert request.inpainting and request.pipeline_task == "inpaint" and request.task == "img2img"
+    assert request.mask_blur_xy == (4, 4) and request.inpainting_fill == 1 and request.noise_multiplier == 1.0
+    assert (request.inpaint_full_res, request.inpaint_full_res_padding, request.inpainting_mask_invert) == (
+        False, 32, False)
+    plain = GenerationRequest.create(task="img2img", init_image=Image.new("RGB", (64, 64)), mask_blur=8)
+    assert not plain.inpainting and plain.pipeline_task == "img2img"
+
+
+@pytest.mark.parametrize("value, expected", [(0, 0), (3, 3), ("fill", 0), ("Latent Noise", 2), ("latent_nothing", 3),
+                                             ("1", 1), ("original", 1)])
+def test_masked_content_takes_a1111s_numbers_and_names(value, expected):
+    assert inpaint_request(inpainting_fill=value).inpainting_fill == expected
+
+
+@pytest.mark.parametrize("field, value", [
+    ("inpainting_fill", 4), ("inpainting_fill", "blur"), ("inpainting_fill", True), ("mask_blur", 65),
+    ("mask_blur_x", -1), ("inpaint_full_res_padding", 300), ("initial_noise_multiplier", 2.0),
+    ("initial_noise_multiplier", float("nan")), ("inpaint_full_res", 2), ("inpainting_mask_invert", "maybe"),
+])
+def test_inpaint_fields_out_of_range_name_the_field(field, value):
+    with pytest.raises(InvalidRequest) as info:
+        inpaint_request(**{field: value})
+    assert info.value.field == field
+
+
+def test_bools_take_a1111s_0_and_1_and_blur_x_y_override_the_blur():
+    request = inpaint_request(inpaint_full_res=1, inpainting_mask_invert=0, mask_blur=6, mask_blur_y=2)
+    assert request.inpaint_full_res is True and request.inpainting_mask_invert is False
+    assert request.mask_blur_xy == (6, 2)
+
+
+def test_a_mask_is_read_as_a1111_reads_it_and_resized_to_the_init_image():
+    layer = Image.new("RGBA", (32, 32), (0, 0, 0, 0))
+    layer.paste((10, 200, 10, 255), (0, 0, 16, 16))  # a brush stroke: its alpha is the mask, whatever its colour
+    request = inpaint_request(mask=base64.b64encode(png_bytes_of(layer)).decode())
+    assert request.mask.mode == "L" and request.mask.size == (64, 64)
+    assert request.mask.getpixel((4, 4)) == 255 and request.mask.getpixel((60, 60)) == 0
+
+
+def png_bytes_of(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_outpaint_sizes_and_all_zero_sides_are_no_outpaint():
+    from pipelines.request import output_size, processing_size
+
+    request = inpaint_request(mask=None, outpaint={"left": 64, "up": 8})
+    assert processing_size(request) == output_size(request) == (128, 72)
+    assert request.work == 128 * 72 * request.steps_run
+    only = inpaint_request(outpaint={"right": 32}, inpaint_full_res=True, init_image=Image.new("RGB", (100, 50)))
+    assert processing_size(only) == (64, 64) and output_size(only) == (132, 50)
+    none = GenerationRequest.create(task="img2img", init_image=Image.new("RGB", (64, 64)), outpaint={"left": 0})
+    assert none.outpaint is None and not none.inpainting
+    with pytest.raises(InvalidRequest) as info:
+        inpaint_request(outpaint={"left": 8, "center": 8})
+    assert info.value.field == "outpaint"

@@ -8,12 +8,13 @@ from collections.abc import Callable
 
 from ..request import GenerationRequest
 from ..seamless import circular_padding, tiled_modules
-from . import hires, img2img, pixel_upscale, sd_upscale, txt2img, upscale
+from . import hires, img2img, inpaint, pixel_upscale, sd_upscale, txt2img, upscale
 from .base import BatchOutput, TaskRun
 
 TASKS: dict[str, Callable[[TaskRun], BatchOutput]] = {
     "txt2img": txt2img.run,
     "img2img": img2img.run,
+    "inpaint": inpaint.run,  # img2img with a mask or an outpaint (the family's inpaint pipeline)
     "upscale": upscale.run,  # the SD x4 upscaler (a diffusion model, tiled)
     "hires": hires.run,  # txt2img with enable_hr
     "sd-upscale": sd_upscale.run,  # img2img with A1111's "sd upscale" script
@@ -25,6 +26,8 @@ def task_key(request: GenerationRequest, pixel_upscale: bool = False) -> str:
     """The ``TASKS`` entry that runs ``request`` (``pixel_upscale``: its upscaler is not the SD x4 model)."""
     if request.task == "txt2img" and request.enable_hr:
         return "hires"
+    if request.inpainting:
+        return "inpaint"
     if request.sd_upscale:
         return "sd-upscale"
     if request.task == "upscale" and pixel_upscale:

@@ -52,6 +52,8 @@ class TaskRun:
     # another task's pipeline over the same checkpoint, set up on the same rung (the hires fix's img2img pass)
     pipeline_for: Callable[[str], Any] | None = None
     hires_prompts: PromptPlan | None = None  # the hires pass's own prompts (None: the first pass's)
+    # a depth-to-image checkpoint's DPT model (``depth.DepthEstimator``); None: the request's depth_map, or no depth
+    depth: Any = None
 
     @property
     def spec(self) -> FamilySpec:

@@ -8,6 +8,8 @@ in fp32 and said so (A1111's automatic ``--no-half-vae``).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -55,6 +57,11 @@ def is_inpaint_model(pipe: Any) -> bool:
     return "Inpaint" in type(pipe).__name__
 
 
+def is_depth_model(pipe: Any) -> bool:
+    """A depth-to-image checkpoint's pipeline (5-channel UNet): it needs a depth map beside the init image."""
+    return "Depth2Img" in type(pipe).__name__
+
+
 def whole_picture_mask(size: tuple[int, int]) -> Image.Image:
     """A mask that repaints everything (white), for an inpainting checkpoint used for txt2img or img2img."""
     return Image.new("L", size, 255)
@@ -98,6 +105,62 @@ def decode(pipe: Any, latents: torch.Tensor, notes: list[Note], upcast: bool = F
             raise AtelierError("The VAE decoded to NaN (a black image) even in fp32. Choose another VAE.", field="vae")
         notes.append(Note.param("NaN guard", "VAE decoded in fp32"))
     return pipe.image_processor.postprocess(images.float(), output_type="pil")
+
+
+def encode(pipe: Any, pixels: torch.Tensor, notes: list[Note], upcast: bool = False) -> torch.Tensor:
+    """Pixels in [-1, 1] ``[B, 3, H, W]`` → latents (the VAE's mean, scaled as the pipelines scale them; SDXL's
+    latents mean/std honoured). NaN from a half-precision encode → encoded again in fp32, noted; ``upcast``: an SDXL VAE
+    that overflows in fp16 (``force_upcast``) encodes in fp32 from the start."""
+    vae = pipe.vae
+    upcast_now = upcast and vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
+    latents = None if upcast_now else vae_encode(pipe, pixels)
+    if latents is not None and not bool(torch.isnan(latents).any()):
+        return latents
+    dtype = vae.dtype
+    vae.to(dtype=torch.float32)
+    try:
+        retried = vae_encode(pipe, pixels.float())
+    finally:
+        vae.to(dtype=dtype)
+    if bool(torch.isnan(retried).any()):
+        raise AtelierError("The VAE encoded the picture to NaN even in fp32. Choose another VAE.", field="vae")
+    if latents is not None:
+        notes.append(Note.param("NaN guard", "VAE encoded in fp32"))
+    return retried
+
+
+def vae_encode(pipe: Any, pixels: torch.Tensor) -> torch.Tensor:
+    """One VAE encode, as ``vae_decode`` undoes it."""
+    vae = pipe.vae
+    config = vae.config
+    with torch.no_grad():
+        latents = vae.encode(pixels.to(device=pipe._execution_device, dtype=vae.dtype)).latent_dist.mode()
+    mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
+    if mean is not None and std is not None:
+        mean_t = torch.tensor(mean).view(1, -1, 1, 1).to(latents.device, latents.dtype)
+        std_t = torch.tensor(std).view(1, -1, 1, 1).to(latents.device, latents.dtype)
+        return (latents - mean_t) * config.scaling_factor / std_t
+    return latents * config.scaling_factor
+
+
+@contextmanager
+def noise_multiplier(scheduler: Any, factor: float) -> Iterator[None]:
+    """A1111's ``initial_noise_multiplier`` for one call: the noise the pipeline adds to the init latents (and, in
+    the inpaint pipeline's 4-channel path, to the picture it keeps outside the mask) scaled by ``factor``. The
+    request's own fresh scheduler gets an instance-level ``add_noise`` for the call; its class is never touched."""
+    if factor == 1.0:
+        yield
+        return
+    plain = type(scheduler).add_noise
+
+    def add_noise(original: torch.Tensor, noise: torch.Tensor, timesteps: Any) -> torch.Tensor:
+        return plain(scheduler, original, noise * factor, timesteps)
+
+    scheduler.add_noise = add_noise
+    try:
+        yield
+    finally:
+        del scheduler.add_noise
 
 
 def vae_decode(pipe: Any, latents: torch.Tensor) -> torch.Tensor:

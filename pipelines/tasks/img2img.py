@@ -5,9 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
+from ..depth import depth_from_image
+from ..errors import AtelierError
 from ..infotext import Note
+from ..masks import resize_image
 from . import denoise
 from .base import BatchOutput, TaskRun
 
@@ -38,20 +41,23 @@ def redraw(task: TaskRun, reporter: Any, init: Any, strength: float, notes: list
         first = init[0] if isinstance(init, list) else init
         size = first.size if isinstance(first, Image.Image) else (request.width, request.height)
         call.kwargs.update(mask_image=denoise.whole_picture_mask(size), width=size[0], height=size[1])
-    return denoise.denoise(pipe, call, request, task.seeds, notes)
+    if denoise.is_depth_model(pipe):  # SD 2's depth model: the depth map beside the latents
+        call.kwargs.update(depth_map=depth_map(task, init[0] if isinstance(init, list) else init))
+    with denoise.noise_multiplier(pipe.scheduler, request.noise_multiplier):
+        return denoise.denoise(pipe, call, request, task.seeds, notes)
+
+
+def depth_map(task: TaskRun, init: Any) -> torch.Tensor:
+    """The depth map of a depth-to-image run: the request's uploaded one, else the DPT model's estimate of ``init``
+    (``[1, H, W]``; the pipeline scales it to the latents and normalises it)."""
+    if task.request.depth_map is not None:
+        return depth_from_image(task.request.depth_map)
+    if task.depth is None or not isinstance(init, Image.Image):
+        raise AtelierError("This depth-to-image checkpoint needs a depth map: upload one, or put a DPT depth model "
+                           "into models/depth/.", field="depth_map")
+    return task.depth.estimate(init)
 
 
 def resize_init(image: Image.Image, width: int, height: int, mode: str) -> Image.Image:
     """A1111's resize modes for the init image: ``just resize``, ``crop and resize``, ``resize and fill``."""
-    if image.size == (width, height):
-        return image
-    if mode == "crop and resize":
-        return ImageOps.fit(image, (width, height), Image.Resampling.LANCZOS)
-    if mode == "resize and fill":
-        scale = min(width / image.width, height / image.height)
-        inner = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
-                             Image.Resampling.LANCZOS)
-        canvas = image.resize((width, height), Image.Resampling.LANCZOS)  # stretched edges fill the margins
-        canvas.paste(inner, ((width - inner.width) // 2, (height - inner.height) // 2))
-        return canvas
-    return image.resize((width, height), Image.Resampling.LANCZOS)
+    return resize_image(image, width, height, mode)
