@@ -89,6 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--auth-file", metavar="FILE", help="logins, one user:password per line; blank lines and # comments ignored"
     )
     net.add_argument("--no-browser", action="store_true", help="do not open the browser tab")
+    net.add_argument(
+        "--cors-allow-origins", metavar="URL[,URL]",
+        help="let pages of these origins (scheme://host:port) call the API from the browser; off by default",
+    )
+    net.add_argument(
+        "--cors-allow-origins-regex", metavar="RE", help="let pages of origins matching RE call the API (see above)"
+    )
 
     models = p.add_argument_group("models and files")
     models.add_argument(
@@ -383,9 +390,20 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def cors_policy(args: argparse.Namespace):  # -> api.CorsPolicy
+    """The other origins whose pages may call the API (``--cors-allow-origins``, ``--cors-allow-origins-regex``)."""
+    from api.cors import CorsPolicy
+
+    try:
+        return CorsPolicy.from_flags(args.cors_allow_origins, args.cors_allow_origins_regex)
+    except ValueError as exc:
+        raise StartupError(str(exc)) from None
+
+
 def serve(args: argparse.Namespace) -> int:
     """The body of main(): settings → manager → UI → server → REST routes → wait."""
     auth = collect_auth(args)
+    cors = cors_policy(args)
     host = "0.0.0.0" if args.listen else (args.host or DEFAULT_HOST)
     port = find_free_port(host, args.port or DEFAULT_PORT)
     if args.port and port != args.port:
@@ -417,7 +435,7 @@ def serve(args: argparse.Namespace) -> int:
         app, _local_url, share_url = launch_server(demo, host, port, auth, share)
         import api
 
-        api.mount(app, manager, settings, auth)
+        api.mount(app, manager, settings, auth, cors=cors, flags=vars(args))
         port = demo.server_port
         url = display_url(host, port)
         print(f"Running on local URL: {url}", flush=True)

@@ -16,7 +16,7 @@ from typing import Any
 from PIL import Image
 
 from pipelines.errors import InvalidRequest
-from pipelines.infotext import hires_params
+from pipelines.infotext import hires_params, img2img_params
 from pipelines.outputs import encode_png
 from pipelines.prompt_parser import apply_named_styles
 from pipelines.request import (
@@ -30,6 +30,7 @@ from pipelines.request import (
 )
 from pipelines.settings import Settings
 
+from .lenient import drawn_schedule, unknown_field_warnings
 from .models import ExtrasBaseRequest, GenerationFields, Img2ImgRequest, Txt2ImgRequest
 
 log = logging.getLogger("atelier.api")
@@ -44,6 +45,7 @@ GENERATION_FIELD_NAMES = {
     "token_merging": "override_settings.token_merging_ratio",
     "deep_cache": "override_settings.deep_cache",
     "deep_cache_interval": "override_settings.deep_cache_interval",
+    "fast_decode": "override_settings.fast_decode",
     # A1111's SD upscale script_args: [info, tile_overlap, upscaler, scale_factor]
     "sd_upscale_overlap": "script_args[1]",
     "sd_upscale_upscaler": "script_args[2]",
@@ -66,7 +68,7 @@ SAME_CHECKPOINT = ("", "none", "use same checkpoint")
 _OVERRIDES = {"sd_model_checkpoint": "checkpoint", "sd_vae": "vae"}
 # Opt-in speed-ups that trade a little fidelity (A1111's key for token merging; ours for DeepCache).
 _SPEEDUP_OVERRIDES = {"token_merging_ratio": "token_merging", "deep_cache": "deep_cache",
-                      "deep_cache_interval": "deep_cache_interval"}
+                      "deep_cache_interval": "deep_cache_interval", "fast_decode": "fast_decode"}
 # The prompt language's options (A1111's keys): checked here, so that an error names the key the client sent.
 PROMPT_OPTIONS = {"CLIP_stop_at_last_layers": "clip_skip", "emphasis": "emphasis"}
 
@@ -104,7 +106,7 @@ def hires_fields(body: Txt2ImgRequest) -> dict[str, Any]:
         "hr_resize_x": _or(body.hr_resize_x, 0),
         "hr_resize_y": _or(body.hr_resize_y, 0),
         "hr_sampler_name": body.hr_sampler_name,
-        "hr_scheduler": body.hr_scheduler,
+        "hr_scheduler": drawn_schedule(body.hr_scheduler),
         "hr_prompt": body.hr_prompt or "",
         "hr_negative_prompt": body.hr_negative_prompt or "",
         "denoising_strength": _or(body.denoising_strength, HIRES_DENOISING_STRENGTH),
@@ -121,8 +123,8 @@ def img2img_request(body: Img2ImgRequest, settings: Settings,
     SD upscale script when ``script_name`` asks for it (``upscaler_names``: ``/upscalers``' names, in order, for
     the script's upscaler given as an index)."""
     refuse_unbuilt(body)
-    if body.mask or body.latent_mask:
-        raise _not_built("mask", "inpainting (a mask) is not available in Atelier's img2img yet")
+    if body.latent_mask:
+        raise _not_built("latent_mask", "a separate latent mask is not available; send the mask alone")
     images = [image for image in (body.init_images or []) if image]
     if not images:
         raise InvalidRequest("init_images: img2img needs one init image (base64 PNG/JPEG/WebP).", "init_images")
@@ -133,12 +135,47 @@ def img2img_request(body: Img2ImgRequest, settings: Settings,
     fields.update(init_image=images[0], resize_mode=0 if body.resize_mode is None else body.resize_mode)
     if body.denoising_strength is not None:
         fields["denoising_strength"] = body.denoising_strength
+    fields.update(inpaint_fields(body))
     script = (body.script_name or "").strip().lower()
     if script not in ("", "none"):
         if script not in SCRIPT_NAMES:
             raise unknown_script(body.script_name or "", "img2img")
         fields.update(script_fields(script, body.script_args, upscaler_names or []))
     return GenerationRequest.create(task="img2img", **fields)
+
+
+def inpaint_fields(body: Img2ImgRequest) -> dict[str, Any]:
+    """A1111's inpainting fields as request fields, with the defaults of A1111's API (its
+    ``StableDiffusionProcessingImg2Img``, not its UI): blur 4 along x and y, masked content 0 ("fill"), "Only masked"
+    on with 0 px padding, the mask not inverted; ``mask_blur``, when sent, sets both axes (A1111's setter). A mask of
+    "" or null is no mask. Atelier's ``outpaint`` and ``depth_map`` pass through."""
+    fields: dict[str, Any] = {
+        "inpainting_fill": _or(body.inpainting_fill, 0),
+        "inpaint_full_res": _flag(body.inpaint_full_res, True, "inpaint_full_res"),
+        "inpaint_full_res_padding": _or(body.inpaint_full_res_padding, 0),
+        "inpainting_mask_invert": _flag(body.inpainting_mask_invert, False, "inpainting_mask_invert"),
+        "initial_noise_multiplier": body.initial_noise_multiplier,
+    }
+    if body.mask_blur is not None:
+        fields["mask_blur"] = body.mask_blur
+    else:
+        fields.update(mask_blur_x=_or(body.mask_blur_x, 4), mask_blur_y=_or(body.mask_blur_y, 4))
+    if body.mask:
+        fields["mask"] = body.mask
+    if body.outpaint is not None:
+        fields["outpaint"] = {side: value or 0 for side, value in body.outpaint.model_dump().items()}
+    if body.depth_map:
+        fields["depth_map"] = body.depth_map
+    return fields
+
+
+def _flag(value: bool | int | None, default: bool, name: str) -> bool:
+    """A1111's boolean fields, sent as ``true``/``false`` or ``1``/``0``."""
+    if value is None:
+        return default
+    if isinstance(value, bool) or value in (0, 1):
+        return bool(value)
+    raise InvalidRequest(f"{name} must be true or false (or 1 or 0); got {value!r}.", name)
 
 
 def script_fields(script: str, script_args: list[Any] | None, upscaler_names: list[str]) -> dict[str, Any]:
@@ -205,7 +242,7 @@ def _common_fields(body: GenerationFields, settings: Settings) -> dict[str, Any]
         "negative_prompt": body.negative_prompt or "",
         # A1111: sampler_name wins; sampler_index is its old name.
         "sampler": body.sampler_name or body.sampler_index or settings.default_sampler,
-        "scheduler": body.scheduler or "Automatic",
+        "scheduler": drawn_schedule(body.scheduler) or "Automatic",
         "steps": _or(body.steps, settings.default_steps),
         "cfg_scale": _or(body.cfg_scale, 7.0),
         "width": _or(body.width, 512),
@@ -309,10 +346,8 @@ def _or(value: Any, default: Any) -> Any:
 def echo_parameters(body: GenerationFields) -> dict[str, Any]:
     """A1111's ``parameters``: the request's known fields with defaults; init images only when asked for."""
     params = body.model_dump(include=set(type(body).model_fields))
-    if isinstance(body, Img2ImgRequest):
-        if not body.include_init_images:
-            params["init_images"] = None
-        params["mask"] = None
+    if isinstance(body, Img2ImgRequest) and not body.include_init_images:  # the mask with the init images, or neither
+        params.update(init_images=None, mask=None, depth_map=None)
     return json_safe(params)
 
 
@@ -381,18 +416,22 @@ def generation_info(body: GenerationFields, request: GenerationRequest, result: 
         # Atelier's own keys: how the run went.
         "memory_mode": result.mode,
         "notes": list(result.notes),
-        "warnings": list(result.warnings),  # what the request named and did not get (a LoRA or style not found)
+        # what the request named and did not get (a LoRA or style not found), and the fields no one reads
+        "warnings": [*unknown_field_warnings(body), *result.warnings],
         "interrupted": bool(result.cancelled),
     }
     return json.dumps(info, ensure_ascii=False)
 
 
 def extra_generation_params(request: GenerationRequest) -> dict[str, Any]:
-    """A1111's ``extra_generation_params``: the hires fix's keys, or the SD upscale script's."""
+    """A1111's ``extra_generation_params``: the hires fix's keys, or the SD upscale script's, or an img2img's mask keys
+    (``Mask blur``, ``Inpaint area``, ``Masked area padding``, ...) and its noise multiplier."""
     if request.task == "txt2img" and request.enable_hr:
         return hires_params(request)
     if request.sd_upscale:
         return {"SD upscale overlap": request.sd_upscale_overlap, "SD upscale upscaler": request.sd_upscale_upscaler}
+    if request.task == "img2img":
+        return img2img_params(request)
     return {}
 
 

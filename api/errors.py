@@ -1,8 +1,10 @@
 """How the ``/sdapi`` routes answer when something goes wrong: always JSON, never an HTML traceback.
 
 The rules (DESIGN.md "REST API"): invalid input is HTTP 422 with a ``detail`` that names the field; an
-``AtelierError`` answers its own ``http_status``; a missing or wrong login is 401 with ``WWW-Authenticate``;
-only a real server fault is a 500, and even then the body is JSON and the traceback goes to the log.
+``AtelierError`` answers its own ``http_status``; a missing or wrong login is 401 with ``WWW-Authenticate``; a
+state-changing request from a page of another site (an ``Origin`` not allowed, or ``null``) is 403 before the login
+is even looked at (``api/cors.py``); only a real server fault is a 500, and even then the body is JSON and the
+traceback goes to the log. The OpenAI-style routes answer the same statuses in OpenAI's error shape.
 
 The handling lives in a route class rather than in app-wide exception handlers because the routes are mounted
 on Gradio's app after it has started, when Starlette no longer picks up new handlers or middleware.
@@ -10,6 +12,7 @@ on Gradio's app after it has started, when Starlette no longer picks up new hand
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Callable, Coroutine, Iterator, Mapping
@@ -25,6 +28,7 @@ from starlette.exceptions import HTTPException
 from pipelines.errors import AtelierError, InvalidRequest
 
 from .auth import BasicAuth
+from .cors import CorsPolicy
 
 log = logging.getLogger("atelier.api")
 
@@ -81,38 +85,59 @@ def unauthorized_response() -> JSONResponse:
     )
 
 
-def make_route_class(auth: BasicAuth | None) -> type[APIRoute]:
-    """A route class that checks the login first, then turns every exception into a JSON answer."""
+ErrorBody = Callable[..., JSONResponse]  # (status, kind, detail, field=None, headers=None) -> the answer
+
+
+def make_route_class(auth: BasicAuth | None, cors: CorsPolicy | None = None, bearer: bool = False,
+                     error_body: ErrorBody = error_response) -> type[APIRoute]:
+    """A route class that refuses a cross-site request (``cors``: the allowed origins; none by default), checks the
+    login (``bearer``: a password as a Bearer token too), then turns every exception into a JSON answer shaped by
+    ``error_body`` (the API's own by default; the OpenAI-style routes give OpenAI's)."""
+    policy = cors if cors is not None else CorsPolicy()
 
     class SdApiRoute(APIRoute):
         def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
             handler = super().get_route_handler()
 
             async def guarded_handler(request: Request) -> Response:
+                # A page of another site never gets to change anything, logged in or not (CSRF).
+                refusal = policy.refusal(request)
+                if refusal is not None:
+                    log.warning("%s %s: %s", request.method, request.url.path, refusal)
+                    return error_body(403, "Forbidden", refusal)
                 # The login is checked before the body is even parsed, so that a stranger learns nothing.
-                if auth is not None and not auth.is_allowed(request):
-                    return unauthorized_response()
+                if auth is not None and not auth.is_allowed(request, bearer=bearer):
+                    return _reshaped(unauthorized_response(), error_body)
                 try:
                     return await handler(request)
                 except RequestValidationError as exc:
-                    return validation_error_response(exc)
+                    return _reshaped(validation_error_response(exc), error_body)
                 except AtelierError as exc:
                     log.info("%s %s: %s", request.method, request.url.path, exc.message)
-                    return atelier_error_response(exc)
+                    return _reshaped(atelier_error_response(exc), error_body)
                 except HTTPException as exc:
                     undecodable = undecodable_body_response(exc)
                     if undecodable is not None:
-                        return undecodable
-                    return error_response(exc.status_code, "HTTPError", str(exc.detail), headers=exc.headers)
+                        return _reshaped(undecodable, error_body)
+                    return error_body(exc.status_code, "HTTPError", str(exc.detail), headers=exc.headers)
                 except Exception:
                     log.exception("%s %s failed", request.method, request.url.path)
-                    return error_response(
+                    return error_body(
                         500, "InternalError", "The server failed while answering; the details are in its log."
                     )
 
             return guarded_handler
 
     return SdApiRoute
+
+
+def _reshaped(response: JSONResponse, error_body: ErrorBody) -> JSONResponse:
+    """An error answer of the API's shape in ``error_body``'s shape (the same one when that is the API's)."""
+    if error_body is error_response:
+        return response
+    body = json.loads(response.body)
+    headers = {key: value for key, value in response.headers.items() if key.lower() == "www-authenticate"}
+    return error_body(response.status_code, body["error"], body["detail"], body.get("field"), headers=headers)
 
 
 @contextmanager

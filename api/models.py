@@ -111,6 +111,18 @@ class Txt2ImgRequest(GenerationFields):
     firstpass_image: str | None = Field(None, description="A first pass from elsewhere: not available (empty).")
 
 
+class OutpaintSides(BaseModel):
+    """Atelier's ``outpaint`` of ``/sdapi/v1/img2img``: px added on each side (multiples of 8). A side not named
+    here is a 422, so that a misspelt side is never silently left out."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    left: int | None = Field(0, description="px added on the left.")
+    right: int | None = Field(0, description="px added on the right.")
+    up: int | None = Field(0, description="px added at the top.")
+    down: int | None = Field(0, description="px added at the bottom.")
+
+
 class Img2ImgRequest(GenerationFields):
     """``POST /sdapi/v1/img2img`` (A1111's ``StableDiffusionImg2ImgProcessingAPI``)."""
 
@@ -121,17 +133,33 @@ class Img2ImgRequest(GenerationFields):
         0, description="0 just resize, 1 crop and resize, 2 resize and fill (or the names)."
     )
     image_cfg_scale: float | None = None
-    mask: str | None = Field(None, description="Inpainting mask: not available (must be empty).")
-    mask_blur: int | None = None
-    mask_blur_x: int | None = None
-    mask_blur_y: int | None = None
-    inpainting_fill: int | None = None
-    inpaint_full_res: bool | int | None = None
-    inpaint_full_res_padding: int | None = None
-    inpainting_mask_invert: int | None = None
-    initial_noise_multiplier: float | None = None
-    latent_mask: str | None = None
-    include_init_images: bool | None = Field(False, description="Echo the init images in `parameters`.")
+    mask: str | None = Field(
+        None, description="Inpainting mask, raw base64 or a data: URL: white (or a brush layer's opaque pixels) is "
+        "redrawn; resized to the init image. Empty or null: no mask (plain img2img).")
+    mask_blur: int | None = Field(
+        None, description="Mask blur in px (0-64); when sent it sets mask_blur_x and mask_blur_y both.")
+    mask_blur_x: int | None = Field(None, description="Mask blur along x (0-64, default 4).")
+    mask_blur_y: int | None = Field(None, description="Mask blur along y (0-64, default 4).")
+    inpainting_fill: int | str | None = Field(
+        None, description="Masked content: 0 fill (default), 1 original, 2 latent noise, 3 latent nothing.")
+    inpaint_full_res: bool | int | None = Field(
+        None, description="Inpaint area: true (or 1, the default) 'Only masked': the mask's surroundings drawn at "
+        "width x height and pasted back; false (or 0) 'Whole picture'.")
+    inpaint_full_res_padding: int | None = Field(
+        None, description="'Only masked' padding in px around the mask (0-256, default 0).")
+    inpainting_mask_invert: bool | int | None = Field(
+        None, description="Mask mode: 0 (false, default) inpaint masked, 1 (true) inpaint not masked.")
+    initial_noise_multiplier: float | None = Field(
+        None, description="Noise multiplier for img2img (0-1.5, default 1).")
+    latent_mask: str | None = Field(None, description="A separate latent mask: not available (must be empty).")
+    include_init_images: bool | None = Field(
+        False, description="Echo the init images (and the mask) in `parameters`.")
+    outpaint: OutpaintSides | None = Field(
+        None, description="Atelier: outpainting, px (multiples of 8) added on each side; the new strips and a seam "
+        "into the old picture are inpainted, and the picture grows by them.")
+    depth_map: str | None = Field(
+        None, description="Atelier: the depth map of an SD 2 depth-to-image checkpoint (white = near), raw base64 "
+        "or a data: URL; empty: estimated by the DPT model of models/depth/.")
 
 
 class TextToImageResponse(BaseModel):
@@ -246,22 +274,43 @@ class PNGInfoResponse(BaseModel):
 
 
 class Options(_Lenient):
-    """The settings Atelier exposes through ``/sdapi/v1/options``; other A1111 keys are ignored on POST."""
+    """``/sdapi/v1/options``: every option Atelier implements, under A1111's name (Atelier's own where A1111 has none),
+    with its current value, plus any key a client POSTed that Atelier does not use (kept for its round trip)."""
 
-    sd_model_checkpoint: str | None = Field(None, description="Default checkpoint: 'name', 'name [hash]' or file name.")
-    sd_checkpoint_hash: str | None = Field(None, description="sha256 of the default checkpoint (read-only).")
+    sd_model_checkpoint: str | None = Field(
+        None, description="Default checkpoint, as its title 'name [hash]'; POST a title, name, file name, short hash "
+        "or sha256 to switch (the new one starts loading at once).")
+    sd_checkpoint_hash: str | None = Field(
+        None, description="sha256 of the default checkpoint ('' until it has been read); reported, never set.")
     sd_vae: str | None = Field(None, description="'Automatic', 'None' or a file of models/vae/.")
-    samples_format: str | None = Field(None, description="Always 'png' (read-only).")
+    CLIP_stop_at_last_layers: int | None = Field(
+        None, description="Clip skip: stop at the n-th last layer of CLIP (1-12, default 1).")
+    emphasis: str | None = Field(
+        None, description="How (word:1.2) weights apply: 'Original' (default), 'No norm', 'Ignore' or 'None'.")
     token_merging_ratio: float | None = Field(
         None, description="Default token merging ratio (0 = off, up to 0.75); faster, changes pixels slightly.")
     deep_cache: bool | None = Field(
         None, description="Default DeepCache switch (Atelier): reuse deep UNet features; faster, changes pixels.")
     deep_cache_interval: int | None = Field(
         None, description="DeepCache: every n-th step runs the whole UNet (2-10, default 3).")
-    CLIP_stop_at_last_layers: int | None = Field(
-        None, description="Clip skip: stop at the n-th last layer of CLIP (1-12, default 1).")
-    emphasis: str | None = Field(
-        None, description="How (word:1.2) weights apply: 'Original' (default), 'No norm', 'Ignore' or 'None'.")
+    memory_mode: str | None = Field(
+        None, description="Atelier's memory mode: auto, full, sliced, offload, sequential or cpu.")
+    send_seed: bool | None = Field(None, description="Send to Text to Image (PNG Info) brings the seed along.")
+    send_size: bool | None = Field(None, description="Sending a picture to another tab brings its size along.")
+    samples_format: str | None = Field(None, description="Always 'png'.")
+    samples_save: bool | None = Field(None, description="Always true: every image is saved.")
+    save_images: bool | None = Field(None, description="Always true: every image is saved.")
+    enable_pnginfo: bool | None = Field(None, description="Always true: PNGs carry A1111's parameters.")
+    return_grid: bool | None = Field(None, description="Always false: no grid image is returned.")
+    eta_noise_seed_delta: int | None = Field(None, description="Always 0 (no ENSD).")
+    img2img_color_correction: bool | None = Field(None, description="Always false (not available).")
+    img2img_fix_steps: bool | None = Field(None, description="Always false: img2img runs steps x denoising strength.")
+    inpainting_mask_weight: float | None = Field(None, description="Always 1.0.")
+    live_previews_enable: bool | None = Field(None, description="Always true.")
+    outdir_samples: str | None = Field(None, description="The outputs folder (--outputs-dir).")
+    outdir_txt2img_samples: str | None = Field(None, description="Where txt2img images go.")
+    outdir_img2img_samples: str | None = Field(None, description="Where img2img images go.")
+    outdir_extras_samples: str | None = Field(None, description="Where upscaled images go.")
 
 
 class LoraItem(BaseModel):
@@ -386,6 +435,88 @@ class ScriptInfo(BaseModel):
     is_alwayson: bool | None = None
     is_img2img: bool | None = None
     args: list[ScriptArg] = Field(default_factory=list)
+
+
+class HypernetworkItem(BaseModel):
+    """One hypernetwork in ``/sdapi/v1/hypernetworks`` (Atelier runs none: the list is empty)."""
+
+    name: str
+    path: str | None = None
+
+
+class FaceRestorerItem(BaseModel):
+    """One face restorer in ``/sdapi/v1/face-restorers`` (none until face restoration exists)."""
+
+    name: str
+    cmd_dir: str | None = None
+
+
+class SDModuleItem(BaseModel):
+    """One Forge module (text encoder or VAE file) in ``/sdapi/v1/sd-modules``: Atelier has none to add."""
+
+    model_name: str
+    filename: str
+
+
+class MemoryResponse(BaseModel):
+    """``/sdapi/v1/memory`` in bytes: ``ram`` {free, used (this process), total}; ``cuda`` {system: {free, used,
+    total}, active/allocated/reserved/inactive: {current, peak}, events: {retries, oom}} or {error}."""
+
+    ram: dict[str, Any] = Field(default_factory=dict)
+    cuda: dict[str, Any] = Field(default_factory=dict)
+
+
+class InterrogateRequest(_Lenient):
+    """``POST /sdapi/v1/interrogate`` (A1111's): Atelier has no captioning model, so it answers 422."""
+
+    image: str | None = Field(None, description="The image, as raw base64 or a data: URL.")
+    model: str | None = Field("clip", description="'clip' or 'deepdanbooru' in A1111; neither is available.")
+
+
+class Flags(BaseModel):
+    """``/sdapi/v1/cmd-flags``: Atelier's command line under A1111's flag names where A1111 has the flag, under its
+    own names otherwise. Passwords are never shown (``gradio_auth``, ``api_auth`` are null; ``auth`` says whether a
+    login is required)."""
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    api: bool = True
+    nowebui: bool = False
+    listen: bool = False
+    server_name: str | None = None
+    port: int | None = None
+    share: bool = False
+    autolaunch: bool = True
+    gradio_auth: str | None = None
+    api_auth: str | None = None
+    auth: bool = Field(False, description="Atelier: a login is required (--auth / --auth-file).")
+    cors_allow_origins: str | None = None
+    cors_allow_origins_regex: str | None = None
+    data_dir: str | None = None
+    models_dir: str | None = None
+    ckpt_dir: str | None = None
+    vae_dir: str | None = None
+    lora_dir: str | None = None
+    embeddings_dir: str | None = None
+    esrgan_models_path: str | None = None
+    styles_file: list[str] = Field(default_factory=list)
+    ckpt: str | None = None
+    medvram: bool = False
+    lowvram: bool = False
+    xformers: bool = False
+    precision: str = "autocast"
+    no_half: bool = False
+    no_half_vae: bool = False
+    use_cpu: list[str] = Field(default_factory=list)
+    disable_safe_unpickle: bool = False
+    no_hashing: bool = False
+    # Atelier's own flags
+    outputs_dir: str | None = None
+    cache_dir: str | None = None
+    settings_file: str | None = None
+    device: str | None = None
+    fast: bool = False
+    demo: bool = False
 
 
 class ErrorResponse(BaseModel):

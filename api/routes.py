@@ -11,11 +11,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import anyio
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Body, Request
 from fastapi.concurrency import run_in_threadpool
 from PIL import Image
 
@@ -37,6 +38,8 @@ from pipelines.settings import Settings
 
 from . import convert
 from .auth import BasicAuth
+from .control import ControlRoutes
+from .cors import CorsPolicy
 from .errors import api_field_names, make_route_class
 from .models import (
     EmbeddingItem,
@@ -47,15 +50,18 @@ from .models import (
     ExtrasBatchImagesResponse,
     ExtrasSingleImageRequest,
     ExtrasSingleImageResponse,
+    FaceRestorerItem,
+    Flags,
+    HypernetworkItem,
     ImageToImageResponse,
     Img2ImgRequest,
     LatentUpscalerModeItem,
     LoraItem,
+    MemoryResponse,
     Options,
     PNGInfoRequest,
     PNGInfoResponse,
     ProgressResponse,
-    ProgressState,
     PromptStyleItem,
     RealesrganItem,
     SamplerItem,
@@ -64,13 +70,22 @@ from .models import (
     ScriptInfo,
     ScriptsList,
     SDModelItem,
+    SDModuleItem,
     SDVaeItem,
     TextToImageResponse,
     Txt2ImgRequest,
     UpscalerItem,
 )
+from .openai import ImagesResponse, ModelList, OpenAIRoutes, openai_error
+from .options import OptionsStore
+from .progress import progress_response
 
 log = logging.getLogger("atelier.api")
+
+# POST /options takes any dict (A1111's does): the keys are read by api/options.py, each leniently
+OptionsBody = Annotated[dict[str, Any], Body(
+    description="Any options, the whole GET result included: Atelier's are applied (all or none: a bad value is a 422 "
+    "naming its key), unknown keys are kept for the next GET.")]
 
 PREFIX = "/sdapi/v1"
 MAX_EXTRAS_BATCH = 32  # images per /extra-batch-images request: each one is a job of its own
@@ -80,6 +95,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
     for code, text in (
         (401, "Login required (--auth)"),
+        (403, "A page of another site (Origin not allowed, or null) may not change anything"),
         (422, "Invalid request; `detail` names the field"),
         (429, "The job queue is full"),
     )
@@ -89,11 +105,15 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 class SdApi:
     """The route handlers, bound to one manager and its settings."""
 
-    def __init__(self, manager: Any, settings: Settings):
+    def __init__(self, manager: Any, settings: Settings, flags: Mapping[str, Any] | None = None):
         self.manager = manager
         self.settings = settings
         # Threads that only wait for queued jobs: one per job the queue can hold, plus the running one.
         self._waiters = anyio.CapacityLimiter(max(1, settings.queue_size) + 2)
+        # The handlers of other modules (api/options.py, api/control.py, api/openai.py), bound to the same engine
+        self.options = OptionsStore(manager, settings)
+        self.control = ControlRoutes(manager, settings, flags, self._waiters)
+        self.openai = OpenAIRoutes(manager, settings, self._run)
 
     # --- generation ----------------------------------------------------------------------------------------
     async def txt2img(self, body: Txt2ImgRequest) -> TextToImageResponse:
@@ -101,8 +121,8 @@ class SdApi:
         return await self._generate(convert.txt2img_request, body, TextToImageResponse)
 
     async def img2img(self, body: Img2ImgRequest) -> ImageToImageResponse:
-        """Image to image, as A1111's ``/sdapi/v1/img2img`` (one init image; no inpainting mask), with A1111's
-        ``sd upscale`` script."""
+        """Image to image, as A1111's ``/sdapi/v1/img2img`` (one init image), with A1111's inpainting fields
+        (``mask`` ...), Atelier's ``outpaint`` and ``depth_map``, and A1111's ``sd upscale`` script."""
         return await self._generate(self._img2img_request, body, ImageToImageResponse)
 
     def _img2img_request(self, body: Img2ImgRequest, settings: Settings) -> GenerationRequest:
@@ -160,10 +180,15 @@ class SdApi:
             self._check_upscaler(body.upscaler_2 or "None", "upscaler_2")
 
     def _check_upscaler(self, name: str, field: str) -> None:
+        """An unknown upscaler is a 422 in A1111's words: the names follow the first ": ", separated by " , " (what
+        openOutpaint reads its upscaler list from, posting a made-up name on purpose)."""
         try:
             self.manager.registry.find_upscaler(name)
-        except ModelNotFound as exc:
-            raise _with_choices(exc, field, self._upscaler_names()) from None
+        except ModelNotFound:
+            shown = repr(name) if ": " not in name else "as named"
+            raise ModelNotFound(
+                f"{field} {shown} is not installed (upscaler model files go into models/upscale_models, then "
+                f"refresh); it needs to be one of these: {' , '.join(self._upscaler_names())}", field) from None
 
     def _upscaler_names(self) -> list[str]:
         return [info.name for info in self.manager.all_upscalers()]
@@ -228,35 +253,9 @@ class SdApi:
 
     # --- progress and interrupt ----------------------------------------------------------------------------
     def progress(self, skip_current_image: bool = False) -> ProgressResponse:
-        """The running job: fraction done, ETA, step counts and the latest preview (A1111's shape)."""
-        job = self.manager.current_job()
-        if job is None:
-            waiting = self.manager.queue_length()
-            if waiting:  # between two jobs: not idle yet (webuiapi's util_wait_for_ready polls job_count)
-                return ProgressResponse(state=ProgressState(job_count=waiting), textinfo=f"{waiting} job(s) queued")
-            return ProgressResponse()
-        event = job.progress
-        preview = None
-        if not skip_current_image and event.preview is not None:
-            preview = convert.png_base64(event.preview)
-        state = ProgressState(
-            job=job.id,
-            job_count=max(1, event.batch_count),
-            job_no=event.batch_index,
-            sampling_step=event.step,
-            sampling_steps=event.total_steps,
-            interrupted=event.state == "cancelled" or job.state == "cancelled",
-            queue_position=event.queue_position,
-        )
-        textinfo = _progress_text(event)
-        return ProgressResponse(
-            progress=event.fraction,
-            eta_relative=event.eta_s or 0.0,
-            state=state,
-            current_image=preview,
-            textinfo=textinfo,
-            current_task=job.id,
-        )
+        """The running job: fraction done, ETA, step counts and the live preview; ``job_count`` counts the running
+        job's batches (a checkpoint load too) and the waiting jobs; all 0 when idle (``api/progress.py``)."""
+        return progress_response(self.manager, skip_current_image)
 
     def interrupt(self) -> dict[str, Any]:
         """Stop the running job within a step; images already finished are kept and returned to its caller."""
@@ -265,14 +264,15 @@ class SdApi:
 
     # --- models and options --------------------------------------------------------------------------------
     def sd_models(self) -> list[SDModelItem]:
-        """Installed checkpoints, titled "name [hash]" as A1111 lists them."""
+        """Installed checkpoints, titled "name [hash]" as A1111 lists them, with their sha256 once it has been read
+        (in the background: a file not read yet says null, and is read meanwhile)."""
         registry = self.manager.registry
         return [
             SDModelItem(
                 title=info.title,
                 model_name=info.name,
                 hash=registry.short_hash(info),
-                sha256=_sha256(registry, info),
+                sha256=self.manager.sha256(info),
                 filename=str(info.path),
                 config=None,
             )
@@ -284,64 +284,17 @@ class SdApi:
         return [SDVaeItem(model_name=info.name, filename=str(info.path)) for info in self.manager.vaes()]
 
     def refresh_checkpoints(self) -> None:
-        """Scan the models folders again."""
+        """Scan the models folders again; the current checkpoint stays the one it was."""
         self.manager.refresh_models()
 
-    def get_options(self) -> Options:
-        """The options Atelier shares with A1111: the default checkpoint and VAE, clip skip, emphasis, speed-ups."""
-        default = self.manager.default_checkpoint()
-        return Options(
-            sd_model_checkpoint=default.title if default is not None else None,
-            sd_checkpoint_hash=_sha256(self.manager.registry, default) if default is not None else None,
-            sd_vae=self.settings.vae or "Automatic",  # the manager keeps the default VAE in the shared settings
-            samples_format="png",
-            token_merging_ratio=self.settings.token_merging,
-            deep_cache=self.settings.deep_cache,
-            deep_cache_interval=self.settings.deep_cache_interval,
-            CLIP_stop_at_last_layers=self.settings.clip_skip,
-            emphasis=self.settings.emphasis,
-        )
+    def get_options(self) -> dict[str, Any]:
+        """Every option Atelier implements under A1111's name, with its value, and the keys clients left here
+        (``api/options.py``)."""
+        return self.options.current()
 
-    def set_options(self, options: Options) -> None:
-        """Switch the default checkpoint (``sd_model_checkpoint``), VAE (``sd_vae``), clip skip
-        (``CLIP_stop_at_last_layers``), ``emphasis`` and the speed-up switches (``token_merging_ratio``,
-        ``deep_cache``, ``deep_cache_interval``); other keys are ignored. Saved like the Settings tab's values.
-
-        Both names are checked before either is applied; an unknown name is a 422 that lists the valid ones.
-        """
-        ignored = sorted(
-            set(options.model_extra or {}) | ({"sd_checkpoint_hash", "samples_format"} & options.model_fields_set)
-        )
-        if ignored:
-            log.debug("options: ignoring keys Atelier does not set: %s", ", ".join(ignored))
-        checkpoint = _option_text(options.sd_model_checkpoint, "sd_model_checkpoint")
-        vae = _option_text(options.sd_vae, "sd_vae")
-        if checkpoint is not None:
-            self._check_checkpoint(checkpoint)
-        if vae is not None:
-            vae = "Automatic" if vae == "None" else vae
-            self._check_vae(vae)
-        changes = _setting_options(options)
-        if changes:
-            _with_option_names(lambda: self.manager.apply_settings(changes))
-        if checkpoint is not None:
-            self.manager.set_default_checkpoint(checkpoint)
-        if vae is not None:
-            self.manager.set_default_vae(vae)
-
-    def _check_checkpoint(self, name: str) -> None:
-        try:
-            self.manager.registry.find_checkpoint(name)
-        except ModelNotFound as exc:
-            titles = [info.title for info in self.manager.checkpoints()]
-            raise _with_choices(exc, "sd_model_checkpoint", titles) from None
-
-    def _check_vae(self, name: str) -> None:
-        try:
-            self.manager.registry.find_vae(name)
-        except ModelNotFound as exc:
-            names = ["Automatic", "None", *(info.name for info in self.manager.vaes())]
-            raise _with_choices(exc, "sd_vae", names) from None
+    def set_options(self, body: OptionsBody) -> None:
+        """Apply what a client changed (``sd_model_checkpoint`` switches and starts loading the checkpoint)."""
+        self.options.apply(body)
 
     # --- the prompt language's files -----------------------------------------------------------------------
     def loras(self) -> list[LoraItem]:
@@ -387,7 +340,7 @@ class SdApi:
 
     def schedulers(self) -> list[SchedulerItem]:
         """Schedule types (A1111 >= 1.9's separate "Schedule type")."""
-        return [SchedulerItem(name=name.lower(), label=name) for name in SCHEDULE_NAMES]
+        return [SchedulerItem(name=name.lower().replace(" ", "_"), label=name) for name in SCHEDULE_NAMES]
 
     def upscalers(self) -> list[UpscalerItem]:
         """Every upscaler, as A1111 lists them: the built-ins (None, Lanczos, Nearest), the ESRGAN-family model files
@@ -463,19 +416,29 @@ class _MethodNotAllowed(AtelierError):
     http_status = 405
 
 
+OPENAI_PREFIX = "/v1"
+
+
 @dataclass(frozen=True)
 class _Route:
-    """One documented route: method, path under /sdapi/v1, handler name on ``SdApi``, response model, summary."""
+    """One documented route: method, path under ``base`` (/sdapi/v1, or /v1 for the OpenAI-style ones), handler name
+    on ``SdApi`` (dotted for a handler of another module: ``control.memory``), response model, summary. Each is
+    also answered with a trailing slash (openOutpaint posts ``options/``), undocumented."""
 
     method: str
     suffix: str
     handler: str
     response_model: Any
     summary: str
+    base: str = PREFIX
 
     @property
     def path(self) -> str:
-        return PREFIX + self.suffix
+        return self.base + self.suffix
+
+    @property
+    def openai(self) -> bool:
+        return self.base == OPENAI_PREFIX
 
 
 _ROUTES: tuple[_Route, ...] = (
@@ -484,13 +447,22 @@ _ROUTES: tuple[_Route, ...] = (
     _Route("POST", "/extra-single-image", "extra_single_image", ExtrasSingleImageResponse, "Upscale one image"),
     _Route("POST", "/extra-batch-images", "extra_batch_images", ExtrasBatchImagesResponse, "Upscale several images"),
     _Route("POST", "/png-info", "png_info", PNGInfoResponse, "Read the generation parameters of a PNG"),
-    _Route("GET", "/progress", "progress", ProgressResponse, "Progress of the running job"),
+    _Route("GET", "/progress", "progress", ProgressResponse, "Progress of the running job and the queue"),
     _Route("POST", "/interrupt", "interrupt", dict[str, Any], "Stop the running job"),
-    _Route("GET", "/options", "get_options", Options, "Current default checkpoint and VAE"),
-    _Route("POST", "/options", "set_options", None, "Switch the default checkpoint and/or VAE"),
+    _Route("POST", "/skip", "control.skip", None, "End the batch being drawn; the job goes on with the next"),
+    _Route("GET", "/options", "get_options", Options, "Every option Atelier implements, with its value"),
+    _Route("POST", "/options", "set_options", None, "Change options (the whole GET result may be sent back)"),
+    _Route("GET", "/cmd-flags", "control.cmd_flags", Flags, "The command line, under A1111's flag names"),
+    _Route("GET", "/memory", "control.memory", MemoryResponse, "RAM and CUDA memory, in bytes"),
     _Route("GET", "/sd-models", "sd_models", list[SDModelItem], "Installed checkpoints"),
     _Route("GET", "/sd-vae", "sd_vae", list[SDVaeItem], "Installed VAEs"),
+    _Route("GET", "/sd-modules", "control.sd_modules", list[SDModuleItem], "Forge's extra modules (none)"),
     _Route("POST", "/refresh-checkpoints", "refresh_checkpoints", None, "Rescan the models folders"),
+    _Route("POST", "/refresh-vae", "control.refresh_vae", None, "Rescan the VAE folders"),
+    _Route("POST", "/unload-checkpoint", "control.unload_checkpoint", dict[str, Any],
+           "Free the loaded checkpoints from VRAM and RAM (the next request loads again)"),
+    _Route("POST", "/reload-checkpoint", "control.reload_checkpoint", dict[str, Any],
+           "Load the current checkpoint again"),
     _Route("GET", "/samplers", "samplers", list[SamplerItem], "Sampler names"),
     _Route("GET", "/schedulers", "schedulers", list[SchedulerItem], "Schedule types"),
     _Route("GET", "/upscalers", "upscalers", list[UpscalerItem], "Every upscaler"),
@@ -504,22 +476,43 @@ _ROUTES: tuple[_Route, ...] = (
     _Route("GET", "/embeddings", "embeddings", EmbeddingsResponse, "Textual-inversion embeddings"),
     _Route("POST", "/refresh-embeddings", "refresh_embeddings", None, "Rescan the embedding folders"),
     _Route("GET", "/prompt-styles", "prompt_styles", list[PromptStyleItem], "Styles of the styles file"),
+    _Route("GET", "/hypernetworks", "control.hypernetworks", list[HypernetworkItem],
+           "Hypernetworks (none: Atelier does not run them)"),
+    _Route("GET", "/face-restorers", "control.face_restorers", list[FaceRestorerItem],
+           "Face restorers (none: face restoration is not available)"),
+    _Route("POST", "/interrogate", "control.interrogate", None, "Caption an image: not available (422 says why)"),
+    _Route("POST", "/images/generations", "openai.generations", ImagesResponse,
+           "OpenAI-style image generation (the same queue as txt2img)", base=OPENAI_PREFIX),
+    _Route("GET", "/models", "openai.models", ModelList, "OpenAI-style list of the checkpoints", base=OPENAI_PREFIX),
 )
 
 
-def build_router(manager: Any, settings: Settings, auth: BasicAuth | None = None) -> APIRouter:
-    """An APIRouter with every ``/sdapi/v1`` route bound to ``manager``; login checked first when ``auth``."""
-    api = SdApi(manager, settings)
-    router = APIRouter(route_class=make_route_class(auth), tags=["sdapi"], responses=_ERRORS)
+def build_router(manager: Any, settings: Settings, auth: BasicAuth | None = None, cors: CorsPolicy | None = None,
+                 flags: Mapping[str, Any] | None = None) -> APIRouter:
+    """An APIRouter with every ``/sdapi/v1`` route (and the OpenAI-style ``/v1`` ones) bound to ``manager``: a
+    cross-site request refused first (``cors``: the origins allowed besides the server's own), then the login checked
+    when ``auth``. ``flags``: the command line, for ``/cmd-flags``."""
+    api = SdApi(manager, settings, flags)
+    router = APIRouter(route_class=make_route_class(auth, cors), tags=["sdapi"], responses=_ERRORS)
+    openai_route = make_route_class(auth, cors, bearer=True, error_body=openai_error)
     for route in _ROUTES:
-        router.add_api_route(
-            route.path,
-            getattr(api, route.handler),
-            methods=[route.method],
-            response_model=route.response_model,
-            summary=route.summary,
-            name=f"sdapi_{route.handler}",
-        )
+        endpoint = _handler(api, route.handler)
+        family = "openai" if route.openai else "sdapi"
+        extra: dict[str, Any] = {"route_class_override": openai_route, "tags": ["openai"]} if route.openai else {}
+        for path, documented in ((route.path, True), (route.path + "/", False)):
+            router.add_api_route(
+                path,
+                endpoint,
+                methods=[route.method],
+                response_model=route.response_model,
+                summary=route.summary,
+                name=f"{family}_{route.handler.replace('.', '_')}{'' if documented else '_slash'}",
+                include_in_schema=documented,
+                # a JSON body without a Content-Type is read as JSON, as A1111's FastAPI did (Dify posts so); a page of
+                # another site cannot use that: its requests carry an Origin, refused by the route class
+                strict_content_type=False,
+                **extra,
+            )
     router.add_api_route(
         PREFIX + "/{path:path}",
         api.unknown_route,
@@ -529,41 +522,15 @@ def build_router(manager: Any, settings: Settings, auth: BasicAuth | None = None
     return router
 
 
+def _handler(api: SdApi, name: str) -> Any:
+    """The bound handler called ``name`` on ``api`` (``control.memory``: the ``memory`` of ``api.control``)."""
+    target: Any = api
+    for part in name.split("."):
+        target = getattr(target, part)
+    return target
+
+
 # --- helpers ---------------------------------------------------------------------------------------------------
-def _sha256(registry: Any, info: Any) -> str | None:
-    """The full sha256 when the registry has it (A1111 lists it), else None."""
-    getter = getattr(registry, "sha256", None)
-    if getter is None:
-        return None
-    try:
-        return getter(info)
-    except (AtelierError, OSError):
-        return None
-
-
-# /options keys that are Settings → their Settings fields: A1111's keys (token merging, clip skip, emphasis) and ours
-# (DeepCache).
-_SETTING_OPTIONS = {"token_merging_ratio": "token_merging", "deep_cache": "deep_cache",
-                    "deep_cache_interval": "deep_cache_interval", **convert.PROMPT_OPTIONS}
-
-
-def _setting_options(options: Options) -> dict[str, Any]:
-    """The Settings a POST /options body sets, as Settings changes."""
-    return {field: getattr(options, key) for key, field in _SETTING_OPTIONS.items()
-            if getattr(options, key) is not None}
-
-
-def _with_option_names(apply: Any) -> Any:
-    """Run ``apply``; an ``InvalidRequest`` names the /options key the client sent, not the Settings field."""
-    try:
-        return apply()
-    except InvalidRequest as exc:
-        names = {field: key for key, field in _SETTING_OPTIONS.items()}
-        if exc.field in names:
-            raise InvalidRequest(exc.message.replace(exc.field, names[exc.field], 1), names[exc.field]) from None
-        raise
-
-
 def _readable_metadata(manager: Any, info: Any) -> dict[str, Any]:
     """A LoRA's metadata as A1111 lists it: text values that hold a JSON object (kohya's ``ss_tag_frequency``,
     ``ss_dataset_dirs``) parsed; {} when the file cannot be read."""
@@ -587,24 +554,6 @@ def _embedding_item(embedding: Any) -> EmbeddingItem:
     return EmbeddingItem(step=embedding.step, sd_checkpoint=embedding.sd_checkpoint,
                          sd_checkpoint_name=embedding.sd_checkpoint_name, shape=sum(embedding.widths),
                          vectors=embedding.vector_count)
-
-
-def _option_text(value: str | None, key: str) -> str | None:
-    if value is None:
-        return None
-    if not value.strip():
-        raise InvalidRequest(f"{key} must be a model name; got an empty text.", key)
-    return value.strip()
-
-
-def _with_choices(exc: ModelNotFound, field: str, choices: list[str]) -> ModelNotFound:
-    message = exc.message
-    missing = [choice for choice in choices if choice.split(" [", 1)[0] not in message]
-    if choices and missing:
-        message = f"{message.rstrip('.')}. Valid names: {', '.join(choices)}."
-    elif not choices:
-        message = f"{message.rstrip('.')}. No models are installed."
-    return ModelNotFound(message, field)
 
 
 def _extras_input(value: str | None, field: str, name: str = "") -> Image.Image:
@@ -642,15 +591,3 @@ def _is_realesrgan(info: Any) -> bool:
         return True
     path = str(getattr(info, "path", "")).lower().replace("\\", "/")
     return "/realesrgan/" in path or "realesrgan" in info.name.lower() or "r-esrgan" in info.name.lower()
-
-
-def _progress_text(event: Any) -> str:
-    """A1111's ``textinfo``: what the engine says in words (loading what, an error), else the step counts."""
-    if event.message:
-        return event.message
-    if event.state == "saving":
-        return "Saving"
-    if event.total_steps:
-        phase = f"{event.phase}: " if event.phase else ""
-        return f"{phase}Step {event.step}/{event.total_steps} · batch {event.batch_index + 1}/{event.batch_count}"
-    return str(event.state)

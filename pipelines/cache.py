@@ -311,6 +311,21 @@ class CheckpointCache:
         if entry.location != "cpu":
             entry.move("cpu")
 
+    def clear(self) -> list[str]:
+        """Drop every entry not in use and the external VAEs, giving their VRAM and RAM back (an unload); returns the
+        names dropped. The next checkout loads again."""
+        dropped = []
+        with self._lock:
+            for key, entry in list(self.entries.items()):
+                if entry.pins:
+                    continue
+                self._release(entry)
+                del self.entries[key]
+                dropped.append(entry.name)
+            self.vaes.clear()
+        devices.free_memory(self.choice.device)
+        return dropped
+
     def reset_unpinned(self) -> None:
         """Undo every unused entry's device set-up (after the device choice changed: xformers on or off)."""
         with self._lock:

@@ -49,6 +49,9 @@ class ModelCatalog:
         self.registry = registry
         self.settings = settings
         self._styles: tuple[tuple[str, int] | None, dict[str, PromptStyle]] = (None, {})
+        # The checkpoint the default fell back to while none was chosen: it stays the default through rescans (a
+        # new file sorted before it must never become the current checkpoint), until it is gone or one is chosen.
+        self._fallback: str | None = None
 
     # --- styles ---------------------------------------------------------------------------------------------
     def styles_path(self) -> Path | None:
@@ -167,7 +170,8 @@ class ModelCatalog:
         raise ModelNotFound(f"The upscaler {name!r} {why}. Available: {', '.join(names)}.", field=field_name)
 
     def default_checkpoint(self) -> Any | None:
-        """The checkpoint used when a request names none: the setting, else the first installed usable one."""
+        """The checkpoint used when a request names none: the setting, else the one it fell back to before (while it
+        is installed), else the first installed usable one."""
         if self.settings.checkpoint:
             try:
                 return self.registry.find_checkpoint(self.settings.checkpoint)
@@ -176,7 +180,12 @@ class ModelCatalog:
         installed = list(self.registry.checkpoints())
         # A file the registry already knows cannot load (refused pickle, cut-short download) is never the default.
         usable = [info for info in installed if not getattr(info, "problem", None)]
-        return (usable or installed)[0] if installed else None
+        candidates = usable or installed
+        chosen = next((info for info in candidates if info.name == self._fallback), None)
+        if chosen is None:
+            chosen = candidates[0] if candidates else None
+            self._fallback = chosen.name if chosen is not None else None
+        return chosen
 
     def set_default_checkpoint(self, name: str) -> Any:
         """Make ``name`` the default checkpoint (raises ``ModelNotFound``)."""

@@ -78,6 +78,10 @@ class DepthLibrary:
         first estimate, so a job stopped before it never loads it."""
         return DepthEstimator(info.name, lambda image: self._estimate(info, image))
 
+    def clear(self) -> None:
+        """Forget the loaded DPT model (an unload); the next estimate reads its folder again."""
+        self._loaded = None
+
     def _model(self, info: Any) -> tuple[Any, Any]:
         key = (str(info.path), int(getattr(info, "mtime_ns", 0) or 0))
         if self._loaded is None or self._loaded[0] != key:

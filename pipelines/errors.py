@@ -62,6 +62,13 @@ class Cancelled(AtelierError):
     http_status = 409
 
 
+class Skipped(AtelierError):
+    """The image (batch) being drawn was skipped (A1111's Skip): the job goes on with its next batch. Not a
+    ``Cancelled``: a pass that keeps its picture on a Stop (the hires fix's first pass) must not keep it on a Skip."""
+
+    http_status = 409
+
+
 class OutputWriteError(AtelierError):
     """An image could not be written to the outputs folder (disk full, read-only, permissions) (HTTP 507)."""
 

@@ -55,6 +55,7 @@ class Job:
         self._queue = queue
         self._on_progress = on_progress
         self._cancel = threading.Event()
+        self._skip = threading.Event()
         self._done = threading.Event()
         self._lock = threading.Lock()
         self._progress = ProgressEvent(job_id=self.id, state=ProgressState.QUEUED)
@@ -96,6 +97,19 @@ class Job:
     @property
     def cancel_requested(self) -> bool:
         return self._cancel.is_set()
+
+    def skip(self) -> None:
+        """End the batch being drawn and go on with the next one (A1111's Skip); a job that waits or loads is not
+        affected (the manager clears the request as each batch starts, as A1111 does)."""
+        self._skip.set()
+
+    @property
+    def skip_requested(self) -> bool:
+        return self._skip.is_set()
+
+    def clear_skip(self) -> None:
+        """Forget a Skip (called by the worker as each batch starts)."""
+        self._skip.clear()
 
     def wait(self, timeout: float | None = None) -> Result:
         """Block until the job ends. Returns the ``Result`` (``cancelled=True`` if stopped after some images);

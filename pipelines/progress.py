@@ -14,12 +14,15 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .errors import Cancelled
+from .errors import Cancelled, Skipped
 from .preview import latents_to_rgb
 from .strenum import StrEnum
 
 PREVIEW_EVERY_STEPS = 3
 PREVIEW_MIN_INTERVAL_S = 0.25
+# TAESD previews come every step, unless they would cost more than this share of the sampling time so far (a 256 px
+# TAESD decode is a few tenths of a second on a 2-core CPU: a fraction of a 512² step, not of a 64² one)
+TAESD_PREVIEW_BUDGET = 0.10
 
 
 class ProgressState(StrEnum):
@@ -82,6 +85,8 @@ class ProgressSink(Protocol):
     @property
     def cancel_requested(self) -> bool: ...
 
+    # optional: ``skip_requested`` (a Job has it), read with getattr so that a plain sink needs none
+
     @property
     def latest(self) -> ProgressEvent: ...
 
@@ -92,12 +97,14 @@ class StepReporter:
     """The per-step hook: slows steps (test-only), checks Stop, emits progress with ETA and a cheap preview.
 
     ``preview_factors`` is the family's latent→RGB matrix (None: the default one; False: no previews, for tasks
-    whose latents are not SD latents). ``offset`` counts steps done in earlier calls of the same batch (tiles).
+    whose latents are not SD latents). ``taesd``: an ``AutoencoderTiny`` that draws the previews instead, every step
+    but the last (its picture comes next) within ``TAESD_PREVIEW_BUDGET``. ``offset`` counts steps done in earlier
+    calls of the same batch (tiles).
     """
 
     def __init__(self, sink: ProgressSink, batch_index: int, batch_count: int, steps: int, size: tuple[int, int],
                  preview_factors: Any = None, preview_bias: Any = None, step_delay_s: float = 0.0,
-                 phase: str = ""):
+                 phase: str = "", taesd: Any = None):
         self.sink = sink
         self.batch_index = batch_index
         self.batch_count = batch_count
@@ -107,8 +114,11 @@ class StepReporter:
         self.bias = preview_bias
         self.step_delay_s = step_delay_s
         self.phase = phase
+        self.taesd = taesd
         self.started = time.monotonic()
         self.last_preview = 0.0
+        self.preview_s = 0.0  # time spent on TAESD previews in this batch
+        self.taesd_previews = 0
         self.done_steps = 0
         self.first_step: tuple[int, float] | None = None  # (steps done, when) at the first reported step
         self.offset = 0
@@ -129,9 +139,12 @@ class StepReporter:
         self.started, self.first_step = time.monotonic(), None
 
     def check_cancel(self) -> None:
-        """Raise ``Cancelled`` when Stop was pressed (never ``pipe._interrupt``: it would still decode)."""
+        """Raise ``Cancelled`` when Stop was pressed (never ``pipe._interrupt``: it would still decode), ``Skipped``
+        when Skip was (a sink without ``skip_requested`` cannot be skipped)."""
         if self.sink.cancel_requested:
             raise Cancelled("Stopped by the user.")
+        if getattr(self.sink, "skip_requested", False):
+            raise Skipped("Skipped by the user.")
 
     def __call__(self, pipe: Any, step: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
         """diffusers ``callback_on_step_end``: returns the tensors unchanged."""
@@ -161,7 +174,7 @@ class StepReporter:
         batch_cost = self.batch_cost if self.batch_cost is not None else total
         batches_left = self.batch_count - self.batch_index - 1
         eta = per_step * ((pass_end - done) + self.pending_cost + batch_cost * batches_left)
-        preview = self._preview(latents, done, now)
+        preview = self._preview(latents, done, now, total)
         if preview is None:
             preview = self.sink.latest.preview  # keep showing the last one
         self.sink.emit(ProgressEvent(
@@ -171,15 +184,38 @@ class StepReporter:
         ))
         self.check_cancel()
 
-    def _preview(self, latents: Any, done: int, now: float) -> Any:
+    def _preview(self, latents: Any, done: int, now: float, total: int | None = None) -> Any:
         if latents is None or self.factors is False:
             return None
+        if self.taesd is not None:
+            return self._taesd_preview(latents, done, now, total)
         if not (done % PREVIEW_EVERY_STEPS == 0 or done == 1) or now - self.last_preview < PREVIEW_MIN_INTERVAL_S:
             return None
         try:
             preview = latents_to_rgb(latents, self.factors, self.bias, self.size)
         except Exception:  # previews are a nicety; never fail a run for one
             return None
+        self.last_preview = now
+        return preview
+
+    def _taesd_preview(self, latents: Any, done: int, now: float, total: int | None) -> Any:
+        """A TAESD preview at every step but the last, unless previews already cost more than their budget."""
+        from . import taesd
+
+        if (total is not None and done >= total) or now - self.last_preview < PREVIEW_MIN_INTERVAL_S:
+            return None
+        sampling = now - self.started - self.preview_s
+        if self.preview_s > TAESD_PREVIEW_BUDGET * sampling:
+            return None
+        started = time.monotonic()
+        try:
+            preview = taesd.preview(self.taesd, latents, self.size)
+        except Exception:  # a nicety: fall back to the cheap preview for the rest of the batch
+            self.taesd = None
+            return self._preview(latents, done, now, total)
+        finally:
+            self.preview_s += time.monotonic() - started
+        self.taesd_previews += 1
         self.last_preview = now
         return preview
 

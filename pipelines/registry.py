@@ -379,6 +379,7 @@ class ModelRegistry:
         self._lock = threading.RLock()
         self._hash_lock = threading.Lock()
         self._hashing: dict[str, concurrent.futures.Future[str]] = {}  # real path -> its short hash, being read
+        self._hash_all_running = self._hash_all_again = False  # hash_all_soon's one background thread
         self._overrides: dict[str, str] = self._load_overrides()
         self._entries: dict[str, list[ModelInfo]] = {kind: [] for kind in KINDS}
         self._model_upscalers: list[ModelInfo] = []  # ESRGAN-family files spandrel reads
@@ -725,6 +726,39 @@ class ModelRegistry:
                 return
         threading.Thread(target=self.short_hash, args=(info,), name="atelier-hash", daemon=True).start()
 
+    def sha256(self, info: ModelInfo) -> str | None:
+        """The full sha256 of ``info``'s file (A1111's ``/sd-models`` lists it) when it is known; never reads the
+        file (``short_hash`` or ``hash_soon`` does, and caches the full digest)."""
+        target = _hash_target(info)
+        stat = self._stat(target) if target is not None else None
+        if stat is None:
+            return None
+        return self._cache.get(*stat, "sha256") or None
+
+    def hash_all_soon(self) -> None:
+        """Read the hash of every checkpoint not hashed yet, one file after another in one background thread (a
+        scan itself never reads files). Only after a scan; a call while the thread runs asks it for one more
+        round, so that files found meanwhile are read too."""
+        with self._hash_lock:
+            if not self._scanned:
+                return
+            self._hash_all_again = True
+            if self._hash_all_running:
+                return
+            self._hash_all_running = True
+        threading.Thread(target=self._hash_all, name="atelier-hash-all", daemon=True).start()
+
+    def _hash_all(self) -> None:
+        while True:
+            with self._hash_lock:
+                if not self._hash_all_again:
+                    self._hash_all_running = False
+                    return
+                self._hash_all_again = False
+            for info in self.checkpoints():
+                if info.problem is None and self.sha256(info) is None:
+                    self.short_hash(info)  # waits for a read in progress instead of reading twice
+
     def cached_short_hash(self, info: ModelInfo) -> str | None:
         """The short hash if it is already known (never reads the file): for lists that must stay instant."""
         target = _hash_target(info)
@@ -825,9 +859,10 @@ class ModelRegistry:
         return empty_models_message(self.models_dir)
 
     def find_checkpoint(self, name: str) -> ModelInfo:
-        """By "name", "name [hash]", "name.safetensors" (file name), A1111 title or a hub id ("owner/repo")."""
+        """By "name", "name [hash]", "name.safetensors" (file name), A1111 title, short hash or sha256 (of a file
+        already hashed), or a hub id ("owner/repo")."""
         self._ensure_scanned()
-        found = _lookup(self._entries["checkpoint"], name)
+        found = _lookup(self._entries["checkpoint"], name) or self._checkpoint_by_hash(name)
         if found is not None:
             return found
         if HUB_ID.match(name.strip()) and not name.strip().lower().endswith(SINGLE_FILE_SUFFIXES):
@@ -837,6 +872,17 @@ class ModelRegistry:
         known = ", ".join(i.name for i in self._entries["checkpoint"][:10])
         raise ModelNotFound(f"No checkpoint named {name!r} in {self.models_dir}. Known: {known}.",
                             field="checkpoint")
+
+    def _checkpoint_by_hash(self, name: str) -> ModelInfo | None:
+        """The checkpoint whose known sha256 starts with ``name`` (A1111's short hash, 10 hex, or the full sha256,
+        alone or as the ``[hash]`` of a title whose name changed); files not hashed yet are not read for this."""
+        wanted = name.strip().lower()
+        bracket = re.search(r"\[([0-9a-f]{10,64})\]$", wanted)
+        wanted = bracket.group(1) if bracket else wanted
+        if not re.fullmatch(r"[0-9a-f]{10,64}", wanted):
+            return None
+        return next((info for info in self._entries["checkpoint"]
+                     if (digest := self.sha256(info)) and digest.startswith(wanted)), None)
 
     def find_vae(self, name: str | None) -> ModelInfo | None:
         """A VAE by name; "Automatic", "None" or empty mean the checkpoint's own VAE (None)."""

@@ -90,6 +90,12 @@ class UpscalerLibrary:
         self._models.move_to_end(key)
         return model
 
+    def clear(self) -> None:
+        """Forget every loaded model (an unload): their memory goes back once nothing else holds them."""
+        for model in self._models.values():
+            model.descriptor.to("cpu")
+        self._models.clear()
+
     def names(self) -> list[str]:
         """The model files loaded now, most recently used first."""
         return [model.name for model in reversed(self._models.values())]

@@ -94,6 +94,23 @@ def test_img2img_with_webuiapi(api: webuiapi.WebUIApi) -> None:
     assert parse_infotext(result.images[0].info["parameters"])["Denoising strength"] == "0.5"
 
 
+def test_inpainting_with_webuiapi_redraws_only_the_masked_square(api: webuiapi.WebUIApi) -> None:
+    import numpy as np
+
+    init = Image.fromarray((np.random.default_rng(5).random((64, 64, 3)) * 255).astype(np.uint8))
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (24, 24, 40, 40))
+    # webuiapi's defaults are A1111's API's: "Only masked" with 0 px padding, masked content "fill", blur 4
+    result = api.img2img(images=[init], mask_image=mask, prompt="a red apple", seed=11, **SMALL)
+    changed = np.abs(np.asarray(result.images[0].convert("RGB"), np.int16) - np.asarray(init, np.int16)).max(axis=2)
+    near = np.zeros((64, 64), dtype=bool)
+    near[14:50, 14:50] = True  # the square and the blur's reach (10 px)
+    assert changed[~near].max() == 0 and changed[24:40, 24:40].mean() > 20
+    fields = parse_infotext(result.images[0].info["parameters"])
+    assert (fields["Mask blur"], fields["Inpaint area"], fields["Masked area padding"], fields["Masked content"]) == (
+        "4", "Only masked", "0", "fill")
+
+
 def test_model_names_and_options_with_webuiapi(api: webuiapi.WebUIApi) -> None:
     names = api.util_get_model_names()
     assert names and all(re.fullmatch(r".+ \[[0-9a-f]{10}\]", name) for name in names)
@@ -296,3 +313,57 @@ def test_interrupt_stops_a_run_and_keeps_finished_images(slow_auth_app: AppProce
     # the server is idle and still generates
     assert api.get_progress()["state"]["job_count"] == 0
     assert len(api.txt2img(prompt="after the stop", **SMALL).images) == 1
+
+
+# --- the rest of webuiapi's calls (issue 27) ----------------------------------------------------------------------
+def test_webuiapi_util_and_server_calls_all_answer(api: webuiapi.WebUIApi) -> None:
+    names = api.util_get_model_names()
+    current = api.util_get_current_model()
+    assert current in names
+    assert "Euler a" in api.util_get_sampler_names() and "karras" in api.util_get_scheduler_names()
+    api.util_wait_for_ready(check_interval=0.2)  # returns: progress 0 and job_count 0 when idle
+    flags = api.get_cmd_flags()
+    assert flags["api"] is True and flags["demo"] is True and flags["gradio_auth"] is None
+    memory = api.get_memory()
+    assert memory["ram"]["total"] >= memory["ram"]["used"] > 0 and set(memory) == {"ram", "cuda"}
+    assert api.get_hypernetworks() == [] and api.get_face_restorers() == []
+    assert api.refresh_checkpoints() is None and api.util_get_current_model() == current
+    assert api.skip() is None  # nothing runs: nothing to skip
+    options = api.get_options()
+    assert options["send_seed"] is True and options["samples_format"] == "png"
+    sha = {model["title"]: model["sha256"] for model in api.get_sd_models()}
+    assert re.fullmatch(r"[0-9a-f]{64}", sha[current]) and options["sd_checkpoint_hash"] == sha[current]
+    with pytest.raises(RuntimeError) as refused:  # webuiapi raises for a non-200 answer
+        api.interrogate(Image.new("RGB", (8, 8)))
+    assert refused.value.args[0] == 422 and "not available" in refused.value.args[1]
+
+
+def test_skip_with_webuiapi_ends_the_image_being_drawn_and_the_run_goes_on(slow_auth_app: AppProcess) -> None:
+    api = client_for(slow_auth_app, username="u", password="p")
+    outcome: dict = {}
+    worker = threading.Thread(target=lambda: outcome.setdefault(
+        "result", api.txt2img(prompt="three", seed=500, n_iter=3, steps=4, width=64, height=64)))
+    worker.start()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        state = api.get_progress()["state"]
+        if state["job_no"] == 1 and state["sampling_step"] >= 1:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail(f"the run never reached its second batch: {api.get_progress()}")
+    assert api.skip() is None
+    worker.join(120)
+    result = outcome["result"]
+    assert result.info["all_seeds"] == [500, 502] and len(result.images) == 2  # seed 501's picture was skipped
+    assert result.info["interrupted"] is False
+
+
+def test_unload_and_reload_checkpoint_over_http(slow_auth_app: AppProcess) -> None:
+    auth = ("u", "p")
+    for route in ("unload-checkpoint", "reload-checkpoint", "unload-checkpoint"):
+        response = requests.post(sdapi(slow_auth_app, route), json="", auth=auth, timeout=120)
+        assert response.status_code == 200 and response.json() == {}, route
+    assert requests.post(sdapi(slow_auth_app, "unload-checkpoint"), timeout=30).status_code == 401
+    api = client_for(slow_auth_app, username="u", password="p")
+    assert len(api.txt2img(prompt="loaded again", **SMALL).images) == 1  # the next image loads it again

@@ -38,6 +38,8 @@ REQUEST_TIMEOUT_S = 120.0  # a request that takes longer counts as a hang
 CI_EXAMPLES_PER_MODE = 10  # x 2 modes x the 6 operations that take input: > 100 requests in CI
 LONG_EXAMPLES_PER_MODE = 100  # > 1,000 requests with --long (1,002 measured at 90)
 GENERATION_ROUTES = ("/txt2img", "/img2img")
+OPENAI_API = "/v1"
+OPENAI_GENERATION = "/images/generations"
 SMALL = {"width": 64, "height": 64, "steps": 2, "batch_size": 1, "n_iter": 1}
 DEMO_CHECKPOINT_TITLE_PREFIX = "demo-tiny-sd15"
 
@@ -76,6 +78,8 @@ def scale_down_valid_generation(path: str, body: Any) -> Any:
     Sizes, steps and batch numbers that are valid (or missing, so the server's 512 px / 20 steps defaults would
     apply) become the smallest ones; anything out of range or of the wrong type is sent as the fuzzer made it.
     """
+    if path.endswith(OPENAI_GENERATION) and isinstance(body, dict):
+        return scale_down_openai_generation(body)
     if not path.endswith(GENERATION_ROUTES) or not isinstance(body, dict):
         return body
     body = dict(body)
@@ -93,9 +97,29 @@ def scale_down_valid_generation(path: str, body: Any) -> Any:
     return body
 
 
+def scale_down_openai_generation(body: dict) -> dict:
+    """The OpenAI-style route's body made cheap as above: a valid "WxH" size (or none, "auto": the checkpoint's own)
+    becomes 64x64, valid steps and n the smallest; invalid ones are sent as the fuzzer made them."""
+    body = dict(body)
+    size = body.get("size")
+    found = re.fullmatch(r"\s*(\d{1,5})\s*[x×]\s*(\d{1,5})\s*", size, re.IGNORECASE) if isinstance(size, str) else None
+    valid = found is not None and all(64 <= int(side) <= 2048 and int(side) % 8 == 0 for side in found.groups())
+    if size is None or valid or (isinstance(size, str) and size.strip().lower() in ("", "auto")):
+        body["size"] = "64x64"
+    steps = body.get("steps")
+    if steps is None or (_is_int(steps) and 1 <= steps <= 150):
+        body["steps"] = SMALL["steps"]
+    n = body.get("n")
+    if n is None or (_is_int(n) and 1 <= n <= 16):
+        body["n"] = 1
+    return body
+
+
 def fuzz_api(app: AppProcess, examples_per_mode: int) -> FuzzReport:
-    """Send ``examples_per_mode`` positive and negative requests to every documented /sdapi operation."""
-    schema = schemathesis.openapi.from_url(app.url + "/openapi.json", timeout=30).include(path_regex=f"^{API}/")
+    """Send ``examples_per_mode`` positive and negative requests to every documented /sdapi and OpenAI-style /v1
+    operation."""
+    schema = schemathesis.openapi.from_url(app.url + "/openapi.json", timeout=30).include(
+        path_regex=f"^({API}|{OPENAI_API})/")
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 10, [op.label for op in operations]
     report = FuzzReport()
@@ -186,6 +210,10 @@ def test_scale_down_keeps_invalid_values_and_shrinks_valid_ones() -> None:
     body = scale_down_valid_generation(f"{API}/txt2img", {"width": 2048, "height": 65, "steps": 0, "n_iter": 16})
     assert body == {"width": 64, "height": 65, "steps": 0, "n_iter": 1, "batch_size": 1}
     assert scale_down_valid_generation(f"{API}/png-info", {"width": 2048}) == {"width": 2048}
+    assert scale_down_valid_generation("/v1/images/generations", {"size": "1024x1024", "n": 4}) == {
+        "size": "64x64", "n": 1, "steps": 2}
+    assert scale_down_valid_generation("/v1/images/generations", {"size": "65x64", "n": 40, "steps": 0}) == {
+        "size": "65x64", "n": 40, "steps": 0}
 
 
 # --- by hand ---------------------------------------------------------------------------------------------------
