@@ -28,13 +28,14 @@ from PIL import Image
 from pipelines import outputs
 from pipelines.catalog import ModelCatalog
 from pipelines.conditioning import job_prompts
-from pipelines.errors import AtelierError, Cancelled, ModelNotFound, QueueFull
+from pipelines.errors import AtelierError, Cancelled, ModelNotFound, QueueFull, Skipped
 from pipelines.infotext import Note, request_infotext
 from pipelines.interface import EngineStatus
 from pipelines.networks import check_family
 from pipelines.progress import JobState, ProgressEvent, ProgressState
 from pipelines.registry import UPSCALER_SD_X4, builtin_upscalers, empty_models_message
 from pipelines.request import GenerationRequest, Result, hires_size, sd_upscale_size, upscale_target
+from pipelines.request import output_size as request_output_size
 from pipelines.settings import Settings
 
 MODELS_DIR = Path("/nonexistent-models")
@@ -192,6 +193,12 @@ class FakeRegistry:
     def hash_soon(self, info: FakeInfo) -> None:
         """The real registry reads a new file's hash in a background thread; these hashes are known at once."""
 
+    def hash_all_soon(self) -> None:
+        """The real registry reads every checkpoint's hash in a background thread; these are known at once."""
+
+    def sha256(self, info: FakeInfo) -> str:
+        return fake_sha256(info)
+
     def empty_message(self) -> str:
         return empty_models_message(MODELS_DIR)
 
@@ -206,7 +213,7 @@ def output_size(request: GenerationRequest, model: Any) -> tuple[int, int]:
         return size.width, size.height
     if request.sd_upscale:
         return sd_upscale_size(request)
-    return request.width, request.height
+    return request_output_size(request)  # an outpaint's grown canvas, "Only masked"'s init size
 
 
 def postprocess_notes(request: GenerationRequest, model: Any) -> list[Note]:
@@ -237,9 +244,18 @@ def _lora_group(path: Path) -> str | None:
         return None
 
 
+def fake_sha256(info: FakeInfo) -> str:
+    """A made-up full sha256 for ``FakeRegistry.sha256`` that starts with the entry's short hash, as a real one does."""
+    return info.short_hash + hashlib.sha256(info.name.encode()).hexdigest()[len(info.short_hash):]
+
+
 def _find(items: list[FakeInfo], name: str, kind: str) -> FakeInfo:
     for info in items:
-        if name in (info.name, info.title, info.path.name):
+        if name in (info.name, info.title, info.path.name, info.short_hash):
+            return info
+    full = name.strip().lower()
+    for info in items:  # the full sha256, as the real registry finds a file it has hashed
+        if full == fake_sha256(info):
             return info
     raise ModelNotFound(f"Unknown {'VAE' if kind == 'vae' else kind} '{name}'.", field=kind)
 
@@ -261,12 +277,20 @@ class FakeJob:
         self._manager = manager
         self._on_progress = on_progress
         self._cancel = threading.Event()
+        self._skip = threading.Event()
         self._done = threading.Event()
         self._result: Result | None = None
         self._error: BaseException | None = None
 
     def position(self) -> int:
         return self._manager._position(self)
+
+    def skip(self) -> None:
+        self._skip.set()
+
+    @property
+    def skip_requested(self) -> bool:
+        return self._skip.is_set()
 
     def cancel(self) -> None:
         self._cancel.set()
@@ -304,7 +328,9 @@ class FakeManager:
 
     Test controls: ``step_delay``; ``fail_with`` (every job ends with this error, raised as is by ``wait()``);
     ``pause()``/``resume()`` and ``hold()``/``release()``. Records: ``submitted`` (requests), ``applied`` (the
-    ``apply_settings`` changes) and ``interrupted`` (calls to ``interrupt()``).
+    ``apply_settings`` changes), ``interrupted`` (calls to ``interrupt()``), ``skipped`` (calls to ``skip()``, which
+    ends the running batch as the real one does), ``unloads`` and ``loads`` (checkpoint loads after an unload: by the
+    next job or by ``reload_checkpoint``).
     """
 
     def __init__(self, settings: Settings, registry: FakeRegistry, step_delay: float = 0.0):
@@ -315,6 +341,10 @@ class FakeManager:
         self.submitted: list[GenerationRequest] = []
         self.applied: list[dict[str, Any]] = []
         self.interrupted = 0
+        self.skipped = 0
+        self.unloads = 0
+        self.loads = 0
+        self._unloaded = False
         self._catalog = ModelCatalog(registry, settings)
         self._cond = threading.Condition()
         self._waiting: deque[FakeJob] = deque()
@@ -401,6 +431,40 @@ class FakeManager:
         """Counted in ``interrupted``; the running job goes on (the API tests check that /interrupt gets here)."""
         self.interrupted += 1
 
+    def skip(self) -> None:
+        """Counted in ``skipped``; the running job's batch ends at its next step and the job goes on, as on the real
+        engine."""
+        self.skipped += 1
+        job = self.current_job()
+        if job is not None:
+            job.skip()
+
+    def unload_checkpoint(self) -> None:
+        """As the real one: after the running job, ahead of the waiting ones; nothing is loaded afterwards."""
+        with self._cond:
+            paused, self._paused = self._paused, True
+            self._cond.wait_for(lambda: self._closed or self._current is None)
+            self._unloaded = True
+            self.unloads += 1
+            self._paused = paused
+            self._take_next()
+
+    def reload_checkpoint(self) -> None:
+        self._load_if_unloaded()
+
+    def _load_if_unloaded(self) -> None:
+        with self._cond:
+            if self._unloaded:
+                self._unloaded = False
+                self.loads += 1
+
+    def sha256(self, info: Any) -> str | None:
+        return self.registry.sha256(info)
+
+    def memory(self) -> dict[str, Any]:
+        """A CPU machine's figures, shaped as the real ones."""
+        return {"ram": {"free": 6 * 2**30, "used": 2**30, "total": 8 * 2**30}, "cuda": {"error": "unavailable"}}
+
     def _position(self, job: FakeJob) -> int:
         with self._cond:
             if job not in self._waiting:
@@ -438,12 +502,14 @@ class FakeManager:
                 with self._cond:
                     self._current = None
                     self._take_next()
+                    self._cond.notify_all()  # unload_checkpoint waits for the running job to end
 
     def _run(self, job: FakeJob) -> Result:
         with self._cond:
             self._cond.wait_for(lambda: self._closed or not self._holding)
         if self.fail_with is not None:
             raise self.fail_with
+        self._load_if_unloaded()
         request = job.request
         targets = self._catalog.resolve(request)
         model = targets.checkpoint
@@ -452,8 +518,15 @@ class FakeManager:
         batches = request.batch_seeds(request.resolved_seed())
         prompts = self._prompts(request) if request.task in PROMPT_TASKS else None
         hires = request.task == "txt2img" and request.enable_hr
+        skipped = 0
         for batch_index, seeds in enumerate(batches):
-            passes = self._steps(job, batch_index, len(batches))
+            job._skip.clear()  # as the real engine: a Skip before a batch starts does not carry over
+            try:
+                passes = self._steps(job, batch_index, len(batches))
+            except Skipped:
+                skipped += 1
+                result.notes.append(f"Skipped batch {batch_index + 1} of {len(batches)}.")
+                continue
             if passes == 0:
                 if not result.images:
                     raise Cancelled("Stopped before the first image finished.")
@@ -468,6 +541,8 @@ class FakeManager:
                 break
             for seed in seeds:
                 self._save(request, targets, seed, result, prompts)
+        if skipped and not result.images:
+            raise Cancelled(f"Skipped: no image was finished ({skipped} batch(es) skipped).")
         for note in prompts.notes if prompts is not None else []:
             said = result.warnings if note.warning else result.notes
             if note.text not in said:
@@ -494,6 +569,8 @@ class FakeManager:
             for _ in range(steps):
                 if job._cancel.wait(self.step_delay):
                     return finished
+                if job._skip.is_set():
+                    raise Skipped("Skipped by the user.")
                 done += 1
                 job._emit(ProgressEvent(
                     job.id, ProgressState.RUNNING, step=done, total_steps=total, batch_index=batch_index,
@@ -599,10 +676,21 @@ class FakeManager:
     def styles(self) -> list[Any]:
         return list(self._catalog.styles().values())
 
+    def suggest_preset(self, checkpoint: str | None, prompt: str) -> Any:
+        """The real engine's choice (``presets.suggest_preset``) over the fake registry's files."""
+        from pipelines.errors import ModelNotFound
+        from pipelines.presets import suggest_preset
+
+        try:
+            info = self._catalog.checkpoint(checkpoint)
+        except ModelNotFound:
+            info = None
+        return suggest_preset(self.registry, info, prompt)
+
     # --- status and settings --------------------------------------------------------------------------------
     def status(self) -> EngineStatus:
-        """A CPU engine with the default checkpoint loaded."""
-        default = self.default_checkpoint()
+        """A CPU engine with the default checkpoint loaded (nothing after ``unload_checkpoint``)."""
+        default = None if self._unloaded else self.default_checkpoint()
         return EngineStatus(device="cpu", dtype="float32", memory_mode=self.settings.memory_mode, mode_in_use="cpu",
                             loaded_checkpoint=default.name if default is not None else None,
                             demo=bool(self.settings.demo), queue=self.queue_length(),

@@ -981,3 +981,191 @@ def test_extra_batch_images_upscales_each_image_of_the_list(client: TestClient, 
                                 ({"codeformer_visibility": 1}, "codeformer_visibility")):
         resp = client.post(f"{API}/extra-batch-images", json={**body, **changes})
         assert resp.status_code == 422 and resp.json()["field"] == field_name, resp.text
+
+
+# --- inpainting and outpainting: A1111's mask fields, Atelier's outpaint ---------------------------------------------
+def masked_square(size: tuple[int, int], box: tuple[int, int, int, int]) -> Image.Image:
+    """A mask as A1111's clients send one: white where to redraw, black elsewhere."""
+    mask = Image.new("L", size, 0)
+    mask.paste(255, box)
+    return mask
+
+
+def detailed_picture(size: int = 64, seed: int = 3) -> Image.Image:
+    """A picture with detail everywhere, so that a change anywhere shows."""
+    rng = np.random.default_rng(seed)
+    return Image.fromarray((rng.random((size, size, 3)) * 255).astype(np.uint8))
+
+
+def a1111_img2img_request(init: str, **changes: Any) -> dict[str, Any]:
+    """A1111's own API test request (test/test_img2img.py ``simple_img2img_request``), with ``changes``."""
+    body = {
+        "batch_size": 1, "cfg_scale": 7, "denoising_strength": 0.75, "eta": 0, "height": 64,
+        "include_init_images": False, "init_images": [init], "inpaint_full_res": False,
+        "inpaint_full_res_padding": 0, "inpainting_fill": 0, "inpainting_mask_invert": False, "mask": None,
+        "mask_blur": 4, "n_iter": 1, "negative_prompt": "", "override_settings": {}, "prompt": "example prompt",
+        "resize_mode": 0, "restore_faces": False, "s_churn": 0, "s_noise": 1, "s_tmax": 0, "s_tmin": 0,
+        "sampler_index": "Euler a", "seed": -1, "seed_resize_from_h": -1, "seed_resize_from_w": -1, "steps": 3,
+        "styles": [], "subseed": -1, "subseed_strength": 0, "tiling": False, "width": 64,
+    }
+    body.update(changes)
+    return body
+
+
+def test_a1111s_mask_fields_reach_the_request_with_a1111s_api_defaults(client: TestClient, manager) -> None:
+    init, mask = png_b64((64, 64)), image_b64(masked_square((32, 32), (8, 8, 16, 16)))
+    resp = client.post(f"{API}/img2img", json=a1111_img2img_request(init, mask=mask))
+    assert resp.status_code == 200, resp.text
+    request = manager.submitted[-1]
+    assert request.inpainting and request.mask.size == (64, 64)  # a mask of another size: resized, as A1111
+    pixels = np.asarray(request.mask)
+    assert pixels[18:30, 18:30].min() == 255 and pixels[:14].max() == 0 and pixels[34:].max() == 0
+    assert (request.mask_blur_xy, request.inpainting_fill, request.inpaint_full_res, request.inpaint_full_res_padding,
+            request.inpainting_mask_invert) == ((4, 4), 0, False, 0, False)
+    # the fields left out: A1111's API defaults (not its UI's): "Only masked" with 0 px, fill, blur 4 each way
+    resp = client.post(f"{API}/img2img", json={**BASE, "init_images": [init], "mask": f"data:image/png;base64,{mask}"})
+    assert resp.status_code == 200, resp.text
+    request = manager.submitted[-1]
+    assert (request.mask_blur_xy, request.inpainting_fill, request.inpaint_full_res, request.inpaint_full_res_padding,
+            request.inpainting_mask_invert, request.noise_multiplier) == ((4, 4), 0, True, 0, False, 1.0)
+    info = json.loads(resp.json()["info"])
+    assert info["extra_generation_params"] == {"Mask blur": 4, "Inpaint area": "Only masked",
+                                               "Masked area padding": 0, "Masked content": "fill"}
+    fields = parse_infotext(info["infotexts"][0])
+    assert (fields["Mask blur"], fields["Inpaint area"], fields["Masked area padding"], fields["Masked content"]) == (
+        "4", "Only masked", "0", "fill")
+    # mask_blur, when sent, sets both axes over mask_blur_x/_y (A1111's setter); the others as sent, 0/1 for booleans
+    sent = {"mask": mask, "mask_blur": 7, "mask_blur_x": 2, "inpaint_full_res": 0, "inpaint_full_res_padding": 24,
+            "inpainting_mask_invert": 1, "inpainting_fill": 3, "initial_noise_multiplier": 0.5}
+    assert client.post(f"{API}/img2img", json={**BASE, "init_images": [init], **sent}).status_code == 200
+    request = manager.submitted[-1]
+    assert (request.mask_blur_xy, request.inpaint_full_res, request.inpaint_full_res_padding,
+            request.inpainting_mask_invert, request.inpainting_fill, request.noise_multiplier) == (
+        (7, 7), False, 24, True, 3, 0.5)
+    sent = {"mask": mask, "mask_blur_x": 2, "mask_blur_y": 6, "inpaint_full_res": True}
+    resp = client.post(f"{API}/img2img", json={**BASE, "init_images": [init], **sent})
+    assert manager.submitted[-1].mask_blur_xy == (2, 6) and manager.submitted[-1].inpaint_full_res is True
+    assert "Mask blur" not in json.loads(resp.json()["info"])["extra_generation_params"]  # A1111: only when x == y
+
+
+@pytest.mark.parametrize("mask", ["", None], ids=["empty-text", "null"])
+def test_an_empty_or_null_mask_is_a_plain_img2img(client: TestClient, manager, mask) -> None:
+    resp = client.post(f"{API}/img2img", json=a1111_img2img_request(png_b64(), mask=mask))
+    assert resp.status_code == 200, resp.text
+    request = manager.submitted[-1]
+    assert request.mask is None and not request.inpainting
+    assert json.loads(resp.json()["info"])["extra_generation_params"] == {}
+
+
+def test_the_mask_is_echoed_with_the_init_images_or_not_at_all(client: TestClient) -> None:
+    init, mask = png_b64(), image_b64(masked_square((64, 64), (0, 0, 32, 32)))
+    params = client.post(f"{API}/img2img", json=a1111_img2img_request(init, mask=mask)).json()["parameters"]
+    assert params["init_images"] is None and params["mask"] is None
+    body = a1111_img2img_request(init, mask=mask, include_init_images=True)
+    params = client.post(f"{API}/img2img", json=body).json()["parameters"]
+    assert params["init_images"] == [init] and params["mask"] == mask
+
+
+def test_outpaint_grows_the_picture_by_its_sides(client: TestClient, manager) -> None:
+    body = {**BASE, "init_images": [png_b64((48, 48))], "outpaint": {"left": 16, "down": 8}}
+    whole = client.post(f"{API}/img2img", json={**body, "inpaint_full_res": False})
+    assert whole.status_code == 200, whole.text
+    assert decode_png(whole.json()["images"][0]).size == (80, 72)  # drawn at width x height plus the sides
+    assert manager.submitted[-1].outpaint.model_dump() == {"left": 16, "right": 0, "up": 0, "down": 8}
+    only_masked = client.post(f"{API}/img2img", json=body)  # A1111's API default: "Only masked"
+    assert decode_png(only_masked.json()["images"][0]).size == (64, 56)  # the init image plus the sides
+
+
+EMPTY_MASK = image_b64(masked_square((64, 64), (0, 0, 0, 0)))
+BAD_INPAINT = [
+    ({"mask": EMPTY_MASK}, "mask", "the mask is empty: paint the area to change"),
+    ({"mask": image_b64(masked_square((64, 64), (0, 0, 64, 64))), "inpainting_mask_invert": True}, "mask",
+     "the mask is empty: paint the area to change"),
+    ({"mask": "bm90IGFuIGltYWdl"}, "mask", "could not be read as an image"),
+    ({"mask": "data:image/png;base64,@@@@"}, "mask", "mask"),
+    ({"mask": 42}, "mask", "mask"),
+    ({"outpaint": {"left": 1024, "right": 1024}, "inpaint_full_res": False}, "outpaint.right", "at most 2048 px"),
+    ({"outpaint": {"left": 2048, "right": 2048}}, "outpaint.right", "at most 4096 px"),  # "Only masked"'s limit
+    ({"outpaint": {"down": 12}}, "outpaint.down", "multiple of 8"),
+    ({"outpaint": {"top": 8}}, "outpaint.top", "outpaint.top"),
+    ({"outpaint": {"left": "wide"}}, "outpaint.left", "outpaint.left"),
+    ({"mask": image_b64(masked_square((64, 64), (0, 0, 8, 8))), "inpainting_fill": 7}, "inpainting_fill", "0-3"),
+    ({"mask": image_b64(masked_square((64, 64), (0, 0, 8, 8))), "inpaint_full_res": 2}, "inpaint_full_res",
+     "true or false"),
+    ({"mask": image_b64(masked_square((64, 64), (0, 0, 8, 8))), "mask_blur": 65}, "mask_blur", "between 0 and 64"),
+    ({"latent_mask": image_b64(masked_square((64, 64), (0, 0, 8, 8)))}, "latent_mask", "not available"),
+    ({"depth_map": "bm90IGFuIGltYWdl"}, "depth_map", "could not be read as an image"),
+]
+
+
+@pytest.mark.parametrize(("changes", "field_name", "words"), BAD_INPAINT, ids=[f for _, f, _ in BAD_INPAINT])
+def test_bad_masks_and_outpaints_are_422_naming_the_field_and_nothing_is_written(client: TestClient, manager,
+                                                                               changes, field_name, words) -> None:
+    outputs = manager.settings.outputs_dir
+    count = len(manager.submitted)
+    resp = client.post(f"{API}/img2img", json={**BASE, "init_images": [png_b64()], **changes})
+    assert resp.status_code == 422, resp.text
+    assert resp.json()["field"] == field_name and words in resp.json()["detail"], resp.json()
+    assert len(manager.submitted) == count
+    assert not outputs.exists() or not any(path.is_file() for path in outputs.rglob("*"))  # nothing half-written
+
+
+@pytest.fixture(scope="module")
+def engine_client(tmp_path_factory) -> Iterator[TestClient]:
+    """The API over the real engine on tiny random-weight models (a normal and a 9-channel inpainting checkpoint)."""
+    from manager_fixtures import make_manager
+
+    registry = FakeRegistry(checkpoints=("tiny-a", "tiny-inpaint"), families={"tiny-inpaint": "sd15-inpaint"})
+    engine = make_manager(tmp_path_factory.mktemp("api-inpaint"), registry=registry)
+    yield make_client(engine)
+    engine.close()
+
+
+def changed_pixels(result_b64: str, original: Image.Image) -> np.ndarray:
+    image = decode_png(result_b64).convert("RGB")
+    assert image.size == original.size
+    return np.abs(np.asarray(image, np.int16) - np.asarray(original, np.int16)).max(axis=2)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning")
+@pytest.mark.parametrize(("checkpoint", "invert"), [("tiny-a", False), ("tiny-a", True), ("tiny-inpaint", False)],
+                         ids=["masked", "inverted", "inpainting-checkpoint"])
+def test_a1111s_own_inpainting_requests_answer_200_with_the_effect(engine_client: TestClient, checkpoint: str,
+                                                                   invert: bool) -> None:
+    from pipelines.masks import blur_radius
+
+    # inverted, a larger square: its middle lies farther than the blur from what is redrawn
+    init, box, reach = detailed_picture(), (12, 12, 52, 52) if invert else (24, 24, 40, 40), blur_radius(4)
+    body = a1111_img2img_request(image_b64(init), mask=image_b64(masked_square((64, 64), box)),
+                                 inpainting_mask_invert=invert,
+                                 override_settings={"sd_model_checkpoint": checkpoint})
+    resp = engine_client.post(f"{API}/img2img", json=body)
+    assert resp.status_code == 200, resp.text
+    changed = changed_pixels(resp.json()["images"][0], init)
+    near = np.zeros((64, 64), dtype=bool)
+    near[box[1] - reach:box[3] + reach, box[0] - reach:box[2] + reach] = True
+    if invert:  # the painted square, less the blur's reach, is kept; the rest is redrawn
+        assert changed[box[1] + reach:box[3] - reach, box[0] + reach:box[2] - reach].max() == 0
+        assert changed[~near].mean() > 20
+    else:  # beyond the blur, exactly the original's pixels; the painted square redrawn
+        assert changed[~near].max() == 0
+        assert changed[box[1]:box[3], box[0]:box[2]].mean() > 20
+    fields = parse_infotext(json.loads(resp.json()["info"])["infotexts"][0])
+    assert fields["Mask blur"] == "4" and fields["Masked content"] == "fill" and "Inpaint area" not in fields
+    assert fields.get("Mask mode") == ("Inpaint not masked" if invert else None)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning")
+def test_an_outpaint_request_keeps_the_old_picture_beyond_the_seam(engine_client: TestClient) -> None:
+    from pipelines.masks import OUTPAINT_OVERLAP, blur_radius
+
+    init = detailed_picture()
+    body = {**BASE, "steps": 3, "seed": 9, "init_images": [image_b64(init)], "outpaint": {"right": 16},
+            "inpaint_full_res": False}
+    resp = engine_client.post(f"{API}/img2img", json=body)
+    assert resp.status_code == 200, resp.text
+    image = decode_png(resp.json()["images"][0]).convert("RGB")
+    assert image.size == (80, 64)
+    changed = changed_pixels(image_b64(image.crop((0, 0, 64, 64))), init)
+    seam = OUTPAINT_OVERLAP + blur_radius(4)
+    assert changed[:, :64 - seam].max() == 0 and changed[:, 64 - OUTPAINT_OVERLAP:].mean() > 5

@@ -203,6 +203,33 @@ def test_png_info_round_trips_our_image_into_txt2img_fields(demo_app, page, arti
     assert input_value(page, "#txt2img-sampler input") == "DDIM"
 
 
+def test_the_lcm_preset_sets_the_controls_and_makes_a_picture(demo_app, page, artifacts_dir) -> None:
+    """Issue 28: an artist picks "LCM (4 steps)" and gets a 4-step LCM picture without CFG; the form says that the
+    negative prompt is unused then."""
+    open_studio(page, demo_app.url)
+    assert page.inner_text("#txt2img-cfg-note") == ""
+    choose(page, "txt2img-preset", "LCM (4 steps)")
+    page.wait_for_function("() => document.querySelector('#txt2img-sampler input').value === 'LCM'")
+    assert input_value(page, "#txt2img-steps input[type=number]") == "4"
+    assert input_value(page, "#txt2img-cfg input[type=number]") == "1"
+    assert input_value(page, "#txt2img-scheduler input") == "Automatic"
+    page.wait_for_function("() => document.querySelector('#txt2img-cfg-note')?.innerText.includes('not used')")
+    set_prompt(page, "txt2img", "a lighthouse, few steps", "blurry")
+    page.locator("#txt2img-seed input").fill("2828")
+    set_number(page, "txt2img-width", 64)
+    set_number(page, "txt2img-height", 64)
+    page.click("#txt2img-generate")
+    info = wait_for_infotext(page, "txt2img-info")
+    assert "Steps: 4" in info and "Sampler: LCM" in info and "CFG scale: 1," in info and "Seed: 2828" in info
+    wait_for_gallery_image(page, "txt2img-gallery", (64, 64))
+    shot(page, artifacts_dir, "txt2img-lcm-preset")
+    # Turbo: one step of Euler a on A1111's SGM Uniform schedule
+    choose(page, "txt2img-preset", "Turbo (1 step)")
+    page.wait_for_function("() => document.querySelector('#txt2img-scheduler input').value === 'SGM Uniform'")
+    assert input_value(page, "#txt2img-sampler input") == "Euler a"
+    assert input_value(page, "#txt2img-steps input[type=number]") == "1"
+
+
 def test_invalid_size_shows_a_toast_and_keeps_the_form(demo_app, page, artifacts_dir) -> None:
     open_studio(page, demo_app.url)
     set_prompt(page, "txt2img", "keep me")
@@ -502,3 +529,77 @@ def test_extra_networks_cards_add_a_lora_to_the_prompt_and_the_image_uses_it(net
     embedding.click()
     page.wait_for_function("() => document.querySelector('#img2img-prompt textarea').value === 'castle-ti'")
     assert input_value(page, "#txt2img-prompt textarea") == "a lighthouse <lora:tiny-style:1>"
+
+
+# --------------------------------------------------------------------------------------------- inpainting
+
+
+def wait_for_editor_picture(page, elem_id: str, timeout_s: float = 30) -> None:
+    """Wait until the editor's canvas shows a picture (it loads one sent to it after a moment; a stroke painted on the
+    empty canvas before then is lost when the picture arrives)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    canvas = page.locator(f"#{elem_id} canvas").first
+    canvas.wait_for()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        seen = np.asarray(Image.open(io.BytesIO(canvas.screenshot())).convert("L"), np.float32)
+        height, width = seen.shape
+        if seen[height // 3:2 * height // 3, width // 3:2 * width // 3].std() > 10:  # detail, not an empty canvas
+            return
+        time.sleep(0.3)
+    pytest.fail(f"no picture in #{elem_id} after {timeout_s:.0f} s")
+
+
+def paint_stroke(page, elem_id: str, start: tuple[float, float], end: tuple[float, float]) -> None:
+    """Drag the editor's brush from ``start`` to ``end``, given as fractions of its canvas (the picture is centred in
+    it), with the mouse, as a person paints."""
+    box = page.locator(f"#{elem_id} canvas").first.bounding_box()
+    x0, y0 = box["x"] + box["width"] * start[0], box["y"] + box["height"] * start[1]
+    x1, y1 = box["x"] + box["width"] * end[0], box["y"] + box["height"] * end[1]
+    page.mouse.move(x0, y0)
+    page.mouse.down()
+    page.mouse.move(x1, y1, steps=12)
+    page.mouse.up()
+
+
+def test_inpaint_redraws_only_where_a_stroke_was_painted(demo_app, page, artifacts_dir) -> None:
+    import numpy as np
+    from PIL import Image
+
+    open_studio(page, demo_app.url)
+    generate_txt2img(page, "a meadow with poppies", seed=8080, size=(192, 128))
+    made = newest_output(demo_app, "txt2img")
+    page.click("#txt2img-send-inpaint")
+    assert page.get_by_role("tab", name="Inpaint", exact=True).get_attribute("aria-selected") == "true"
+    page.wait_for_function("() => document.querySelector('#inpaint-prompt textarea').value === 'a meadow with poppies'")
+    assert input_value(page, "#inpaint-width input[type=number]") == "192"
+    assert input_value(page, "#inpaint-height input[type=number]") == "128"
+    wait_for_editor_picture(page, "inpaint-editor")
+    # one horizontal stroke through the middle of the picture
+    paint_stroke(page, "inpaint-editor", (0.4, 0.5), (0.6, 0.5))
+    set_number(page, "inpaint-steps", 4)
+    page.locator("#inpaint-seed input").fill("2024")
+    page.screenshot(path="/tmp/inpaint-tab.png", full_page=True)
+    shot(page, artifacts_dir, "inpaint-painted")
+    page.click("#inpaint-generate")
+    info = wait_for_infotext(page, "inpaint-info")
+    assert "Seed: 2024" in info and "Size: 192x128" in info and "Mask blur: 4" in info
+    assert "Denoising strength: 0.75" in info
+    wait_for_gallery_image(page, "inpaint-gallery", (192, 128))
+    assert "Done" in page.inner_text("#inpaint-progress")
+    shot(page, artifacts_dir, "inpaint-done")
+    result = newest_output(demo_app, "img2img")  # inpaints are saved with img2img's pictures, as A1111 does
+    changed = np.abs(np.asarray(Image.open(result).convert("RGB"), np.int16)
+                     - np.asarray(Image.open(made).convert("RGB"), np.int16)).max(axis=2)
+    rows, cols = np.nonzero(changed)
+    assert rows.size, "the painted stroke was not redrawn"
+    # the stroke: a band around the middle row, between about 40% and 60% of the width, widened by the brush (its
+    # "auto" size: about 22 px a side here) and the mask blur's reach (10 px): everything else is exactly the picture
+    # that was sent
+    assert rows.min() > 16 and rows.max() < 112, (rows.min(), rows.max())
+    assert cols.min() > 30 and cols.max() < 162, (cols.min(), cols.max())
+    assert changed[60:68, 84:108].mean() > 10  # the stroke's middle was redrawn

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+import numpy as np
 import pytest
 from fakes import FakeManager, FakeRegistry, write_embedding, write_lora
 from PIL import Image, PngImagePlugin
@@ -23,7 +24,7 @@ from PIL import Image, PngImagePlugin
 from pipelines.errors import InvalidRequest
 from pipelines.interface import EngineStatus
 from pipelines.progress import ProgressEvent
-from pipelines.request import GenerationRequest
+from pipelines.request import GenerationRequest, output_size
 from pipelines.settings import Settings
 from ui import build_ui
 from ui.common import (
@@ -36,6 +37,16 @@ from ui.common import (
     style_names,
     styles_hint,
     token_label,
+)
+from ui.img2img import is_depth_checkpoint
+from ui.inpaint import (
+    MASK_MODES,
+    NO_PICTURE,
+    editor_mask,
+    editor_picture,
+    inpaint_fields,
+    outpaint_sides,
+    size_for_editor,
 )
 from ui.jobs import SessionJobs, follow_job, info_html, progress_text
 from ui.networks import NetworkShelf, cards_html, click_card, find_preview, network_cards
@@ -219,6 +230,7 @@ def test_png_info_reads_a1111_parameters_and_fills_txt2img(tmp_path: Path) -> No
         "prompt": 'a "quoted" castle, night\nwith two lines',
         "negative": "fog, rain",
         "sampler": "DPM++ 2M Karras",
+        "scheduler": "Automatic",  # the image's schedule type (Karras is part of the combined sampler label here)
         "steps": 4,
         "cfg": 5.5,
         "seed": 1234,
@@ -750,3 +762,176 @@ def test_the_new_contract_ids_are_built_and_the_sd_x4_options_follow_the_upscale
     assert by_id["txt2img-hr"]["props"]["open"] is True
     assert by_id["txt2img-hr"]["props"]["label"] == "Hires. fix: on · 512×512 → 1024×1024"
     assert by_id["txt2img-hr-upscaler"]["props"]["value"] == "Nearest"
+
+
+# --------------------------------------------------------------------------------------------- inpainting
+
+
+def stroke_layer(size: tuple[int, int], box: tuple[int, int, int, int], alpha: int = 255,
+                 color: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
+    """A brush layer as the editor hands it over: transparent, with an opaque stroke over ``box``."""
+    layer = Image.new("RGBA", size, (0, 0, 0, 0))
+    layer.paste((*color, alpha), box)
+    return layer
+
+
+def editor_value(picture: Image.Image, *layers: Image.Image) -> dict[str, Any]:
+    """``gr.ImageEditor``'s value (``type="pil"``, ``image_mode="RGBA"``): the picture, its layers, both composed."""
+    composite = picture.convert("RGBA")
+    for layer in layers:
+        composite = Image.alpha_composite(composite, layer.resize(composite.size))
+    return {"background": picture.convert("RGBA"), "layers": list(layers), "composite": composite}
+
+
+def inpaint_form(picture: Image.Image, *layers: Image.Image, **changes: Any) -> dict[str, Any]:
+    """The Inpaint tab's values as ``wire_generate`` reads them (by form field name)."""
+    values = {"prompt": "a red apple", "negative": "", "sampler": "Euler a", "steps": 4, "cfg": 7, "seed": 7,
+              "width": 64, "height": 64, "batch_count": 1, "batch_size": 1, "tiling": False, "strength": 0.6,
+              "editor": editor_value(picture, *layers), "mask_upload": None, "mask_blur": 6,
+              "inpaint_fill": "latent noise", "inpaint_area": "Only masked", "inpaint_padding": 24,
+              "inpaint_invert": MASK_MODES[1], "outpaint_left": 0, "outpaint_right": 0, "outpaint_up": 0,
+              "outpaint_down": 0}
+    values.update(changes)
+    return values
+
+
+def inpaint_request(values: dict[str, Any]) -> GenerationRequest:
+    """What the Inpaint tab's Generate builds: an img2img request with the tab's own fields."""
+    return GenerationRequest.create(**request_fields("img2img", values), **inpaint_fields(values))
+
+
+def test_the_editor_strokes_are_the_mask_as_a1111_reads_a_brush_layer() -> None:
+    picture = Image.new("RGB", (96, 64), (10, 120, 200))
+    stroke = stroke_layer((96, 64), (10, 10, 30, 20))
+    stroke.paste((255, 255, 255, 128), (30, 10, 40, 20))  # a soft edge at alpha 128: A1111 repaints above 128 only
+    half = stroke_layer((48, 32), (40, 20, 48, 32), color=(255, 0, 0))  # a second layer, at half the picture's size
+    value = editor_value(picture, stroke, half)
+    mask = editor_mask(value)
+    pixels = np.asarray(mask)
+    assert mask.mode == "L" and mask.size == (96, 64) and set(np.unique(pixels)) == {0, 255}
+    assert pixels[10:20, 10:30].min() == 255 and pixels[10:20, 30:40].max() == 0
+    assert pixels[42:64, 82:96].min() == 255  # the half-size layer, scaled to the picture
+    assert pixels[:, :10].max() == 0 and pixels[25:38, :].max() == 0
+    assert editor_picture(value).size == (96, 64)  # the picture under the strokes, not the composite
+    assert np.array_equal(np.asarray(editor_picture(value).convert("RGB")), np.asarray(picture))
+    assert editor_mask(editor_value(picture)) is None  # no layer: nothing painted
+    assert editor_picture(None) is None and editor_mask(None) is None
+
+
+def test_the_inpaint_form_becomes_an_img2img_request_with_a1111s_mask_fields(manager: FakeManager) -> None:
+    picture = Image.new("RGB", (64, 48), (90, 90, 90))
+    upload = Image.new("L", (32, 24), 0)
+    upload.paste(255, (0, 0, 8, 8))  # white = redraw, at another size than the picture
+    values = inpaint_form(picture, stroke_layer((64, 48), (40, 30, 60, 44)), mask_upload=upload)
+    request = inpaint_request(values)
+    assert request.task == "img2img" and request.inpainting and request.outpaint is None
+    mask = np.asarray(request.mask)
+    assert mask[0:14, 0:14].min() == 255 and mask[30:44, 40:60].min() == 255  # the upload and the stroke together
+    assert mask[20:28, :].max() == 0 and mask[:, 24:36].max() == 0
+    assert (request.mask_blur_xy, request.inpainting_fill, request.inpaint_full_res, request.inpaint_full_res_padding,
+            request.inpainting_mask_invert, request.denoising_strength) == ((6, 6), 2, True, 24, True, 0.6)
+    # the outpaint sliders grow the canvas: "whole picture" draws at width x height plus the sides
+    # (a 64x48 picture drawn at 64x64)
+    values.update(outpaint_left=16.0, outpaint_down=8, inpaint_area="Whole picture", inpaint_invert=MASK_MODES[0])
+    request = inpaint_request(values)
+    assert request.outpaint.model_dump() == {"left": 16, "right": 0, "up": 0, "down": 8}
+    assert not request.inpaint_full_res and not request.inpainting_mask_invert
+    assert output_size(request) == (80, 72)
+    views = run_async(_collect(manager, request, SessionJobs(), "inpaint"))
+    result = views[-1].result
+    assert result.images[0].size == (80, 72)  # the grown picture, as the engine makes it
+    assert result.paths[0].parent.parent.name == "img2img"  # saved with img2img's pictures, as A1111 does
+    assert "Mask blur: 6" in result.infotexts[0] and "Masked content: latent noise" in result.infotexts[0]
+    remembered = remembered_values(values)
+    assert {key: remembered[key] for key in ("mask_blur", "inpaint_fill", "inpaint_area", "inpaint_padding")} == {
+        "mask_blur": 6, "inpaint_fill": "latent noise", "inpaint_area": "Whole picture", "inpaint_padding": 24}
+    assert not {"editor", "mask_upload", "outpaint_left"} & set(remembered)  # a picture's, not the artist's habits
+
+
+def test_an_inpaint_without_strokes_says_the_mask_is_empty_unless_it_outpaints() -> None:
+    picture = Image.new("RGB", (64, 48), (90, 90, 90))
+    untouched = Image.new("RGBA", (64, 48), (0, 0, 0, 0))  # the editor's layer before any stroke
+    values = inpaint_form(picture, untouched, inpaint_invert=MASK_MODES[0])
+    with pytest.raises(InvalidRequest) as info:
+        inpaint_request(values)
+    assert info.value.field == "mask" and "the mask is empty: paint the area to change" in str(info.value)
+    values["outpaint_right"] = 32  # the outpaint alone says what to redraw
+    request = inpaint_request(values)
+    assert request.mask is None and output_size(request) == (96, 48)
+    values["outpaint_right"] = 12
+    with pytest.raises(InvalidRequest) as info:
+        inpaint_request(values)
+    assert info.value.field == "outpaint.right" and "multiple of 8" in str(info.value)
+    with pytest.raises(gr.Error) as error:
+        inpaint_fields({**values, "editor": None})
+    assert error.value.message == NO_PICTURE
+    assert outpaint_sides({"outpaint_left": 24.0, "outpaint_up": None}) == {"left": 24, "right": 0, "up": 0, "down": 0}
+
+
+def test_width_and_height_follow_a_new_picture_but_not_each_stroke() -> None:
+    picture = Image.new("RGB", (1600, 900), (90, 90, 90))
+    value = editor_value(picture)
+    assert size_for_editor(value, None) == (1024, 576, (1600, 900))  # fitted: long side 1024, multiples of 8
+    stroke = editor_value(picture, stroke_layer((1600, 900), (10, 10, 50, 50)))
+    assert size_for_editor(stroke, (1600, 900)) == (gr.skip(),) * 3  # the same picture, painted on: unchanged
+    assert size_for_editor(editor_value(Image.new("RGB", (64, 100))), (1600, 900))[:2] == (64, 96)
+    assert size_for_editor(None, None) == (gr.skip(),) * 3
+
+
+def test_the_inpaint_tab_has_its_contract_ids_and_a1111s_defaults(manager: FakeManager, settings: Settings) -> None:
+    config = build_ui(manager, settings).get_config_file()
+    by_id = {c["props"].get("elem_id"): c for c in config["components"]}
+    for elem_id in ("inpaint-editor", "inpaint-mask-upload", "inpaint-prompt", "inpaint-negative", "inpaint-strength",
+                    "inpaint-mask-blur", "inpaint-fill", "inpaint-area", "inpaint-padding", "inpaint-invert",
+                    "inpaint-steps", "inpaint-seed", "inpaint-generate", "inpaint-interrupt", "inpaint-gallery",
+                    "inpaint-info", "outpaint-left", "outpaint-right", "outpaint-up", "outpaint-down", "img2img-depth"):
+        assert elem_id in by_id, elem_id
+    labels = [c["props"].get("label") for c in config["components"] if c.get("type") == "tabitem"]
+    assert labels.index("Inpaint") == labels.index("Image to Image") + 1
+
+    def props(elem_id: str) -> dict[str, Any]:
+        return by_id[elem_id]["props"]
+
+    def choices(elem_id: str) -> list[str]:
+        return [choice[0] for choice in props(elem_id)["choices"]]
+
+    assert by_id["inpaint-editor"]["type"] == "imageeditor"
+    defaults = [props(elem_id)["value"] for elem_id in ("inpaint-strength", "inpaint-mask-blur", "inpaint-padding")]
+    assert defaults == [0.75, 4, 32]
+    assert choices("inpaint-fill") == ["fill", "original", "latent noise", "latent nothing"]
+    assert props("inpaint-fill")["value"] == "original"  # A1111's UI default
+    assert choices("inpaint-area") == ["Whole picture", "Only masked"]
+    assert props("inpaint-area")["value"] == "Whole picture"
+    assert choices("inpaint-invert") == ["Inpaint masked", "Inpaint not masked"]
+    for side in ("left", "right", "up", "down"):
+        assert (props(f"outpaint-{side}")["step"], props(f"outpaint-{side}")["value"]) == (8, 0)
+    for tab in ("txt2img", "img2img", "inpaint"):  # "Send to Inpaint" beside the other send-to buttons
+        assert props(f"{tab}-send-inpaint")["value"] == "Send to Inpaint"
+        assert f"{tab}-send-upscale" in by_id
+    assert props("img2img-depth")["visible"] is False  # not a depth checkpoint
+    # the artist's habits come back after a restart
+    SettingsFile(settings).save_last_values("inpaint", {"mask_blur": 9, "inpaint_fill": "fill",
+                                                        "inpaint_area": "Only masked", "inpaint_padding": 64})
+    by_id = {c["props"].get("elem_id"): c for c in build_ui(manager, settings).get_config_file()["components"]}
+    assert (props("inpaint-mask-blur")["value"], props("inpaint-fill")["value"], props("inpaint-area")["value"],
+            props("inpaint-padding")["value"]) == (9, "fill", "Only masked", 64)
+
+
+def test_the_depth_map_input_shows_while_a_depth_checkpoint_is_chosen(settings: Settings) -> None:
+    registry = FakeRegistry(checkpoints=("depth-512", "plain"), families={"depth-512": "sd2-depth"})
+    fake = FakeManager(settings, registry)
+    try:
+        assert is_depth_checkpoint(fake, "depth-512") and not is_depth_checkpoint(fake, "plain")
+        assert not is_depth_checkpoint(fake, None) and not is_depth_checkpoint(fake, "gone")
+        config = build_ui(fake, settings).get_config_file()
+        by_id = {c["props"].get("elem_id"): c for c in config["components"]}
+        assert by_id["model-select"]["props"]["value"] == "depth-512"
+        assert by_id["img2img-depth"]["props"]["visible"] is True
+    finally:
+        fake.close()
+
+
+def test_a_card_click_in_the_inpaint_tab_edits_the_inpaint_prompt(networks: FakeManager) -> None:
+    click = click_card(NetworkShelf(networks).find("lora:paint"), "inpaint", "a red apple")
+    assert (click.tab, click.prompt) == ("inpaint", "a red apple <lora:paint:1>")
+    assert click.message == "Added <lora:paint:1> to the Inpaint prompt."

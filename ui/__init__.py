@@ -1,4 +1,4 @@
-"""The studio in the browser: one Gradio Blocks page with the Text to Image, Image to Image, Upscale 4x,
+"""The studio in the browser: one Gradio Blocks page with the Text to Image, Image to Image, Inpaint, Upscale 4x,
 PNG Info and Settings tabs, the model pickers, the extra-networks panel and the status bar.
 
 ``build_ui(manager, settings)`` is all app.py calls. The UI never touches torch: every tab builds a
@@ -22,6 +22,7 @@ from pipelines.settings import Settings
 from .common import OVERRIDE_KEYS, ResultPanel, UiContext, count_tokens, is_local_request, override_chips
 from .hires import hires_upscaler_choices
 from .img2img import Img2ImgTab, build_img2img_tab, fit_size
+from .inpaint import InpaintTab, build_inpaint_tab
 from .jobs import SessionJobs, last_request, selected_image, user_error
 from .networks import NetworksPanel, build_networks_panel, wire_networks_panel
 from .persist import SettingsFile
@@ -41,6 +42,7 @@ AUTOMATIC_VAE = "Automatic"
 TAB_LABELS = {
     "txt2img": "Text to Image",
     "img2img": "Image to Image",
+    "inpaint": "Inpaint",
     "upscale": "Upscale 4x",
     "pnginfo": "PNG Info",
     "settings": "Settings",
@@ -93,14 +95,17 @@ def build_ui(manager: Any, settings: Settings) -> gr.Blocks:
                 txt2img = build_txt2img_tab(ctx)
             with gr.Tab(TAB_LABELS["img2img"], id="img2img", elem_id="tab-img2img"):
                 img2img = build_img2img_tab(ctx)
+            with gr.Tab(TAB_LABELS["inpaint"], id="inpaint", elem_id="tab-inpaint"):
+                inpaint = build_inpaint_tab(ctx)
             with gr.Tab(TAB_LABELS["upscale"], id="upscale", elem_id="tab-upscale"):
                 upscale = build_upscale_tab(ctx)
             with gr.Tab(TAB_LABELS["pnginfo"], id="pnginfo", elem_id="tab-pnginfo"):
                 build_pnginfo_tab(ctx, txt2img)
             with gr.Tab(TAB_LABELS["settings"], id="settings", elem_id="tab-settings"):
                 build_settings_tab(ctx)
-        wire_networks_panel(networks, txt2img.form.prompts.prompt, img2img.form.prompts.prompt)
-        _wire_send_buttons(ctx, txt2img, img2img, upscale)
+        wire_networks_panel(networks, txt2img.form.prompts.prompt, img2img.form.prompts.prompt,
+                            inpaint.form.prompts.prompt)
+        _wire_send_buttons(ctx, txt2img, img2img, upscale, inpaint)
         _wire_model_pickers(ctx, model_refresh, upscale, networks, txt2img)
         gr.Timer(STATUS_REFRESH_S).tick(
             lambda: status_html(manager, settings), outputs=status_bar, queue=False, show_progress="hidden"
@@ -248,32 +253,28 @@ def _styles_of(request: Any) -> list[Any]:
     return [list(request.styles), gr.Dropdown(choices=chips, value=chips, visible=bool(chips))]
 
 
-def _wire_send_buttons(ctx: UiContext, txt2img: Txt2ImgTab, img2img: Img2ImgTab, upscale: UpscaleTab) -> None:
-    """Send the selected image (and its prompts) from one result panel to Image to Image or Upscale 4x."""
-    i2i_form, up_form = img2img.form, upscale.form
-    to_img2img = [
-        img2img.init_image,
-        i2i_form.prompts.prompt,
-        i2i_form.prompts.negative,
-        i2i_form.sampler.sampler,
-        i2i_form.sampler.steps,
-        i2i_form.sampler.cfg,
-        i2i_form.size.width,
-        i2i_form.size.height,
-        img2img.styles.styles,
-        img2img.styles.overrides,
-        ctx.tabs,
-    ]
+def _wire_send_buttons(ctx: UiContext, txt2img: Txt2ImgTab, img2img: Img2ImgTab, upscale: UpscaleTab,
+                       inpaint: InpaintTab) -> None:
+    """Send the selected image (and its prompts) from one result panel to Image to Image, Inpaint or Upscale 4x."""
+    up_form = upscale.form
+
+    def redraw_outputs(form: Any, picture: Any, styles: Any) -> list[Any]:
+        """What a picture sent on to a redrawing tab (Image to Image, Inpaint) fills there."""
+        return [picture, form.prompts.prompt, form.prompts.negative, form.sampler.sampler, form.sampler.steps,
+                form.sampler.cfg, form.size.width, form.size.height, styles.styles, styles.overrides, ctx.tabs]
+
+    to_redraw = {"img2img": redraw_outputs(img2img.form, img2img.init_image, img2img.styles),
+                 "inpaint": redraw_outputs(inpaint.form, inpaint.editor, inpaint.styles)}
     to_upscale = [upscale.input_image, up_form.prompts.prompt, up_form.prompts.negative, ctx.tabs]
 
-    def send_img2img_for(tab: str):
+    def send_redraw_for(tab: str, target: str):
         def send(gallery_value: Any, session: SessionJobs) -> list[Any]:
             image = selected_image(gallery_value, session, tab)
             request = last_request(session, tab)
             keep = gr.skip()
-            # img2img → itself keeps what the user may have edited since; other tabs bring their prompts along,
+            # a tab → itself keeps what the user may have edited since; other tabs bring their prompts along,
             # and txt2img its sampler settings too (the x4 upscaler's are not meant for img2img).
-            same_tab = tab == "img2img" or request is None
+            same_tab = tab == target or request is None
             prompts = [keep, keep] if same_tab else [request.prompt, request.negative_prompt]
             sampling = (
                 [request.sampler, request.steps, request.cfg_scale]
@@ -281,10 +282,10 @@ def _wire_send_buttons(ctx: UiContext, txt2img: Txt2ImgTab, img2img: Img2ImgTab,
                 else [keep] * 3
             )
             size = _image_size(image)
-            width, height = fit_size(*size) if size else (keep, keep)
+            width, height = fit_size(*size) if size and ctx.settings.send_size else (keep, keep)  # A1111's send_size
             # The prompts come with the styles and overrides they were made with (the prompt is the one typed).
             styles = [keep, keep] if same_tab else _styles_of(request)
-            return [image, *prompts, *sampling, width, height, *styles, gr.Tabs(selected="img2img")]
+            return [image, *prompts, *sampling, width, height, *styles, gr.Tabs(selected=target)]
 
         return send
 
@@ -297,10 +298,12 @@ def _wire_send_buttons(ctx: UiContext, txt2img: Txt2ImgTab, img2img: Img2ImgTab,
 
         return send
 
-    panels: dict[str, ResultPanel] = {"txt2img": txt2img.panel, "img2img": img2img.panel, "upscale": upscale.panel}
+    panels: dict[str, ResultPanel] = {"txt2img": txt2img.panel, "img2img": img2img.panel, "inpaint": inpaint.panel,
+                                      "upscale": upscale.panel}
     for tab, panel in panels.items():
         for target, button in panel.send_buttons.items():
-            handler, outputs = (
-                (send_img2img_for(tab), to_img2img) if target == "img2img" else (send_upscale_for(tab), to_upscale)
-            )
+            if target == "upscale":
+                handler, outputs = send_upscale_for(tab), to_upscale
+            else:
+                handler, outputs = send_redraw_for(tab, target), to_redraw[target]
             button.click(handler, inputs=[panel.gallery, ctx.session], outputs=outputs, queue=False)

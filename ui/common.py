@@ -9,6 +9,7 @@ Nothing here touches torch: a tab builds a ``GenerationRequest`` and hands it to
 from __future__ import annotations
 
 import asyncio
+import html
 import logging
 import math
 import os
@@ -23,6 +24,8 @@ from typing import Any
 import gradio as gr
 
 from pipelines.errors import AtelierError
+from pipelines.presets import PRESET_NAMES, preset_for, standard_preset
+from pipelines.presets import STANDARD as STANDARD_PRESET
 from pipelines.request import (
     MAX_BATCH_COUNT,
     MAX_BATCH_SIZE,
@@ -34,7 +37,7 @@ from pipelines.request import (
     MIN_SIZE,
     GenerationRequest,
 )
-from pipelines.samplers import SAMPLER_NAMES
+from pipelines.samplers import SAMPLER_NAMES, SCHEDULE_NAMES
 from pipelines.settings import Settings
 
 from .controls import labelled_number, labelled_slider
@@ -148,6 +151,10 @@ class SamplerControls:
     sampler: gr.Dropdown | None
     steps: gr.Slider
     cfg: gr.Slider | None
+    scheduler: gr.Dropdown | None = None  # A1111's "Schedule type"
+    preset: gr.Dropdown | None = None  # the speed preset menu (Text/Image to Image)
+    preset_note: gr.HTML | None = None  # says which preset was chosen automatically, and why
+    cfg_note: gr.HTML | None = None  # says that CFG 1 leaves the negative prompt out
 
 
 @dataclass
@@ -342,6 +349,43 @@ def build_sampler_dropdown(prefix: str, values: dict[str, Any], settings: Settin
     )
 
 
+def build_schedule_dropdown(prefix: str, values: dict[str, Any]) -> gr.Dropdown:
+    """A1111's "Schedule type" picker (Automatic: the sampler's own), defaulting to the last used."""
+    value = values.get("scheduler") if values.get("scheduler") in SCHEDULE_NAMES else SCHEDULE_NAMES[0]
+    return gr.Dropdown(list(SCHEDULE_NAMES), value=value, label="Schedule type", elem_id=f"{prefix}-scheduler",
+                       scale=2, min_width=130)
+
+
+def build_preset_dropdown(prefix: str, values: dict[str, Any]) -> gr.Dropdown:
+    """The speed preset menu: Standard, or a few-step model's sampler, schedule, steps and CFG."""
+    value = values.get("preset") if values.get("preset") in PRESET_NAMES else STANDARD_PRESET
+    return gr.Dropdown(list(PRESET_NAMES), value=value, label="Preset", elem_id=f"{prefix}-preset", scale=2,
+                       min_width=170, info="Sets sampler, schedule, steps and CFG; chosen for you when the "
+                       "checkpoint or a prompt LoRA is an LCM, Turbo, Lightning, Hyper-SD or TCD model.")
+
+
+CFG_ONE_NOTE = ("CFG 1: one model pass per step (about twice as fast); the negative prompt is not used (AND prompts "
+                "whose weights do not add up to 1 still use it).")
+
+
+def cfg_note_html(cfg: Any) -> str:
+    """The line under the CFG slider: what CFG 1 means, or nothing."""
+    try:
+        guided = float(cfg) > 1
+    except (TypeError, ValueError):
+        return ""
+    return "" if guided else f'<div class="cfg-note">{html.escape(CFG_ONE_NOTE)}</div>'
+
+
+def preset_note_html(text: str) -> str:
+    return f'<div class="preset-note">{html.escape(text)}</div>' if text else ""
+
+
+def preset_updates(preset: Any) -> list[Any]:
+    """The values a preset puts into the sampler, schedule, steps and CFG controls."""
+    return [preset.sampler, preset.schedule, int(preset.steps), float(preset.cfg_scale)]
+
+
 def build_steps_slider(prefix: str, values: dict[str, Any], settings: Settings) -> gr.Slider:
     return labelled_slider(
         1,
@@ -365,25 +409,37 @@ def build_cfg_slider(prefix: str, values: dict[str, Any]) -> gr.Slider:
 
 
 def build_generation_controls(
-    prefix: str, values: dict[str, Any], ctx: UiContext, after_size: Callable[[SizeControls], Any] | None = None
+    prefix: str, values: dict[str, Any], ctx: UiContext, after_size: Callable[[SizeControls], Any] | None = None,
+    presets: bool = False,
 ) -> tuple[SamplerControls, SeedControls, SizeControls, BatchControls]:
     """The sampler/seed/steps/CFG/size/batch block shared by Text to Image and Image to Image; ``after_size(size)``
-    builds what a tab shows under the size controls (Text to Image's Hires. fix).
+    builds what a tab shows under the size controls (Text to Image's Hires. fix); ``presets`` adds the speed preset
+    menu above the sampler (``wire_generate`` connects it).
 
     Ordered so that what changes most (sampler, seed, steps, CFG, size) fits a 1280x800 screen.
     """
+    preset = preset_note = None
+    if presets:
+        with gr.Row(equal_height=True):
+            preset = build_preset_dropdown(prefix, values)
+            preset_note = gr.HTML("", elem_id=f"{prefix}-preset-note", elem_classes="preset-note-box",
+                                  js_on_load=None)
     with gr.Row(equal_height=True):
         sampler = build_sampler_dropdown(prefix, values, ctx.settings)
+        scheduler = build_schedule_dropdown(prefix, values)
         with gr.Column(scale=3, min_width=220):
             seed = build_seed_controls(prefix, values, ctx, prefix)
     with gr.Row():
         steps = build_steps_slider(prefix, values, ctx.settings)
         cfg = build_cfg_slider(prefix, values)
+    cfg_note = gr.HTML(cfg_note_html(cfg.value), elem_id=f"{prefix}-cfg-note", js_on_load=None)
+    cfg.change(cfg_note_html, inputs=cfg, outputs=cfg_note, queue=False, show_progress="hidden")
     size = build_size_controls(prefix, values)
     if after_size is not None:
         after_size(size)
     batch = build_batch_controls(prefix, values, tiling=True)
-    return SamplerControls(sampler, steps, cfg), seed, size, batch
+    controls = SamplerControls(sampler, steps, cfg, scheduler, preset, preset_note, cfg_note)
+    return controls, seed, size, batch
 
 
 SIZE_PRESETS: dict[str, str] = {"512²": "512", "768²": "768", "1024²": "1024", "2:3": "2:3", "3:2": "3:2"}
@@ -507,13 +563,15 @@ def build_batch_controls(prefix: str, values: dict[str, Any], tiling: bool = Fal
     return BatchControls(batch_count, batch_size, tiling_box)
 
 
-SEND_LABELS = {"img2img": "Send to Image to Image", "upscale": "Send to Upscale 4x"}
+SEND_LABELS = {"img2img": "Send to Image to Image", "inpaint": "Send to Inpaint", "upscale": "Send to Upscale 4x"}
 
 
 def build_result_panel(
-    prefix: str, ctx: UiContext, *, gallery_id: str, info_id: str, send_to: tuple[str, ...] = ("img2img", "upscale")
+    prefix: str, ctx: UiContext, *, gallery_id: str, info_id: str,
+    send_to: tuple[str, ...] = ("img2img", "inpaint", "upscale"), folder: str | None = None,
 ) -> ResultPanel:
-    """Progress bar, gallery with download, infotext and the Send to / Open outputs buttons."""
+    """Progress bar, gallery with download, infotext and the Send to / Open outputs buttons (``folder``: the outputs
+    subfolder the tab's pictures go to, when it is not named as the tab)."""
     progress = gr.HTML("", elem_id=f"{prefix}-progress", elem_classes="atelier-progress-box", js_on_load=None)
     gallery = gr.Gallery(
         label="Images",
@@ -533,7 +591,7 @@ def build_result_panel(
             send_buttons[target] = gr.Button(SEND_LABELS[target], size="sm", elem_id=f"{prefix}-send-{target}")
         open_outputs = gr.Button("Open outputs folder", size="sm", elem_id=f"{prefix}-open-outputs", visible=False)
     ctx.local_only_buttons.append(open_outputs)
-    task_folder = Path(ctx.settings.outputs_dir) / prefix
+    task_folder = Path(ctx.settings.outputs_dir) / (folder or prefix)
 
     def open_folder(request: gr.Request) -> None:
         if not is_local_request(request):
@@ -650,6 +708,7 @@ class GenerationForm:
     size: SizeControls | None = None
     batch: BatchControls | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    task: str = ""  # the request's task when it is not the tab's name (Inpaint's requests are img2img's)
 
     def value_components(self) -> dict[str, Any]:
         """Form field name → component, for everything a request (and "last values") is built from."""
@@ -661,6 +720,10 @@ class GenerationForm:
         }
         if self.sampler.sampler is not None:
             named["sampler"] = self.sampler.sampler
+        if self.sampler.scheduler is not None:
+            named["scheduler"] = self.sampler.scheduler
+        if self.sampler.preset is not None:
+            named["preset"] = self.sampler.preset
         if self.sampler.cfg is not None:
             named["cfg"] = self.sampler.cfg
         if self.size is not None:
@@ -677,6 +740,8 @@ REMEMBERED = (
     "prompt",
     "negative",
     "sampler",
+    "scheduler",
+    "preset",
     "steps",
     "cfg",
     "width",
@@ -708,6 +773,12 @@ REMEMBERED = (
     "upscale_width",
     "upscale_height",
     "upscale_crop",
+    # the Inpaint tab (the outpaint sliders are for one picture: not kept)
+    "mask_blur",
+    "inpaint_fill",
+    "inpaint_area",
+    "inpaint_padding",
+    "inpaint_invert",
 )
 # The hires fix's "as the first pass" entries of its sampler and schedule menus (A1111's words)
 HR_SAME_SAMPLER = "Use same sampler"
@@ -727,6 +798,8 @@ def request_fields(task: str, values: dict[str, Any], checkpoint: Any = None, va
     }
     if "sampler" in values:
         fields["sampler"] = values["sampler"] or SAMPLER_NAMES[0]
+    if values.get("scheduler"):
+        fields["scheduler"] = values["scheduler"]
     if "cfg" in values:
         fields["cfg_scale"] = as_number(values["cfg"], "CFG scale")
     if "width" in values:
@@ -809,10 +882,12 @@ def wire_generate(
     image_fields: dict[str, Any] | None = None,
     extra_outputs: list[Any] | None = None,
     extra_values: Any = None,
+    more_fields: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
 ) -> None:
     """Connect Generate: read the form, build the request, follow the job and fill the result panel.
 
     ``image_fields`` maps request field names (``init_image``, ``image``) to image components;
+    ``more_fields(values)`` adds the request fields a tab reads from its own values (Inpaint's picture and mask);
     ``extra_values(view)`` gives the values of ``extra_outputs`` for the final view (e.g. the before/after
     slider). All Generate events share one ``concurrency_id`` with a limit above the manager's queue size.
     """
@@ -824,9 +899,11 @@ def wire_generate(
 
     async def generate(data: dict[Any, Any]) -> AsyncIterator[list[Any]]:
         values = {name: data[component] for name, component in named.items()}
-        fields = request_fields(form.tab, values, data[ctx.model_select], data[ctx.vae_select])
+        fields = request_fields(form.task or form.tab, values, data[ctx.model_select], data[ctx.vae_select])
         for name, component in image_fields.items():
             fields[name] = data[component]
+        if more_fields is not None:
+            fields.update(more_fields(values))
         request = create_request(**fields)
         session: SessionJobs = data[ctx.session]
         await asyncio.to_thread(ctx.store.save_last_values, form.tab, remembered_values(values))
@@ -861,3 +938,62 @@ def wire_generate(
             lambda: status_html(ctx.manager, ctx.settings), outputs=ctx.status_bar, queue=False, show_progress="hidden"
         )
     wire_stop(form.actions.stop, ctx, form.tab)
+    if form.sampler.preset is not None:
+        wire_presets(ctx, form)
+
+
+def chosen_preset(name: str | None, settings: Settings) -> Any:
+    """The preset called ``name`` (``Standard`` with the Settings' default sampler and steps)."""
+    return preset_for(name or STANDARD_PRESET, settings.default_sampler, settings.default_steps)
+
+
+def automatic_preset(manager: Any, settings: Settings, prompt: str | None, checkpoint: str | None,
+                     current: str | None, last_key: str | None) -> tuple[Any, str, str | None] | None:
+    """What the preset menu does when the checkpoint or the prompt changes: ``(preset, note, key)`` to apply, or
+    None to leave everything as it is.
+
+    A few-step model found (``manager.suggest_preset``) that was not found before: its preset, said in the note. The
+    same finding again: nothing (the user may have chosen otherwise since). The model gone while its preset is still
+    chosen: ``Standard`` again, said so."""
+    suggest = getattr(manager, "suggest_preset", None)
+    try:
+        choice = suggest(checkpoint, prompt or "") if callable(suggest) else None
+    except Exception as exc:  # a lookup must never break typing in the prompt box
+        log.debug("preset suggestion failed: %s", exc)
+        return None
+    key = choice.key if choice is not None else None
+    if key == last_key:
+        return None
+    if choice is not None:
+        return choice.preset, choice.message, key
+    if last_key is not None and current == last_key.split("|", 1)[0]:
+        return (standard_preset(settings.default_sampler, settings.default_steps),
+                "Standard again: the few-step model that chose the preset is no longer in use.", None)
+    return None
+
+
+def wire_presets(ctx: UiContext, form: GenerationForm) -> None:
+    """The preset menu sets the sampler, schedule, steps and CFG; a checkpoint or prompt LoRA that is a few-step
+    model chooses its preset by itself (said under the menu); the user can pick any other afterwards."""
+    controls = form.sampler
+    targets = [controls.sampler, controls.scheduler, controls.steps, controls.cfg]
+    last_key = gr.State(None)
+
+    def pick(name: str | None) -> list[Any]:
+        return [*preset_updates(chosen_preset(name, ctx.settings)), ""]
+
+    controls.preset.input(pick, inputs=controls.preset, outputs=[*targets, controls.preset_note], queue=False,
+                          show_progress="hidden")
+
+    def auto(prompt: str | None, checkpoint: str | None, current: str | None, last: str | None) -> list[Any]:
+        found = automatic_preset(ctx.manager, ctx.settings, prompt, checkpoint, current, last)
+        if found is None:
+            return [gr.skip()] * (len(targets) + 3)
+        preset, note, key = found
+        return [preset.name, *preset_updates(preset), preset_note_html(note), key]
+
+    inputs = [form.prompts.prompt, ctx.model_select, controls.preset, last_key]
+    outputs = [controls.preset, *targets, controls.preset_note, last_key]
+    for component in (form.prompts.prompt, ctx.model_select):
+        component.change(auto, inputs=inputs, outputs=outputs, queue=False, show_progress="hidden",
+                         trigger_mode="always_last")

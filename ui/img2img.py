@@ -8,6 +8,7 @@ from typing import Any
 
 import gradio as gr
 
+from pipelines.families import FAMILIES
 from pipelines.request import MIN_SIZE, RESIZE_MODES
 
 from .common import (
@@ -35,6 +36,7 @@ class Img2ImgTab:
     panel: ResultPanel
     init_image: gr.Image
     styles: StyleControls
+    depth_map: gr.Image
 
 
 def fit_size(width: int, height: int) -> tuple[int, int]:
@@ -45,6 +47,16 @@ def fit_size(width: int, height: int) -> tuple[int, int]:
         return max(MIN_SIZE, int(side * scale) // 8 * 8)
 
     return fit(width), fit(height)
+
+
+def is_depth_checkpoint(manager: Any, name: str | None) -> bool:
+    """Whether the checkpoint called ``name`` is a depth-to-image one (SD 2's depth model), which reads a depth map."""
+    try:
+        info = next((info for info in manager.checkpoints() if info.name == name), None)
+    except Exception:  # a registry that cannot list: no depth input rather than no tab
+        return False
+    spec = FAMILIES.get(getattr(info, "family", None) or "")
+    return bool(spec is not None and spec.is_depth)
 
 
 def size_for_image(image: Any) -> tuple[Any, Any]:
@@ -69,6 +81,15 @@ def build_img2img_tab(ctx: UiContext) -> Img2ImgTab:
                 height=260,
                 elem_id="img2img-init",
             )
+            depth_map = gr.Image(
+                label="Depth map (optional; white = near): without one, the DPT model of models/depth/ estimates it",
+                type="pil",
+                image_mode=None,  # 16-bit depth maps keep their precision
+                sources=["upload", "clipboard"],
+                height=200,
+                elem_id="img2img-depth",
+                visible=is_depth_checkpoint(ctx.manager, ctx.model_select.value),
+            )
             with gr.Row():
                 strength = labelled_slider(
                     0.0,
@@ -86,13 +107,17 @@ def build_img2img_tab(ctx: UiContext) -> Img2ImgTab:
                     elem_id="img2img-resize-mode",
                     scale=2,
                 )
-            sampler, seed, size, batch = build_generation_controls(TAB, values, ctx)
+            sampler, seed, size, batch = build_generation_controls(TAB, values, ctx, presets=True)
         with gr.Column(scale=6, min_width=380, elem_classes="results-column"):
             actions = build_action_buttons(TAB)
             panel = build_result_panel(
-                TAB, ctx, gallery_id="img2img-gallery", info_id="img2img-info", send_to=("img2img", "upscale")
+                TAB, ctx, gallery_id="img2img-gallery", info_id="img2img-info",
+                send_to=("img2img", "inpaint", "upscale"),
             )
     init_image.upload(size_for_image, inputs=init_image, outputs=[size.width, size.height], queue=False)
+    # the depth input shows while a depth-to-image checkpoint is chosen (a normal checkpoint reads no depth map)
+    ctx.model_select.change(lambda name: gr.Image(visible=is_depth_checkpoint(ctx.manager, name)),
+                            inputs=ctx.model_select, outputs=depth_map, queue=False, show_progress="hidden")
     form = GenerationForm(
         TAB,
         prompts,
@@ -104,5 +129,5 @@ def build_img2img_tab(ctx: UiContext) -> Img2ImgTab:
         extra={"strength": strength, "resize_mode": resize_mode, "styles": styles.styles,
                "overrides": styles.overrides},
     )
-    wire_generate(ctx, form, panel, image_fields={"init_image": init_image})
-    return Img2ImgTab(form, panel, init_image, styles)
+    wire_generate(ctx, form, panel, image_fields={"init_image": init_image, "depth_map": depth_map})
+    return Img2ImgTab(form, panel, init_image, styles, depth_map)

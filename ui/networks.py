@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 # A1111's preview names (modules/ui_extra_networks.py ``find_preview``): "<name>.preview.<ext>", then "<name>.<ext>".
 PREVIEW_SUFFIXES = tuple(f"{middle}.{ext}" for middle in (".preview", "") for ext in ("png", "jpg", "jpeg", "webp"))
-GENERATION_TABS = {"txt2img": "Text to Image", "img2img": "Image to Image"}
+GENERATION_TABS = {"txt2img": "Text to Image", "img2img": "Image to Image", "inpaint": "Inpaint"}
 DEFAULT_TAB = "txt2img"
 LORA_TAG = re.compile(r"<(?:lora|lyco):([^:>]+)(?::[^>]*)?>")
 HINT = "Click a card to add it to the prompt; click it again to take it out."
@@ -63,7 +63,8 @@ element.addEventListener('click', (event) => {
   const card = event.target.closest('.network-card');
   if (!card || !element.contains(card)) return;
   const showing = (id) => { const tab = document.getElementById(id); return !!tab && tab.offsetParent !== null; };
-  const tab = showing('tab-img2img') ? 'img2img' : showing('tab-txt2img') ? 'txt2img' : '';
+  const tab = showing('tab-inpaint') ? 'inpaint' : showing('tab-img2img') ? 'img2img'
+    : showing('tab-txt2img') ? 'txt2img' : '';
   trigger('click', {key: card.dataset.key, tab: tab});
 });
 """
@@ -253,8 +254,9 @@ class CardClick:
 
 
 def click_card(card: NetworkCard | None, tab: str, prompt: str | None) -> CardClick:
-    """A click on ``card`` while ``tab`` ("txt2img" or "img2img") is in use and its prompt reads ``prompt``: add
-    the card's text, or take it out when it is already there; a card that cannot be used only says why."""
+    """A click on ``card`` while ``tab`` ("txt2img", "img2img" or "inpaint") is in use and its prompt reads
+    ``prompt``: add the card's text, or take it out when it is already there; a card that cannot be used only says
+    why."""
     if card is None:
         return CardClick(None, None, "That card is gone: press ↻ to list the files again.")
     if card.problem:
@@ -336,14 +338,16 @@ def build_networks_panel(manager: Any, settings: Any) -> NetworksPanel:
     return NetworksPanel(accordion, search, refresh, status, cards, shelf)
 
 
-def wire_networks_panel(panel: NetworksPanel, txt2img_prompt: gr.Textbox, img2img_prompt: gr.Textbox) -> None:
+def wire_networks_panel(panel: NetworksPanel, txt2img_prompt: gr.Textbox, img2img_prompt: gr.Textbox,
+                        inpaint_prompt: gr.Textbox) -> None:
     """Card clicks edit the prompt of the tab in use; ↻ rescans the folders and lists the cards again."""
     last_tab = gr.State(DEFAULT_TAB)  # the generation tab last written to: used while another tab is showing
 
-    def on_click(previous: str, txt2img_text: str, img2img_text: str, evt: gr.EventData) -> list[Any]:
+    def on_click(previous: str, txt2img_text: str, img2img_text: str, inpaint_text: str,
+                 evt: gr.EventData) -> list[Any]:
         data = getattr(evt, "_data", None) or {}
         tab = data.get("tab") if data.get("tab") in GENERATION_TABS else previous
-        prompts = {"txt2img": txt2img_text, "img2img": img2img_text}
+        prompts = {"txt2img": txt2img_text, "img2img": img2img_text, "inpaint": inpaint_text}
         click = click_card(panel.shelf.find(data.get("key")), tab, prompts.get(tab))
         updates = [click.prompt if click.tab == name else gr.skip() for name in prompts]
         return [click.tab or previous, *updates, status_line(click.message)]
@@ -355,7 +359,7 @@ def wire_networks_panel(panel: NetworksPanel, txt2img_prompt: gr.Textbox, img2im
             raise user_error(exc) from None
         return [panel.shelf.html(), status_line(panel.shelf.summary())]
 
-    boxes = [txt2img_prompt, img2img_prompt]
+    boxes = [txt2img_prompt, img2img_prompt, inpaint_prompt]
     panel.cards.click(on_click, inputs=[last_tab, *boxes], outputs=[last_tab, *boxes, panel.status], queue=False,
                       show_progress="hidden")
     panel.refresh.click(on_refresh, outputs=[panel.cards, panel.status], queue=False)
