@@ -4,9 +4,17 @@
     .venv/bin/python bench/run.py --sizes 256,512 --steps 20  # the full CPU table (see bench/README.md)
     .venv/bin/python bench/run.py --sizes 256,512 --via api --interleave  # through the API, drift-corrected
 
-Modes: ``diffusers`` (plain ``StableDiffusionPipeline.from_single_file`` on the same file: fp32, SDPA, Euler, the
-same seed) and Atelier's manager (``PipelineManager.run``, the path every front door takes) in ``default``,
-``fast`` (Settings ``fast``), ``deep_cache``, ``token_merging`` and ``deep_cache+token_merging``.
+Modes: ``diffusers`` (plain ``StableDiffusionPipeline.from_single_file`` on the same file: fp32, SDPA, the
+``--sampler``'s diffusers scheduler, the same seed), ``diffusers+lora`` (the same with the bench LoRA through
+diffusers' own ``load_lora_weights``/``set_adapters``) and Atelier's manager (``PipelineManager.run``, the path every
+front door takes) in ``default``, ``fast`` (Settings ``fast``), ``deep_cache``, ``token_merging``,
+``deep_cache+token_merging``, ``prompt150``, ``lora``, ``taesd`` (the final decode by TAESD: request ``fast_decode``),
+``fast+taesd``, ``fast+lora``.
+
+Few-step lines (issue 28): ``--sampler LCM --steps 4 --cfg 1`` (plain diffusers: ``LCMScheduler``), a Turbo-shaped
+one ``--families sd2 --sampler "Euler a" --schedule "SGM Uniform" --steps 1 --cfg 1`` (trailing timesteps). A random
+TAESD (real taesd shapes) is installed in ``models/VAE-approx/`` only while the ``taesd`` modes run: with it there,
+every Atelier image previews through it, which the other modes must not pay for.
 
 The model is SD1.5-shaped with random weights (shapes decide speed; no hub), built once from the bundled
 diffusers configs, written as an original-layout single file (``pipelines/convert.py``) and cached under
@@ -43,12 +51,19 @@ def mode_kind(mode: str) -> str:
     return "+".join(part.partition("@")[0] for part in mode.split("+"))
 
 
-ALL_MODES = ("diffusers", "default", "fast", "deep_cache", "token_merging", "deep_cache+token_merging", "prompt150",
-             "lora")
+ALL_MODES = ("diffusers", "diffusers+lora", "default", "fast", "deep_cache", "token_merging",
+             "deep_cache+token_merging", "prompt150", "lora", "taesd", "fast+taesd", "fast+lora")
 DEEP_CACHE_INTERVAL = 3  # --deep-cache-interval
 TOKEN_MERGING_RATIO = 0.5  # --token-merging
-ATELIER_SETTINGS_MODES = {"fast": {"fast": True}}  # modes that need their own manager (different Settings)
-FAMILIES = ("sd15",)
+# modes that need their own manager (different Settings); modes with the same Settings share one
+ATELIER_SETTINGS_MODES = {"fast": {"fast": True}, "fast+taesd": {"fast": True}, "fast+lora": {"fast": True}}
+PLAIN_MODES = ("diffusers", "diffusers+lora")  # plain diffusers, not Atelier
+FAMILIES = ("sd15", "sd2")
+SAMPLER = "Euler"  # --sampler: an A1111 label Atelier knows, with a plain-diffusers scheduler below
+SCHEDULE = "Automatic"  # --schedule: Atelier's schedule type; "SGM Uniform" is diffusers' trailing spacing
+PLAIN_SCHEDULERS = {"Euler": "EulerDiscreteScheduler", "Euler a": "EulerAncestralDiscreteScheduler",
+                    "LCM": "LCMScheduler", "TCD": "TCDScheduler", "DDIM": "DDIMScheduler"}
+PLAIN_CALL_KWARGS = {"TCD": {"eta": 0.3}}  # what Atelier's sampler table passes to the call (TCD's gamma)
 PROMPT = "a watercolor painting of a lighthouse at dusk, soft light"
 NEGATIVE = "blurry"
 # prompt150: a pasted-from-a-model-page prompt, weighted, edited and two chunks long (~150 CLIP tokens)
@@ -60,21 +75,28 @@ PROMPT150 = ("(masterpiece:1.2), (best quality:1.1), a watercolor painting of a 
              "by a famous painter, trending, award winning, sharp focus, 8k, depth of field, bokeh, "
              "(film grain:0.6), high contrast, [[vignette]], soft edges, calm mood")
 LORA_NAME = "bench-lora"
-LORA_TAG = f" <lora:{LORA_NAME}:0.8>"
+LORA_WEIGHT = 0.8
+LORA_TAG = f" <lora:{LORA_NAME}:{LORA_WEIGHT}>"
 LORA_RANK = 16
-FIRST_TIMED = ("lora",)  # modes whose first image is timed too (the LoRA's first load)
+FIRST_TIMED = ("lora", "fast+lora")  # modes whose first image is timed too (the LoRA's first load)
 
 
 def mode_prompt(mode: str) -> str:
     """The prompt a mode sends: the bench prompt, the 150-token weighted one, or the prompt with the LoRA tag."""
-    kind = mode_kind(mode)
-    if kind == "prompt150":
+    parts = mode_kind(mode).split("+")
+    if "prompt150" in parts:
         return PROMPT150
-    if kind == "lora":
+    if "lora" in parts:
         return PROMPT + LORA_TAG
     return PROMPT
+
+
+def mode_uses(mode: str, part: str) -> bool:
+    """Whether ``mode`` has ``part`` (``taesd``, ``lora``, ``fast``) among its ``+`` parts."""
+    return part in mode_kind(mode).split("+")
 SEED = 1234
-CHECKPOINT_NAME = {"sd15": "bench-sd15", "tiny": "bench-tiny-sd15"}
+# the SD 2 one is 512-base (epsilon), as SD-Turbo: its name says so (registry.sd2_prediction)
+CHECKPOINT_NAME = {"sd15": "bench-sd15", "sd2": "bench-sd2-turbo-512", "tiny": "bench-tiny-sd15"}
 
 
 # --- measuring ------------------------------------------------------------------------------------------------
@@ -179,8 +201,8 @@ def build_components(family: str, tiny: bool) -> dict[str, Any]:
 
     if tiny:
         return tiny_sd15_components(seed=0)
-    if family != "sd15":
-        raise SystemExit(f"bench: family {family!r} is not built on CPU yet (only sd15)")
+    if family not in FAMILIES:
+        raise SystemExit(f"bench: family {family!r} is not built on CPU yet (only {', '.join(FAMILIES)})")
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -229,6 +251,7 @@ class BenchModel:
     path: Path
     models_dir: Path
     config_dir: Path
+    family: str = "sd15"
 
 
 def ensure_checkpoint(family: str, tiny: bool, work_dir: Path, log: Callable[[str], None]) -> BenchModel:
@@ -244,7 +267,7 @@ def ensure_checkpoint(family: str, tiny: bool, work_dir: Path, log: Callable[[st
     # gets as ``config=``; the full-size one uses the bundled configs of its family, as a real file would.
     config_dir = path.with_name(f"{name}.config") if tiny else REPO_ROOT / "pipelines" / "configs" / family
     if path.exists() and (not tiny or (config_dir / "model_index.json").exists()):
-        return BenchModel(name, path, models_dir, config_dir)
+        return BenchModel(name, path, models_dir, config_dir, family)
     log(f"building {name} (random weights, original layout) -> {path}")
     started = time.perf_counter()
     components = build_components(family, tiny)
@@ -258,7 +281,7 @@ def ensure_checkpoint(family: str, tiny: bool, work_dir: Path, log: Callable[[st
     del components, state_dict
     gc.collect()
     log(f"built {name} in {time.perf_counter() - started:.1f} s")
-    return BenchModel(name, path, models_dir, config_dir)
+    return BenchModel(name, path, models_dir, config_dir, family)
 
 
 def ensure_lora(model: BenchModel, tiny: bool, log: Callable[[str], None]) -> Path:
@@ -294,28 +317,50 @@ def ensure_lora(model: BenchModel, tiny: bool, log: Callable[[str], None]) -> Pa
 
 
 # --- plain diffusers ------------------------------------------------------------------------------------------
+def plain_scheduler(config: Any) -> Any:
+    """The ``--sampler``'s diffusers scheduler over the checkpoint's config, as a plain script would make it
+    (``--schedule "SGM Uniform"``: ``timestep_spacing="trailing"``)."""
+    import diffusers
+
+    if SAMPLER not in PLAIN_SCHEDULERS:
+        raise SystemExit(f"bench: --sampler {SAMPLER!r} has no plain-diffusers twin here; use one of "
+                         f"{', '.join(PLAIN_SCHEDULERS)}")
+    extra = {"timestep_spacing": "trailing"} if SCHEDULE == "SGM Uniform" else {}
+    return getattr(diffusers, PLAIN_SCHEDULERS[SAMPLER]).from_config(config, **extra)
+
+
 def run_plain_diffusers(model: BenchModel, size: int, steps: int, cfg: float, repeats: int,
-                        keep: dict[str, Any] | None = None, start_s: float = 0.0) -> Measurement:
-    """``from_single_file`` (fp32, SDPA, Euler) and two images: the first includes the checkpoint load (and
-    ``start_s``, a script's start and imports, when Atelier's figure includes its server's start).
+                        keep: dict[str, Any] | None = None, start_s: float = 0.0,
+                        lora: Path | None = None) -> Measurement:
+    """``from_single_file`` (fp32, SDPA, the ``--sampler``'s scheduler) and two images: the first includes the
+    checkpoint load (and ``start_s``, a script's start and imports, when Atelier's figure includes its server's start).
+    ``lora``: the bench LoRA loaded the diffusers way (``load_lora_weights``, ``set_adapters`` at the tag's weight),
+    its load counted in the first image.
 
     With ``keep`` (``--interleave``) the pipeline stays loaded: ``keep["generate"]`` times one more cached image.
     """
     import torch
-    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline
 
-    from pipelines.tokenizers import clip_tokenizer
+    from pipelines.tokenizers import OPENCLIP_PAD, clip_tokenizer
 
-    m = Measurement("diffusers", start_s=start_s or None)
+    m = Measurement("diffusers+lora" if lora is not None else "diffusers", start_s=start_s or None)
     with RssSampler() as rss:
         started = time.perf_counter()
+        tokenizer = clip_tokenizer(OPENCLIP_PAD) if model.family == "sd2" else clip_tokenizer()
         pipe = StableDiffusionPipeline.from_single_file(
             str(model.path), config=str(model.config_dir), local_files_only=True, torch_dtype=torch.float32,
-            tokenizer=clip_tokenizer(), safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+            tokenizer=tokenizer, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
         )
-        pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+        pipe.scheduler = plain_scheduler(pipe.scheduler.config)
         pipe.set_progress_bar_config(disable=True)
         m.load_s = time.perf_counter() - started
+        lora_s = 0.0
+        if lora is not None:
+            lora_started = time.perf_counter()
+            pipe.load_lora_weights(str(lora), adapter_name="bench")
+            pipe.set_adapters(["bench"], [{"unet": LORA_WEIGHT, "text_encoder": LORA_WEIGHT}])
+            lora_s = time.perf_counter() - lora_started
 
         def generate() -> tuple[Any, float, float | None]:
             clock = StepClock()
@@ -327,11 +372,11 @@ def run_plain_diffusers(model: BenchModel, size: int, steps: int, cfg: float, re
             t0 = time.perf_counter()
             image = pipe(PROMPT, negative_prompt=NEGATIVE, num_inference_steps=steps, guidance_scale=cfg,
                          height=size, width=size, generator=torch.Generator("cpu").manual_seed(SEED),
-                         callback_on_step_end=on_step).images[0]
+                         callback_on_step_end=on_step, **PLAIN_CALL_KWARGS.get(SAMPLER, {})).images[0]
             return image, time.perf_counter() - t0, clock.seconds_per_step(t0)
 
         _, first, _ = generate()
-        m.first_image_s = start_s + m.load_s + first
+        m.first_image_s = start_s + m.load_s + lora_s + first
         m.image, m.image_s, m.s_per_it = _best_of(generate, repeats, m)
     m.peak_rss, m.start_rss = rss.peak, rss.start
     if keep is not None:
@@ -454,9 +499,9 @@ def atelier_request(model: BenchModel, size: int, steps: int, cfg: float, mode: 
 
     interval, ratio = speedup_switches(mode)
     return GenerationRequest.create(
-        prompt=mode_prompt(mode), negative_prompt=NEGATIVE, sampler="Euler", steps=steps, cfg_scale=cfg, width=size,
-        height=size, seed=SEED, checkpoint=model.name, deep_cache=interval is not None,
-        deep_cache_interval=interval, token_merging=ratio,
+        prompt=mode_prompt(mode), negative_prompt=NEGATIVE, sampler=SAMPLER, scheduler=SCHEDULE, steps=steps,
+        cfg_scale=cfg, width=size, height=size, seed=SEED, checkpoint=model.name, deep_cache=interval is not None,
+        deep_cache_interval=interval, token_merging=ratio, fast_decode=mode_uses(mode, "taesd"),
     )
 
 
@@ -564,8 +609,11 @@ def api_body(size: int, steps: int, cfg: float, mode: str) -> dict[str, Any]:
         overrides.update(deep_cache=True, deep_cache_interval=interval)
     if ratio > 0:
         overrides["token_merging_ratio"] = ratio
-    return {"prompt": mode_prompt(mode), "negative_prompt": NEGATIVE, "sampler_name": "Euler", "steps": steps,
-            "cfg_scale": cfg, "width": size, "height": size, "seed": SEED, "override_settings": overrides}
+    if mode_uses(mode, "taesd"):
+        overrides["fast_decode"] = True
+    return {"prompt": mode_prompt(mode), "negative_prompt": NEGATIVE, "sampler_name": SAMPLER, "scheduler": SCHEDULE,
+            "steps": steps, "cfg_scale": cfg, "width": size, "height": size, "seed": SEED,
+            "override_settings": overrides}
 
 
 def run_api_mode(server: AtelierServer, size: int, steps: int, cfg: float, mode: str, repeats: int,
@@ -625,7 +673,8 @@ def run_api_mode(server: AtelierServer, size: int, steps: int, cfg: float, mode:
 def _speedup_words(mode: str) -> list[str]:
     """What the infotext must mention when ``mode``'s speed-ups were applied."""
     interval, ratio = speedup_switches(mode)
-    return [word for on, word in ((interval is not None, "DeepCache"), (ratio > 0, "Token merging ratio")) if on]
+    return [word for on, word in ((interval is not None, "DeepCache"), (ratio > 0, "Token merging ratio"),
+                                  (mode_uses(mode, "taesd"), "VAE: taesd")) if on]
 
 
 # --- the run --------------------------------------------------------------------------------------------------
@@ -638,6 +687,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"comma-separated, from: {', '.join(ALL_MODES)} (default: all); a speed-up may "
                              "carry its setting: deep_cache@4, token_merging@0.3")
     parser.add_argument("--steps", type=int, default=20, help="denoising steps (default: 20)")
+    parser.add_argument("--sampler", default="Euler",
+                        help=f"Atelier's sampler; plain diffusers runs its scheduler ({', '.join(PLAIN_SCHEDULERS)}; "
+                             "default: Euler)")
+    parser.add_argument("--schedule", default="Automatic",
+                        help="Atelier's schedule type: Automatic (default) or SGM Uniform (diffusers' trailing "
+                             "timesteps, for both sides)")
     parser.add_argument("--cfg", type=float, default=7.0, help="CFG scale (default: 7)")
     parser.add_argument("--deep-cache-interval", type=int, default=3,
                         help="DeepCache interval of the deep_cache modes: every n-th step runs the whole UNet "
@@ -671,6 +726,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = [m for m in args.modes if mode_kind(m) not in ALL_MODES]
     if unknown:
         parser.error(f"unknown mode(s) {', '.join(unknown)}; choose from {', '.join(ALL_MODES)}")
+    if args.sampler not in PLAIN_SCHEDULERS:
+        parser.error(f"--sampler must be one of {', '.join(PLAIN_SCHEDULERS)} (got {args.sampler!r})")
+    if args.schedule not in ("Automatic", "SGM Uniform"):
+        parser.error(f"--schedule must be Automatic or SGM Uniform (got {args.schedule!r})")
     bad_sizes = [s for s in args.sizes if s % 8 or not 64 <= s <= 2048]
     if bad_sizes:
         parser.error(f"sizes must be multiples of 8 between 64 and 2048 (got {bad_sizes})")
@@ -768,6 +827,60 @@ def atelier_session(via: str, model: BenchModel, work_dir: Path, changes: dict[s
                                                    args.repeats, first)
 
 
+def session_groups(modes: list[str]) -> list[tuple[tuple[dict[str, Any], bool], list[str]]]:
+    """Atelier modes grouped by what their session needs: the same Settings changes (one manager or server each)
+    and whether TAESD is installed; in the order their first mode comes."""
+    groups: list[tuple[tuple[dict[str, Any], bool], list[str]]] = []
+    for mode in modes:
+        key = (ATELIER_SETTINGS_MODES.get(mode_kind(mode), {}), mode_uses(mode, "taesd"))
+        for existing, members in groups:
+            if existing == key:
+                members.append(mode)
+                break
+        else:
+            groups.append((key, [mode]))
+    return groups
+
+
+def ensure_taesd(work_dir: Path, tiny: bool, log: Callable[[str], None]) -> Path:
+    """A random-weight TAESD decoder in taesd's own ``.safetensors`` layout, built once: real taesd shapes (diffusers'
+    ``AutoencoderTiny`` defaults), or the tiny test one with ``--tiny``."""
+    import torch
+
+    from pipelines.tiny import tiny_autoencoder_tiny, write_taesd_decoder
+
+    path = work_dir / ("taesd-tiny" if tiny else "taesd") / "taesd_decoder.safetensors"
+    if path.exists():
+        return path
+    log(f"building {path.name} (random weights)")
+    if tiny:
+        model = tiny_autoencoder_tiny(seed=3)
+    else:
+        from diffusers import AutoencoderTiny
+
+        torch.manual_seed(3)
+        model = AutoencoderTiny().eval()
+    return write_taesd_decoder(model, path)
+
+
+@contextlib.contextmanager
+def taesd_installed(model: BenchModel, tiny: bool, wanted: bool, log: Callable[[str], None]) -> Iterator[None]:
+    """With ``wanted``, the bench TAESD in ``models/VAE-approx/`` for the session (A1111's folder), removed after:
+    installed, it previews every Atelier image, which the modes without ``taesd`` must not pay for."""
+    if not wanted:
+        yield
+        return
+    source = ensure_taesd(model.models_dir.parent, tiny, log)
+    target = model.models_dir / "VAE-approx" / source.name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.unlink(missing_ok=True)
+    target.symlink_to(source)
+    try:
+        yield
+    finally:
+        target.unlink(missing_ok=True)
+
+
 def bench_size(family: str, size: int, model: BenchModel, args: argparse.Namespace, work_dir: Path,
                printer: Printer) -> list[dict[str, Any]]:
     """All requested modes at one size; returns the records (also printed as they finish)."""
@@ -787,10 +900,14 @@ def bench_size(family: str, size: int, model: BenchModel, args: argparse.Namespa
 
     keep: dict[str, Any] | None = {} if args.interleave else None
     twins: dict[str, Measurement] = {}
+    start_s = script_start_s() if args.via == "api" and any(m in PLAIN_MODES for m in order) else 0.0
     if "diffusers" in order:
-        start_s = script_start_s() if args.via == "api" else 0.0
         measure("diffusers", lambda: in_worker_thread(
             lambda: run_plain_diffusers(model, size, args.steps, args.cfg, args.repeats, keep, start_s)))
+    if "diffusers+lora" in order:
+        lora = model.models_dir / "loras" / f"{LORA_NAME}.safetensors"
+        measure("diffusers+lora", lambda: in_worker_thread(
+            lambda: run_plain_diffusers(model, size, args.steps, args.cfg, args.repeats, None, start_s, lora)))
 
     def twin(mode: str) -> None:
         if keep and "generate" in keep and results[mode].error is None:
@@ -800,13 +917,10 @@ def bench_size(family: str, size: int, model: BenchModel, args: argparse.Namespa
             except Exception as exc:  # the mode's ratio falls back to the diffusers mode's image
                 printer.log(f"diffusers twin failed: {type(exc).__name__}: {exc}")
 
-    groups = [({}, [m for m in order if m not in ("diffusers", *ATELIER_SETTINGS_MODES)])]
-    groups += [(changes, [mode]) for mode, changes in ATELIER_SETTINGS_MODES.items() if mode in order]
-    for changes, modes in groups:
-        if not modes:
-            continue
+    for (changes, with_taesd), modes in session_groups([m for m in order if m not in PLAIN_MODES]):
         try:
-            with atelier_session(args.via, model, work_dir, changes, size, args, printer.log) as run_mode:
+            with taesd_installed(model, args.tiny, with_taesd, printer.log), \
+                    atelier_session(args.via, model, work_dir, changes, size, args, printer.log) as run_mode:
                 for i, mode in enumerate(modes):
                     timed_first = i == 0 or mode_kind(mode) in FIRST_TIMED
                     measure(mode, lambda mode=mode, first=timed_first: run_mode(mode, first))
@@ -818,16 +932,21 @@ def bench_size(family: str, size: int, model: BenchModel, args: argparse.Namespa
     if keep is not None:
         keep.clear()  # plain diffusers' pipeline goes now
         gc.collect()
-    base = results.get("diffusers")
     reference_name = "default" if "default" in results else "diffusers"
     reference = results.get(reference_name)
     for mode in order:
         m = results[mode]
+        base = results.get("diffusers")
         ref, ref_name = (reference, reference_name) if mode != reference_name else (base, "diffusers")
-        record = record_for(m, family, size, args, base, ref, ref_name, twins.get(mode))
+        twin_m = twins.get(mode)
+        if mode_uses(mode, "lora") and "diffusers+lora" in results and mode != "diffusers+lora":
+            # a LoRA image against plain diffusers with the same LoRA: its time, and its pixels
+            base, ref, ref_name, twin_m = results["diffusers+lora"], results["diffusers+lora"], "diffusers+lora", None
+        record = record_for(m, family, size, args, base, ref, ref_name, twin_m)
         default = results.get("default")
-        if mode_kind(mode) in ("prompt150", "lora") and default is not None:
-            # what the prompt language costs: against Atelier's own default image (same server, same model)
+        if (mode not in PLAIN_MODES and any(mode_uses(mode, part) for part in ("prompt150", "lora", "taesd"))
+                and default is not None):
+            # what the prompt language or a TAESD decode costs or saves: against Atelier's own default image
             record["ratio_vs_default"] = _ratio(m.image_s, default.image_s)
             record["ratio_rss_vs_default"] = _ratio(m.peak_rss, default.peak_rss)
         record["threads"] = torch.get_num_threads()
@@ -837,9 +956,10 @@ def bench_size(family: str, size: int, model: BenchModel, args: argparse.Namespa
 
 
 def main(argv: list[str] | None = None) -> int:
-    global DEEP_CACHE_INTERVAL, TOKEN_MERGING_RATIO
+    global DEEP_CACHE_INTERVAL, TOKEN_MERGING_RATIO, SAMPLER, SCHEDULE
     args = parse_args(argv)
     DEEP_CACHE_INTERVAL, TOKEN_MERGING_RATIO = args.deep_cache_interval, args.token_merging
+    SAMPLER, SCHEDULE = args.sampler, args.schedule
     printer = Printer(args.out)
     if args.threads:
         # Before torch loads: OpenMP reads it for every thread, the manager's worker thread included.
@@ -863,16 +983,22 @@ def main(argv: list[str] | None = None) -> int:
             "kind": "env", "tiny": args.tiny, "torch": torch.__version__, "diffusers": _version("diffusers"),
             "device": "cpu", "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
             "cpus": os.cpu_count(), "sizes": args.sizes, "modes": args.modes, "steps": args.steps, "cfg": args.cfg,
-            "sampler": "Euler", "dtype": "fp32", "families": args.families, "via": args.via,
+            "sampler": SAMPLER, "schedule": SCHEDULE, "dtype": "fp32", "families": args.families, "via": args.via,
             "deep_cache_interval": args.deep_cache_interval, "token_merging": args.token_merging,
         })
         started = time.perf_counter()
         for family in args.families:
             model = ensure_checkpoint(family, args.tiny, work_dir, printer.log)
-            if any(mode_kind(mode) == "lora" for mode in args.modes):
+            family_args = args
+            if model.family != "sd15" and any(mode_uses(mode, "lora") for mode in args.modes):
+                # the bench LoRA is SD 1.5-shaped (one models folder holds every family's files)
+                printer.log(f"{family}: the LoRA modes run on sd15 only; left out")
+                family_args = argparse.Namespace(**{**vars(args), "modes": [
+                    mode for mode in args.modes if not mode_uses(mode, "lora")]})
+            if any(mode_uses(mode, "lora") for mode in family_args.modes):
                 ensure_lora(model, args.tiny, printer.log)
             for size in args.sizes:
-                bench_size(family, size, model, args, work_dir, printer)
+                bench_size(family, size, model, family_args, work_dir, printer)
         printer.log(f"done in {time.perf_counter() - started:.0f} s")
     return 0
 

@@ -87,12 +87,13 @@ class ConditionedCall:
 
 
 def encode_prompts(pipe: Any, family: str, plan: PromptPlan, calls: int, options: EncodeOptions,
-                   embeddings: Mapping[str, Any] | None = None) -> PromptConditioning:
+                   embeddings: Mapping[str, Any] | None = None, guidance: bool = True) -> PromptConditioning:
     """Encode ``plan``'s texts with ``pipe``'s tokenizers and text encoders, A1111's way, for a call of ``calls``
-    UNet calls (each distinct text of the schedules once)."""
+    UNet calls (each distinct text of the schedules once). Without ``guidance`` (CFG 1) the negative prompt is left
+    out where nothing uses it."""
     conditioner = TextConditioner.for_family(family, pipe)
     return encode_prompt_conditioning(conditioner, plan.prepared.prompt, plan.prepared.negative_prompt, calls, options,
-                                      embeddings)
+                                      embeddings, guidance)
 
 
 def conditioned_call(pipe: Any, conditioning: PromptConditioning, images: int, guidance: bool,
@@ -141,7 +142,9 @@ class _StepCounter:
 @contextmanager
 def _composable_unet(unet: Any, conditioning: PromptConditioning, counter: _StepCounter, images: int) -> Iterator[None]:
     """Wrap ``unet.forward`` for one call: each UNet call runs the negative and every ``AND`` part in one batch and
-    returns ``[uncond, uncond + Σ wᵢ (condᵢ − uncond)]`` (or only the second without CFG)."""
+    returns ``[uncond, uncond + Σ wᵢ (condᵢ − uncond)]`` (or only the second without CFG). Without CFG and with
+    weights that add up to 1 the negative is not encoded (``needs_negative``) and not run: the result is then
+    ``Σ wᵢ condᵢ``, the same sum without the uncond pass."""
     import torch
 
     original = unet.forward
@@ -153,26 +156,33 @@ def _composable_unet(unet: Any, conditioning: PromptConditioning, counter: _Step
         guided = sample.shape[0] == 2 * n
         parts = step.prompt_embeds.shape[0]
         uncond_in, cond_in = (sample[:n], sample[n:]) if guided else (sample, sample)
-        batch = torch.cat([uncond_in] + [cond_in] * parts)
+        with_uncond = step.negative_prompt_embeds is not None
+        lead = 1 if with_uncond else 0  # the uncond's place at the head of the batch
+        batch = torch.cat([uncond_in] * lead + [cond_in] * parts)
         like = encoder_hidden_states
-        texts = torch.cat([step.negative_prompt_embeds.repeat(n, 1, 1)]
-                          + [step.prompt_embeds[p:p + 1].repeat(n, 1, 1) for p in range(parts)]).to(like.device,
-                                                                                                   like.dtype)
+        uncond_texts = [step.negative_prompt_embeds.repeat(n, 1, 1)] if with_uncond else []
+        texts = torch.cat(uncond_texts + [step.prompt_embeds[p:p + 1].repeat(n, 1, 1) for p in range(parts)]).to(
+            like.device, like.dtype)
         if isinstance(timestep, torch.Tensor) and timestep.dim() > 0 and timestep.shape[0] == sample.shape[0]:
-            timestep = timestep[:n].repeat(parts + 1)
+            timestep = timestep[:n].repeat(parts + lead)
         if added_cond_kwargs:
-            pooled = torch.cat([step.negative_pooled_prompt_embeds.repeat(n, 1)]
-                               + [step.pooled_prompt_embeds[p:p + 1].repeat(n, 1) for p in range(parts)])
+            uncond_pooled = [step.negative_pooled_prompt_embeds.repeat(n, 1)] if with_uncond else []
+            pooled = torch.cat(uncond_pooled + [step.pooled_prompt_embeds[p:p + 1].repeat(n, 1) for p in range(parts)])
             time_ids = added_cond_kwargs["time_ids"]
             added_cond_kwargs = {**added_cond_kwargs,
                                  "text_embeds": pooled.to(like.device, added_cond_kwargs["text_embeds"].dtype),
-                                 "time_ids": torch.cat([time_ids[:n]] + [time_ids[-n:]] * parts)}
+                                 "time_ids": torch.cat([time_ids[:n]] * lead + [time_ids[-n:]] * parts)}
         out = original(batch, timestep, texts, *args, added_cond_kwargs=added_cond_kwargs, return_dict=False,
                        **kwargs)[0]
-        uncond = out[:n]
-        combined = uncond.clone()
-        for p, weight in enumerate(step.weights):
-            combined += weight * (out[n * (p + 1):n * (p + 2)] - uncond)
+        if with_uncond:
+            uncond = out[:n]
+            combined = uncond.clone()
+            for p, weight in enumerate(step.weights):
+                combined += weight * (out[n * (p + 1):n * (p + 2)] - uncond)
+        else:  # no CFG, weights adding up to 1: the uncond cancels out
+            combined = step.weights[0] * out[:n]
+            for p, weight in enumerate(step.weights[1:], start=1):
+                combined += weight * out[n * p:n * (p + 1)]
         result = torch.cat([uncond, combined]) if guided else combined
         if not return_dict:
             return (result,)

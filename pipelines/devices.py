@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from .errors import InvalidRequest
+from .settings import physical_cores
 
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 DTYPE_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
@@ -153,3 +154,51 @@ def describe(choice: DeviceChoice) -> dict[str, Any]:
     if choice.device.type == "cuda":
         name = f"cuda ({torch.cuda.get_device_name(choice.device)})"
     return {"device": name, "dtype": choice.dtype_name, "xformers": choice.xformers}
+
+
+def cpu_threads(setting: int) -> int:
+    """The thread count for the Settings' ``threads``: the number itself, or the physical cores for 0."""
+    return int(setting) if int(setting) > 0 else physical_cores()
+
+
+def set_threads(setting: int) -> int:
+    """Run torch's CPU work on ``cpu_threads(setting)`` threads (OpenVINO models compiled afterwards follow torch's
+    count, ``fast._compile_config``); returns the count."""
+    count = cpu_threads(setting)
+    if torch.get_num_threads() != count:
+        torch.set_num_threads(count)
+    return count
+
+
+def memory_report(device: torch.device) -> dict[str, Any]:
+    """A1111's ``/sdapi/v1/memory`` figures, in bytes: ``ram`` (``free``/``used``/``total``, used = this process's
+    resident memory) and ``cuda`` (the GPU's ``system`` free/used/total and PyTorch's allocator counters, or
+    ``{"error": ...}`` without CUDA); a part that cannot be read is ``{"error": reason}``, as A1111 reports it."""
+    try:
+        import psutil
+
+        total = int(psutil.virtual_memory().total)
+        used = int(psutil.Process(os.getpid()).memory_info().rss)
+        ram: dict[str, Any] = {"free": total - used, "used": used, "total": total}
+    except Exception as exc:  # psutil is a requirement; a broken install still answers
+        ram = {"error": str(exc)}
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return {"ram": ram, "cuda": {"error": "unavailable"}}
+    try:
+        free, total = torch.cuda.mem_get_info(device)
+        stats = dict(torch.cuda.memory_stats(device))
+
+        def pair(name: str) -> dict[str, int]:
+            return {"current": int(stats.get(f"{name}.all.current", 0)), "peak": int(stats.get(f"{name}.all.peak", 0))}
+
+        cuda: dict[str, Any] = {
+            "system": {"free": int(free), "used": int(total - free), "total": int(total)},
+            "active": pair("active_bytes"),
+            "allocated": pair("allocated_bytes"),
+            "reserved": pair("reserved_bytes"),
+            "inactive": pair("inactive_split_bytes"),
+            "events": {"retries": int(stats.get("num_alloc_retries", 0)), "oom": int(stats.get("num_ooms", 0))},
+        }
+    except Exception as exc:  # a driver that cannot answer: say so, as A1111 does
+        cuda = {"error": str(exc)}
+    return {"ram": ram, "cuda": cuda}

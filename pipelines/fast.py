@@ -322,7 +322,9 @@ def _save_ir(model: Any, xml: Path) -> None:
 
 
 def _compile_config() -> dict[str, Any]:
-    """Exact (fp32 inference, never bf16/fp16), one request at a time, as many threads as torch uses."""
+    """Exact (fp32 inference, never bf16/fp16), one request at a time, as many threads as torch uses on this (the
+    worker) thread: the Settings' ``threads`` (``manager._apply_threads``), all physical cores by default. A change
+    of the setting resets the idle entries, so that the next image compiles again with the new count."""
     return {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
             "INFERENCE_NUM_THREADS": max(1, torch.get_num_threads())}
 

@@ -31,17 +31,19 @@ from .catalog import ModelCatalog, Targets
 from .conditioning import JobPrompts, job_prompts
 from .depth import DepthEstimator, DepthLibrary
 from .embeddings import EmbeddingLibrary, EmbeddingReport
-from .errors import Cancelled, InvalidRequest, ModelNotFound, OutOfMemoryEverywhere
+from .errors import Cancelled, InvalidRequest, ModelNotFound, OutOfMemoryEverywhere, Skipped
 from .infotext import request_infotext
 from .interface import EngineStatus
 from .jobs import Job, JobKind, JobQueue
 from .memory import Ladder, Rung
 from .placement import Placement
+from .presets import PresetChoice, suggest_preset
 from .progress import ProgressEvent, ProgressState
 from .registry import FAMILY_GROUP, UPSCALER_SD_X4
 from .request import LATENT_UPSCALE_MODES, GenerationRequest, Result
 from .samplers import SchedulerTemplates
-from .settings import MEMORY_MODES, Settings
+from .settings import MAX_THREADS, MEMORY_MODES, Settings
+from .taesd import TinyDecoders
 from .tasks import BatchOutput, TaskRun, run_task
 from .upscale import DEFAULT_OVERLAP, DEFAULT_TILE
 from .upscalers import PixelUpscaler, UpscalerLibrary
@@ -78,7 +80,9 @@ class PipelineManager:
         self.upscale_overlap = DEFAULT_OVERLAP
         self.upscalers_library = UpscalerLibrary(lambda: self.placement.choice)
         self.depth_library = DepthLibrary(lambda: self.placement.choice)
+        self.tiny_decoders = TinyDecoders()  # TAESD (models/VAE-approx): previews, and the opt-in fast decode
         self.last_rung: str | None = None
+        self.threads_applied: int | None = None  # the Settings' ``threads`` last given to torch (None: untouched)
         self.jobs = JobQueue(self._run_job, lambda: self.settings.queue_size)
 
     @property
@@ -144,8 +148,49 @@ class PipelineManager:
         if job is not None:
             job.cancel()
 
+    def skip(self) -> None:
+        """End the batch the running job is drawing and go on with its next one (REST ``/sdapi/v1/skip``)."""
+        job = self.current_job()
+        if job is not None:
+            job.skip()
+
+    def unload_checkpoint(self) -> None:
+        """Give the memory back (REST ``/sdapi/v1/unload-checkpoint``: another program, an LLM, wants the VRAM): every
+        loaded checkpoint leaves VRAM and RAM, with the external VAEs, the upscaler and the depth models; the next job
+        loads what it needs again. Runs on the worker after the running job, ahead of the waiting ones; returns when
+        it is done."""
+        self.jobs.run_soon(self._unload).wait()
+
+    def reload_checkpoint(self) -> None:
+        """Load the default checkpoint again as a start-up load does (REST ``/sdapi/v1/reload-checkpoint``), behind the
+        jobs already queued; returns when it is loaded (at once when it still is). Raises the load's error."""
+        try:
+            info = self.catalog.checkpoint(None)
+        except ModelNotFound:
+            return  # nothing installed: nothing to load
+        job = self.preload(info.name)
+        if job is not None:
+            job.wait()
+
+    def _unload(self) -> None:
+        freed = self.cache.clear()
+        self.upscalers_library.clear()
+        self.depth_library.clear()
+        devices.free_memory(self.choice.device)
+        log.info("Unloaded %s.", ", ".join(freed) if freed else "nothing (no checkpoint was loaded)")
+
     def _run_job(self, job: Job) -> Result:
+        self._apply_threads()
         return self._load(job) if job.preload else self._generate(job)
+
+    def _apply_threads(self) -> None:
+        """On the worker thread (torch's thread count is per thread): the Settings' ``threads``. Left alone while it
+        is 0 and was never changed: torch's own default is the physical cores already."""
+        wanted = int(self.settings.threads)
+        if wanted != self.threads_applied and (wanted or self.threads_applied is not None):
+            count = devices.set_threads(wanted)
+            log.info("CPU threads: %d", count)
+            self.threads_applied = wanted
 
     # --- one job, top-down ----------------------------------------------------------------------------------
     def _generate(self, job: Job) -> Result:
@@ -178,10 +223,16 @@ class PipelineManager:
             # 4. Batches: each one generated and saved before the next, so a cancel keeps finished images.
             batches = request.batch_seeds(seed)
             job_cache: dict = {}  # the prompt encoding, shared by the batches
+            skipped = 0
             for batch_index, seeds in enumerate(batches):
+                job.clear_skip()  # as A1111: a Skip pressed while loading or between batches does not carry over
                 try:
                     output, rung = self._run_batch(job, entry, rung, seeds, batch_index, len(batches), result,
                                                    prompts, job_cache, upscaler, depth)
+                except Skipped:  # Skip: this batch's pictures are dropped, the next batch starts
+                    skipped += 1
+                    result.notes.append(f"Skipped batch {batch_index + 1} of {len(batches)}.")
+                    continue
                 except Cancelled:
                     if not result.images:
                         raise
@@ -197,6 +248,8 @@ class PipelineManager:
                 if job.cancel_requested and batch_index + 1 < len(batches):
                     result.cancelled = True
                     break
+            if skipped and not result.images:
+                raise Cancelled(f"Skipped: no image was finished ({skipped} batch(es) skipped).")
         self.last_rung = result.mode
         result.checkpoint_hash = self._short_hash(targets.checkpoint)
         return result
@@ -222,7 +275,7 @@ class PipelineManager:
                     schedulers=self.schedulers, batch_index=batch_index, batch_count=batch_count,
                     step_delay_s=self.settings.step_delay_s, tile=self.upscale_tile, overlap=self.upscale_overlap,
                     job_cache=job_cache if job_cache is not None else {}, upscaler=upscaler,
-                    pipeline_for=pipeline_for, depth=depth, **prompt_fields,
+                    pipeline_for=pipeline_for, depth=depth, taesd=self._taesd(entry), **prompt_fields,
                 ))
                 self.placement.record_peak(rung, self.placement.shape(entry, job.request, self.upscale_tile))
                 return output, rung
@@ -237,6 +290,11 @@ class PipelineManager:
                 log.warning(note)
                 result.notes.append(note)
                 rung = lower
+
+    def _taesd(self, entry: CacheEntry) -> Any:
+        """The checkpoint's TAESD on the device, or None (none installed, or not an SD checkpoint)."""
+        choice = self.choice
+        return self.tiny_decoders.get(self.settings.models_dir, entry.family, choice.device, choice.dtype)
 
     def _prepare(self, job: Job, entry: CacheEntry, rung: Rung, result: Result,
                  prompts: JobPrompts | None = None, task: str | None = None) -> Any:
@@ -287,10 +345,13 @@ class PipelineManager:
         result = Result(request=request, checkpoint=targets.checkpoint.name)
         job.emit(ProgressEvent(job.id, ProgressState.LOADING, message=f"Loading {targets.checkpoint.name}"))
         [seeds] = request.batch_seeds(request.resolved_seed())
-        output = run_task(TaskRun(
-            request=request, pipe=None, loaded=None, seeds=seeds, sink=job, schedulers=self.schedulers,
-            step_delay_s=self.settings.step_delay_s, upscaler=self.upscalers_library.bind(targets.checkpoint),
-        ), key="pixel-upscale")
+        try:
+            output = run_task(TaskRun(
+                request=request, pipe=None, loaded=None, seeds=seeds, sink=job, schedulers=self.schedulers,
+                step_delay_s=self.settings.step_delay_s, upscaler=self.upscalers_library.bind(targets.checkpoint),
+            ), key="pixel-upscale")
+        except Skipped:  # one picture: skipping it leaves nothing
+            raise Cancelled("Skipped: the upscale was not finished.") from None
         self._save(job, targets, output, seeds, result)
         result.checkpoint_hash = self._short_hash(targets.checkpoint)
         return result
@@ -330,7 +391,7 @@ class PipelineManager:
         Resolved at submit time, so a job runs with the switches that were on when it was queued.
         """
         defaults = {"deep_cache": self.settings.deep_cache, "deep_cache_interval": self.settings.deep_cache_interval,
-                    "token_merging": self.settings.token_merging}
+                    "token_merging": self.settings.token_merging, "fast_decode": self.settings.fast_decode}
         unset = {name: value for name, value in defaults.items() if getattr(request, name) is None}
         return request.model_copy(update=unset) if unset else request
 
@@ -357,8 +418,21 @@ class PipelineManager:
         return self.registry.network_hash(info) if info is not None else ""
 
     def refresh_models(self) -> None:
-        """Rescan the models folders."""
+        """Rescan the models folders; the checkpoints' sha256 are then read in the background, one file after
+        another (A1111's ``/sd-models`` lists them). The default checkpoint stays the one it was."""
         self.registry.refresh()
+        self.registry.hash_all_soon()
+
+    def sha256(self, info: Any) -> str | None:
+        """The full sha256 of a model file once it is known; None before (the read is started in the background)."""
+        digest = self.registry.sha256(info)
+        if digest is None:
+            self.registry.hash_soon(info)
+        return digest
+
+    def memory(self) -> dict[str, Any]:
+        """A1111's ``/memory`` figures: ``ram`` (this process and the machine) and ``cuda`` (the GPU, or an error)."""
+        return devices.memory_report(self.choice.device)
 
     def checkpoints(self) -> list[Any]:
         return list(self.registry.checkpoints())
@@ -431,6 +505,16 @@ class PipelineManager:
         """The styles of the styles file (A1111's ``styles.csv``), in file order."""
         return list(self.catalog.styles().values())
 
+    def suggest_preset(self, checkpoint: str | None, prompt: str) -> PresetChoice | None:
+        """The speed preset the request's models ask for (``presets.suggest_preset``): a prompt LoRA's or the
+        checkpoint's (``None``: the default one) name or safetensors metadata saying LCM, Turbo, Lightning, Hyper-SD
+        or TCD; ``None`` when none does or the checkpoint is not installed."""
+        try:
+            info = self.catalog.checkpoint(checkpoint)
+        except ModelNotFound:
+            info = None
+        return suggest_preset(self.registry, info, prompt)
+
     # --- status and settings --------------------------------------------------------------------------------
     def status(self) -> EngineStatus:
         """What the status bar shows."""
@@ -468,18 +552,24 @@ class PipelineManager:
             vae = self.catalog.vae(changes["vae"])
             changes["vae"] = vae.name if vae is not None else "Automatic"
         check_request_defaults(changes)
+        check_threads(changes)
         changed = self.settings.update(changes, respect_cli=False)
         resize = "vram_slots" in changed or "ram_slots" in changed
-        if resize or "xformers" in changed:
-            self.jobs.run_soon(lambda: self._apply_device_settings(resize, "xformers" in changed))
+        if resize or "xformers" in changed or "threads" in changed:
+            self.jobs.run_soon(lambda: self._apply_device_settings(resize, "xformers" in changed,
+                                                                    "threads" in changed))
         return changed
 
-    def _apply_device_settings(self, resize: bool, xformers: bool) -> None:
-        """On the worker: resize the cache, or switch xformers and undo the set-up of every idle entry."""
+    def _apply_device_settings(self, resize: bool, xformers: bool, threads: bool = False) -> None:
+        """On the worker: resize the cache, or switch xformers or the thread count and undo the set-up of every idle
+        entry (its attention, or OpenVINO models compiled for the old thread count)."""
         if resize:
             self.cache.resize(self.settings.vram_slots, self.settings.ram_slots)
+        if threads:
+            self._apply_threads()
         if xformers:
             self.placement.use_xformers(self.settings.xformers)
+        if xformers or (threads and self.settings.fast):
             self.cache.reset_unpinned()
 
 
@@ -500,7 +590,17 @@ def _default_vae_loader(info: Any, dtype: Any, loaded: Any) -> Any:
     return load_vae(info, dtype, family=loaded.family, config_dir=config_dir)
 
 
-REQUEST_DEFAULTS = ("deep_cache", "deep_cache_interval", "token_merging", "clip_skip", "emphasis")
+REQUEST_DEFAULTS = ("deep_cache", "deep_cache_interval", "token_merging", "fast_decode", "clip_skip", "emphasis")
+
+
+def check_threads(changes: dict[str, Any]) -> None:
+    """The Settings' ``threads``: a whole number from 0 (all physical cores) to ``MAX_THREADS``."""
+    if "threads" not in changes:
+        return
+    value = changes["threads"]
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_THREADS:
+        raise InvalidRequest(f"threads must be a whole number from 0 (all physical cores) to {MAX_THREADS} "
+                             f"(got {value!r}).", field="threads")
 
 
 def check_request_defaults(changes: dict[str, Any]) -> None:

@@ -492,7 +492,7 @@ class StepConditioning:
     ``weights`` (A1111 adds ``weight * cfg * (cond_i - uncond)`` for each); without ``AND`` it is [1, L, C]."""
 
     prompt_embeds: torch.Tensor
-    negative_prompt_embeds: torch.Tensor
+    negative_prompt_embeds: torch.Tensor | None  # None: encoded without the negative prompt (no CFG)
     weights: tuple[float, ...]
     pooled_prompt_embeds: torch.Tensor | None = None
     negative_pooled_prompt_embeds: torch.Tensor | None = None
@@ -500,10 +500,11 @@ class StepConditioning:
 
 @dataclass(frozen=True)
 class PromptConditioning:
-    """A request's whole text conditioning: the ``AND`` parts of the prompt, the negative prompt, and notes."""
+    """A request's whole text conditioning: the ``AND`` parts of the prompt, the negative prompt (None when a call
+    without classifier-free guidance does not use it), and notes."""
 
     positive: tuple[ConditioningSchedule, ...]
-    negative: ConditioningSchedule
+    negative: ConditioningSchedule | None
     used_embeddings: tuple[str, ...] = ()
     skipped_embeddings: tuple[str, ...] = ()
     infotext: Mapping[str, str] = field(default_factory=dict)
@@ -513,9 +514,13 @@ class PromptConditioning:
         """True when the prompt has ``AND`` parts (one noise prediction per part) or a weight other than 1."""
         return len(self.positive) > 1 or self.positive[0].weight != 1.0
 
+    def schedules(self) -> tuple[ConditioningSchedule, ...]:
+        """The ``AND`` parts, then the negative prompt when it was encoded."""
+        return (*self.positive, self.negative) if self.negative is not None else self.positive
+
     def change_steps(self) -> list[int]:
         """Sampling steps (0-based) whose conditioning differs from the step before."""
-        ends = sorted({entry.end_at_step for schedule in (*self.positive, self.negative) for entry in schedule.entries})
+        ends = sorted({entry.end_at_step for schedule in self.schedules() for entry in schedule.entries})
         return [end + 1 for end in ends[:-1]]
 
     def at_step(self, step: int) -> StepConditioning:
@@ -523,14 +528,14 @@ class PromptConditioning:
         import torch
 
         parts = [schedule.at_step(step) for schedule in self.positive]
-        negative = self.negative.at_step(step)
+        negative = self.negative.at_step(step) if self.negative is not None else None
         pooled = torch.cat([part.pooled for part in parts]) if parts[0].pooled is not None else None
         return StepConditioning(
             torch.cat([part.embeds for part in parts]),
-            negative.embeds,
+            negative.embeds if negative is not None else None,
             tuple(schedule.weight for schedule in self.positive),
             pooled,
-            negative.pooled,
+            negative.pooled if negative is not None else None,
         )
 
     def step_callback(self, num_images_per_prompt: int = 1, guidance: bool = True,
@@ -692,16 +697,26 @@ def _length(schedule: ConditioningSchedule) -> int:
     return schedule.entries[0].embeds.shape[1]
 
 
+def needs_negative(guidance: bool, weights: Sequence[float]) -> bool:
+    """Whether a call uses the negative prompt (the "uncond" noise prediction): with classifier-free guidance always;
+    without it (CFG 1, one UNet pass per step) only for ``AND`` parts whose weights do not add up to 1, where A1111's
+    ``uncond + Σ wᵢ (condᵢ − uncond)`` keeps ``(1 − Σ wᵢ) · uncond``."""
+    return guidance or (len(weights) > 1 or weights[0] != 1.0) and abs(sum(weights) - 1.0) > 1e-9
+
+
 def encode_prompt_conditioning(conditioner: TextConditioner, prompt: str, negative_prompt: str, steps: int,
                                options: EncodeOptions | None = None,
-                               embeddings: Mapping[str, EmbeddingValue] | None = None) -> PromptConditioning:
+                               embeddings: Mapping[str, EmbeddingValue] | None = None,
+                               guidance: bool = True) -> PromptConditioning:
     """Encode a prompt pair the way A1111 conditions a generation.
 
     ``prompt`` / ``negative_prompt`` are the texts after ``prompt_parser.prepare_prompts`` (styles applied,
     comments and extra-network tags removed). ``steps`` counts the sampler's model calls as A1111 does (double for
     second-order samplers). ``embeddings`` maps a textual-inversion name to its vectors ([n, width], or
     ``{"clip_l": ..., "clip_g": ...}`` for SDXL). Each ``AND`` part and the negative prompt are scheduled and every
-    distinct text of a schedule is encoded once. All tensors returned have the same sequence length."""
+    distinct text of a schedule is encoded once. All tensors returned have the same sequence length. Without
+    ``guidance`` (CFG 1) the negative prompt is not encoded when nothing uses it (``needs_negative``): it neither
+    costs a text-encoder pass nor pads the prompt to its length."""
     options = options or EncodeOptions()
     vectors, counts, skipped = _embedding_vectors(conditioner, embeddings or {})
     state = _Encoding(
@@ -715,17 +730,20 @@ def encode_prompt_conditioning(conditioner: TextConditioner, prompt: str, negati
         if text not in by_text:
             by_text[text] = _field_errors(lambda text=text: state.schedule(text, steps), "prompt")
         positive.append(ConditioningSchedule(by_text[text].entries, weight))
-    negative = _field_errors(lambda: state.schedule(negative_prompt, steps, negative=True), "negative_prompt")
+    negative = None
+    if needs_negative(guidance, [schedule.weight for schedule in positive]):
+        negative = _field_errors(lambda: state.schedule(negative_prompt, steps, negative=True), "negative_prompt")
 
     longest = max(_length(schedule) for schedule in positive)
     positive = [_pad_with_last_vector(schedule, longest) for schedule in positive]
-    if longest != _length(negative):
+    if negative is not None and longest != _length(negative):
         empty = state.encode_batch([""])[""].embeds
         length = max(longest, _length(negative))
         positive = [_pad_with_empty(schedule, length, empty) for schedule in positive]
         negative = _pad_with_empty(negative, length, empty)
 
-    texts = [entry.text for schedule in (*positive, negative) for entry in schedule.entries]
+    texts = [entry.text for schedule in (*positive, *([negative] if negative is not None else []))
+             for entry in schedule.entries]
     infotext = {}
     if options.emphasis != DEFAULT_EMPHASIS and any("(" in text or "[" in text for text in texts):
         infotext["Emphasis"] = options.emphasis

@@ -231,6 +231,7 @@ class GenerationRequest(BaseModel):
     deep_cache: bool | None = None
     deep_cache_interval: int | None = None
     token_merging: float | None = None
+    fast_decode: bool | None = None  # the final decode by TAESD (models/VAE-approx), when installed
     # the prompt language (A1111's): named styles from the styles file; None: the Settings' value
     styles: list[str] = []
     clip_skip: int | None = None  # A1111's CLIP_stop_at_last_layers

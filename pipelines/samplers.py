@@ -22,6 +22,7 @@ class SamplerSpec:
     overrides: dict[str, Any] = field(default_factory=dict)
     aliases: tuple[str, ...] = ()
     needs: str | None = None  # optional Python package the scheduler imports at run time
+    call_kwargs: dict[str, Any] = field(default_factory=dict)  # what the pipeline call passes to ``step``
 
 
 _DPMPP = {"algorithm_type": "dpmsolver++", "solver_order": 2}
@@ -54,19 +55,29 @@ SAMPLERS: dict[str, SamplerSpec] = {
     "PLMS": SamplerSpec("PNDMScheduler", {"skip_prk_steps": True}, ("plms", "pndm")),
     "UniPC": SamplerSpec("UniPCMultistepScheduler", {}, ("unipc",)),
     "LCM": SamplerSpec("LCMScheduler", {}, ("lcm",)),
+    # Trajectory Consistency Distillation (TCD LoRAs, Hyper-SD): gamma (diffusers' ``eta``) 0.3 as diffusers' TCD
+    # docs and Forge's TCD sampler default; the SD pipelines pass their own ``eta=0`` unless the call says otherwise.
+    "TCD": SamplerSpec("TCDScheduler", {}, ("tcd",), call_kwargs={"eta": 0.3}),
 }
 
 SAMPLER_NAMES: tuple[str, ...] = tuple(SAMPLERS)
 
 # A1111 >= 1.9 writes the schedule separately ("Schedule type: Karras"). Values are config overrides.
+SGM_UNIFORM = "SGM Uniform"
 SCHEDULES: dict[str, dict[str, Any]] = {
     "Automatic": {},
     "Uniform": {},
     "Karras": {"use_karras_sigmas": True},
     "Exponential": {"use_exponential_sigmas": True},
     "Beta": {"use_beta_sigmas": True},
+    # A1111's ``sgm_uniform`` (sd_schedulers.py): timesteps evenly spaced from the last training step down, the
+    # final one left out, which is diffusers' "trailing" spacing; what Turbo, Lightning and Hyper models are made for.
+    SGM_UNIFORM: {"timestep_spacing": "trailing"},
 }
 SCHEDULE_NAMES: tuple[str, ...] = tuple(SCHEDULES)
+# A1111's internal names (``/sdapi/v1/schedulers``' ``name``) and aliases; the labels are the keys above
+SCHEDULE_IDS: dict[str, str] = {label: label.lower().replace(" ", "_") for label in SCHEDULES}
+SCHEDULE_ALIASES: dict[str, str] = {"sgmuniform": SGM_UNIFORM}
 
 _SCHEDULE_CAPABLE = {
     "EulerDiscreteScheduler",
@@ -77,6 +88,12 @@ _SCHEDULE_CAPABLE = {
     "KDPM2AncestralDiscreteScheduler",
     "LMSDiscreteScheduler",
     "UniPCMultistepScheduler",
+}
+# Schedulers whose ``set_timesteps`` honours ``timestep_spacing="trailing"`` (LCM and TCD space their own steps)
+_TRAILING_CAPABLE = _SCHEDULE_CAPABLE | {
+    "EulerAncestralDiscreteScheduler",
+    "DDIMScheduler",
+    "PNDMScheduler",
 }
 
 
@@ -99,24 +116,51 @@ def resolve_sampler(name: str, schedule: str | None = None) -> tuple[str, str]:
     Raises ``InvalidRequest`` naming the allowed values.
     """
     label = _LOOKUP.get(_key(name or ""))
+    if label is None and _key(schedule or "automatic") == "automatic":  # old names carry it: "DPM2 a Karras"
+        label, schedule = _split_old_name(name or "")
     if label is None:
         raise InvalidRequest(
             f"Unknown sampler '{name}'. Choose one of: {', '.join(SAMPLER_NAMES)}.", field="sampler_name"
         )
-    sched = "Automatic"
-    if schedule:
-        match = [s for s in SCHEDULE_NAMES if s.lower() == schedule.strip().lower()]
-        if not match:
-            raise InvalidRequest(
-                f"Unknown schedule type '{schedule}'. Choose one of: {', '.join(SCHEDULE_NAMES)}.",
-                field="scheduler",
-            )
-        sched = match[0]
+    sched = resolve_schedule(schedule) if schedule else "Automatic"
     if sched == "Karras" and f"{label} Karras" in SAMPLERS:
         return f"{label} Karras", "Automatic"
-    if sched not in ("Automatic", "Uniform") and SAMPLERS[label].scheduler_class not in _SCHEDULE_CAPABLE:
+    capable = _TRAILING_CAPABLE if sched == SGM_UNIFORM else _SCHEDULE_CAPABLE
+    if sched not in ("Automatic", "Uniform") and SAMPLERS[label].scheduler_class not in capable:
         raise InvalidRequest(f"Sampler '{label}' does not support the '{sched}' schedule.", field="scheduler")
     return label, sched
+
+
+def _split_old_name(name: str) -> tuple[str | None, str | None]:
+    """An old A1111 name with its schedule at the end ("DPM++ 2M SDE Exponential") as (label, schedule); (None,
+    None) when the name does not end with a schedule type after a known sampler."""
+    key = _key(name)
+    for schedule in SCHEDULE_NAMES:
+        suffix = " " + _key(schedule)
+        if key.endswith(suffix) and (label := _LOOKUP.get(key[: -len(suffix)])) is not None:
+            return label, schedule
+    return None, None
+
+
+def resolve_schedule(schedule: str) -> str:
+    """The schedule type's label for an A1111 label or name in any case ("SGM Uniform", "sgm_uniform",
+    "SGMUniform"); raises ``InvalidRequest`` naming the allowed labels."""
+    key = _key(schedule)
+    for label in SCHEDULE_NAMES:
+        if key in (_key(label), _key(SCHEDULE_IDS[label])):
+            return label
+    alias = SCHEDULE_ALIASES.get(key.replace(" ", ""))
+    if alias is None:
+        raise InvalidRequest(
+            f"Unknown schedule type '{schedule}'. Choose one of: {', '.join(SCHEDULE_NAMES)}.", field="scheduler"
+        )
+    return alias
+
+
+def sampler_call_arguments(label: str) -> dict[str, Any]:
+    """Keyword arguments the diffusers pipeline call needs for sampler ``label`` (TCD's gamma as ``eta``)."""
+    spec = SAMPLERS.get(label)
+    return dict(spec.call_kwargs) if spec is not None else {}
 
 
 def make_scheduler(label: str, schedule: str, pristine_config: dict[str, Any], seed: int | None = None):

@@ -6,6 +6,7 @@ command line in ``Settings.from_cli`` and never overwrites those from the file.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,21 @@ PRECISIONS: tuple[str, ...] = ("auto", "fp16", "bf16", "fp32")
 
 DEEP_CACHE_INTERVALS = (2, 10)  # inclusive range of Settings/requests ``deep_cache_interval``
 TOKEN_MERGING_MAX = 0.75
+MAX_THREADS = 256  # Settings ``threads``: 0 (all physical cores) to this
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def physical_cores() -> int:
+    """The machine's physical CPU cores (hyper-threads not counted; what torch and OpenVINO run fastest on): the
+    Settings' ``threads`` of 0."""
+    try:
+        import psutil
+
+        cores = psutil.cpu_count(logical=False)
+    except Exception:  # psutil is a requirement; a broken install still gets a number
+        cores = None
+    return max(1, int(cores or os.cpu_count() or 1))
 
 
 @dataclass
@@ -39,10 +53,17 @@ class Settings:
     deep_cache: bool = False
     deep_cache_interval: int = 3  # every n-th UNet call runs in full; the others reuse the deep features
     token_merging: float = 0.0  # ToMe ratio, 0 = off
+    # TAESD (a taesd_decoder file in models/VAE-approx): the final decode by the tiny autoencoder, much faster and a
+    # little different (live previews use TAESD whenever the file is there, this switch or not)
+    fast_decode: bool = False
+    threads: int = 0  # CPU threads for torch and OpenVINO; 0: all physical cores
     # The prompt language (A1111's options of the same meaning; a request may override them).
     clip_skip: int = 1  # CLIP_stop_at_last_layers
     emphasis: str = "Original"  # how (word:1.2) weights apply: Original, No norm, Ignore, None
     styles_file: Path | None = None  # A1111's styles.csv; None: styles.csv beside the settings file
+    # A1111's send_seed / send_size: a picture sent on to another tab brings its seed / its size along
+    send_seed: bool = True
+    send_size: bool = True
     demo: bool = False
     vram_slots: int = 1  # checkpoints kept on the GPU
     ram_slots: int = 0  # 0: chosen from total RAM at start-up

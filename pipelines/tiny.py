@@ -67,6 +67,47 @@ def tiny_vae(seed: int = 0, levels: int = 4, scaling_factor: float = 0.18215):
     )
 
 
+def tiny_autoencoder_tiny(seed: int = 0):
+    """A tiny random TAESD (diffusers' ``AutoencoderTiny``): four stages (SD's 8x) of 8 channels, one block each."""
+    import torch
+    from diffusers import AutoencoderTiny
+
+    torch.manual_seed(seed)
+    model = AutoencoderTiny(encoder_block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
+                            num_encoder_blocks=(1, 1, 1, 1), num_decoder_blocks=(1, 1, 1, 1), latent_channels=4)
+    return model.eval()
+
+
+def taesd_decoder_state(model: Any) -> dict[str, Any]:
+    """An ``AutoencoderTiny``'s decoder as the taesd repository's ``taesd_decoder.pth`` holds it: its own
+    ``nn.Sequential`` indices (diffusers' ``decoder.layers.i`` is taesd's ``i + 1``: taesd's layer 0 is the clamp)."""
+    out = {}
+    for key, tensor in model.decoder.state_dict().items():
+        index, _, rest = key.removeprefix("layers.").partition(".")
+        out[f"{int(index) + 1}.{rest}"] = tensor.detach().clone().contiguous()
+    return out
+
+
+def write_taesd_decoder(model: Any, path: Any) -> Any:
+    """Save ``model``'s decoder in taesd's layout as ``path`` (``.pth``: a ``torch.save``d state dict, as the taesd
+    repository ships it; ``.safetensors``: the same tensors); a folder path without suffix: a diffusers
+    ``AutoencoderTiny`` folder (``save_pretrained``). Returns the path."""
+    from pathlib import Path
+
+    import torch
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".safetensors":
+        save_file(taesd_decoder_state(model), str(path))
+    elif path.suffix in (".pth", ".pt"):
+        torch.save(taesd_decoder_state(model), path)
+    else:
+        model.save_pretrained(str(path), safe_serialization=True)
+    return path
+
+
 def tiny_text_encoder(hidden_size: int = 32, num_layers: int = 2, seed: int = 0, with_projection: bool = False,
                       hidden_act: str = "quick_gelu", intermediate_size: int | None = None,
                       projection_dim: int | None = None):

@@ -105,6 +105,51 @@ def test_bench_rejects_unknown_mode() -> None:
     assert proc.returncode == 2 and "unknown mode(s) turbo" in proc.stderr
 
 
+def run_bench(work: Path, *args: str) -> list[dict]:
+    proc = subprocess.run(
+        [sys.executable, str(BENCH), "--tiny", "--threads", "1", "--work-dir", str(work), *args],
+        capture_output=True, text=True, timeout=600, env=dict(os.environ, HF_HUB_OFFLINE="1"), cwd=REPO_ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+
+
+def test_bench_few_step_lines_lcm_lora_and_taesd(tmp_path: Path) -> None:
+    """Issue 28's lines: LCM, 4 steps (2 here), CFG 1 beside plain diffusers' LCMScheduler; the LoRA on both sides;
+    TAESD's final decode, with and without --fast."""
+    lines = run_bench(tmp_path, "--sampler", "LCM", "--cfg", "1", "--steps", "2", "--modes",
+                      "diffusers,diffusers+lora,default,lora,taesd,fast+taesd,fast+lora")
+    env, results = lines[0], {r["mode"]: r for r in lines[1:]}
+    assert (env["sampler"], env["schedule"], env["cfg"]) == ("LCM", "Automatic", 1.0)
+    assert list(results) == ["diffusers", "diffusers+lora", "default", "lora", "taesd", "fast+taesd", "fast+lora"]
+    assert all(r["error"] is None for r in results.values()), results
+    assert results["default"]["max_pixel_diff"] == 0  # plain diffusers' LCM picture, exactly
+    assert results["diffusers+lora"]["max_pixel_diff"] > 0  # the LoRA changes the picture ...
+    for mode in ("lora", "fast+lora"):  # ... and Atelier's LoRA picture is plain diffusers' LoRA picture
+        assert results[mode]["pixels_vs"] == "diffusers+lora" and results[mode]["max_pixel_diff"] == 0
+        assert_ratio(results[mode]["ratio_image"], results[mode]["image_s"], results["diffusers+lora"]["image_s"])
+    for mode in ("taesd", "fast+taesd"):
+        assert any("Fast decode (TAESD)" in note for note in results[mode]["notes"])
+        assert results[mode]["psnr_db"] is not None and results[mode]["ratio_vs_default"] is not None
+    assert not any("TAESD" in note for note in results["default"]["notes"] + results["lora"]["notes"])
+    assert any("OpenVINO" in note for note in results["fast+taesd"]["notes"])
+    assert not (tmp_path / "models" / "VAE-approx" / "taesd_decoder.safetensors").exists()  # installed only for them
+
+
+def test_bench_turbo_line_runs_one_trailing_step(tmp_path: Path) -> None:
+    lines = run_bench(tmp_path, "--sampler", "Euler a", "--schedule", "SGM Uniform", "--cfg", "1", "--steps", "1",
+                      "--modes", "diffusers,default")
+    plain, default = lines[1:]
+    assert lines[0]["schedule"] == "SGM Uniform" and default["error"] is None
+    assert default["max_pixel_diff"] == 0  # trailing timesteps on both sides: the same picture
+
+
+def test_bench_refuses_a_sampler_without_a_plain_twin() -> None:
+    proc = subprocess.run([sys.executable, str(BENCH), "--tiny", "--sampler", "DPM2"], capture_output=True,
+                          text=True, timeout=120, cwd=REPO_ROOT)
+    assert proc.returncode == 2 and "--sampler must be one of" in proc.stderr
+
+
 # --- speed-ups on a tiny pipeline -----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def pipe():

@@ -59,8 +59,9 @@ def txt2img_values(fields: dict[str, str], styles: Mapping[str, PromptStyle] | N
     With ``styles`` (the styles file, by name), the styles the prompts were made with are found and taken out of
     them (A1111's ``extract_styles_from_prompt``): ``styles`` is the picker's new value. With ``settings``,
     ``overrides`` holds A1111's "Override settings" chips for the clip skip and emphasis the image was made with,
-    where they differ from the Settings. ``<lora:...>`` tags stay in the prompt. Values that are missing or unusable
-    are left out (the txt2img field keeps what it had).
+    where they differ from the Settings, and the seed and size come along only while ``send_seed`` / ``send_size`` are
+    on (A1111's options). ``<lora:...>`` tags stay in the prompt. Values that are missing or unusable are left out (the
+    txt2img field keeps what it had).
     """
     out: dict[str, Any] = {"prompt": fields.get("Prompt", ""), "negative": fields.get("Negative prompt", "")}
     if styles is not None:
@@ -69,7 +70,7 @@ def txt2img_values(fields: dict[str, str], styles: Mapping[str, PromptStyle] | N
         out["overrides"] = infotext_overrides(fields, settings)
     if "Sampler" in fields:
         with contextlib.suppress(AtelierError):  # a sampler we do not have: keep the current one
-            out["sampler"] = resolve_sampler(fields["Sampler"], fields.get("Schedule type"))[0]
+            out["sampler"], out["scheduler"] = resolve_sampler(fields["Sampler"], fields.get("Schedule type"))
     for key, name, kind in (("Steps", "steps", int), ("CFG scale", "cfg", float), ("Seed", "seed", int)):
         with contextlib.suppress(KeyError, ValueError):
             out[name] = kind(float(fields[key])) if kind is int else kind(fields[key])
@@ -78,6 +79,11 @@ def txt2img_values(fields: dict[str, str], styles: Mapping[str, PromptStyle] | N
         out["width"], out["height"] = int(size.group(1)), int(size.group(2))
     out["tiling"] = fields.get("Tiling", "").strip().lower() == "true"
     out.update(hires_values(fields))
+    if settings is not None and not getattr(settings, "send_seed", True):  # A1111's send_seed / send_size options
+        out.pop("seed", None)
+    if settings is not None and not getattr(settings, "send_size", True):
+        out.pop("width", None)
+        out.pop("height", None)
     return out
 
 
@@ -201,6 +207,7 @@ def build_pnginfo_tab(ctx: UiContext, txt2img: Txt2ImgTab) -> PngInfoTab:
         "prompt": form.prompts.prompt,
         "negative": form.prompts.negative,
         "sampler": form.sampler.sampler,
+        "scheduler": form.sampler.scheduler,
         "steps": form.sampler.steps,
         "cfg": form.sampler.cfg,
         "width": form.size.width if form.size else None,

@@ -16,7 +16,7 @@ from pipelines.errors import AtelierError
 from pipelines.prompt_encoding import EMPHASIS_MODES
 from pipelines.request import MAX_CLIP_SKIP, MAX_STEPS
 from pipelines.samplers import SAMPLER_NAMES
-from pipelines.settings import DEEP_CACHE_INTERVALS, MEMORY_MODES, TOKEN_MERGING_MAX
+from pipelines.settings import DEEP_CACHE_INTERVALS, MAX_THREADS, MEMORY_MODES, TOKEN_MERGING_MAX, physical_cores
 
 from .common import UiContext, styles_file_path
 from .controls import labelled_number, labelled_slider
@@ -26,8 +26,8 @@ from .status import status_html
 
 CLI_NOTE = "Set on the command line for this run (a flag wins over the saved value)."
 EDITABLE = ("memory_mode", "vram_slots", "ram_slots", "default_sampler", "default_steps", "xformers", "fast",
-            "deep_cache", "deep_cache_interval", "token_merging", "clip_skip", "emphasis")
-INT_FIELDS = ("vram_slots", "ram_slots", "default_steps", "deep_cache_interval", "clip_skip")
+            "deep_cache", "deep_cache_interval", "token_merging", "fast_decode", "threads", "clip_skip", "emphasis")
+INT_FIELDS = ("vram_slots", "ram_slots", "default_steps", "deep_cache_interval", "threads", "clip_skip")
 FLOAT_FIELDS = ("token_merging",)
 
 
@@ -140,6 +140,16 @@ def build_settings_tab(ctx: UiContext) -> SettingsTab:
                             "checkpoint; cached for later starts). On a CPU it keeps a second copy of the UNet "
                             "and VAE decoder in RAM (+3.4 GB for SD 1.5)."} | locked("fast")),
             )
+            threads = labelled_number(
+                value=settings.threads,
+                precision=0,
+                minimum=0,
+                maximum=MAX_THREADS,
+                label=f"CPU threads (0: all physical cores, {physical_cores()} here)",
+                elem_id="settings-threads",
+                **({"info": "For torch and OpenVINO (--fast on a CPU). More threads than physical cores is usually "
+                            "slower."} | locked("threads")),
+            )
             gr.Markdown("### Speed-ups that change the picture slightly",
                         elem_id="settings-speedups-heading")
             deep_cache = gr.Checkbox(
@@ -164,6 +174,14 @@ def build_settings_tab(ctx: UiContext) -> SettingsTab:
                 label="Token merging ratio (0 = off; helps most at large sizes, small changes)",
                 elem_id="settings-token-merging",
                 info="Written into the image's parameters as 'Token merging ratio', as A1111 does.",
+            )
+            fast_decode = gr.Checkbox(
+                value=settings.fast_decode,
+                label="Fast decode (TAESD): the tiny autoencoder makes the final picture (several times faster to "
+                "decode; softer detail, slightly different colours)",
+                elem_id="settings-fast-decode",
+                info="Needs taesd_decoder / taesdxl_decoder (.pth or .safetensors) in models/VAE-approx; written into "
+                "the image's parameters as 'VAE: taesd'. Live previews use TAESD whenever the file is there.",
             )
         with gr.Column(scale=1):
             gr.Markdown("### Defaults")
@@ -232,6 +250,8 @@ def build_settings_tab(ctx: UiContext) -> SettingsTab:
         "deep_cache": deep_cache,
         "deep_cache_interval": deep_cache_interval,
         "token_merging": token_merging,
+        "fast_decode": fast_decode,
+        "threads": threads,
         "default_sampler": default_sampler,
         "default_steps": default_steps,
         "clip_skip": clip_skip,

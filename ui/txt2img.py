@@ -44,7 +44,8 @@ def build_txt2img_tab(ctx: UiContext) -> Txt2ImgTab:
             def hires_under(size_controls):  # the Hires. fix accordion right under the size controls
                 built["hires"] = build_hires_controls(values, ctx, size_controls, TAB)
 
-            sampler, seed, size, batch = build_generation_controls(TAB, values, ctx, after_size=hires_under)
+            sampler, seed, size, batch = build_generation_controls(TAB, values, ctx, after_size=hires_under,
+                                                                   presets=True)
             hires = built["hires"]
         with gr.Column(scale=6, min_width=380, elem_classes="results-column"):
             actions = build_action_buttons(TAB)

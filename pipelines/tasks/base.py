@@ -54,19 +54,24 @@ class TaskRun:
     hires_prompts: PromptPlan | None = None  # the hires pass's own prompts (None: the first pass's)
     # a depth-to-image checkpoint's DPT model (``depth.DepthEstimator``); None: the request's depth_map, or no depth
     depth: Any = None
+    # the checkpoint's TAESD (``taesd.TinyDecoders``), on the device: previews every step, and the final decode when
+    # the request asks for ``fast_decode``; None when none is installed
+    taesd: Any = None
 
     @property
     def spec(self) -> FamilySpec:
         return family_spec(self.loaded)
 
     def reporter(self, steps: int, size: tuple[int, int], previews: bool = True) -> StepReporter:
-        """The step hook for this batch: progress, ETA, Stop and (``previews``) cheap latent previews."""
+        """The step hook for this batch: progress, ETA, Stop and (``previews``) latent previews: through TAESD when
+        one is installed, else the cheap linear ones."""
         if self.loaded is None:  # a pixel upscale: no checkpoint, no latents
             return StepReporter(self.sink, self.batch_index, self.batch_count, steps, size, False, None,
                                 self.step_delay_s)
         spec = self.spec
         return StepReporter(self.sink, self.batch_index, self.batch_count, steps, size,
-                            spec.latent_rgb_factors if previews else False, spec.latent_rgb_bias, self.step_delay_s)
+                            spec.latent_rgb_factors if previews else False, spec.latent_rgb_bias, self.step_delay_s,
+                            taesd=self.taesd if previews else None)
 
     def fresh_scheduler(self) -> Any:
         """A new scheduler for the request's sampler and schedule over the checkpoint's pristine config."""

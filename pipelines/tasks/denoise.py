@@ -15,27 +15,30 @@ from typing import Any
 import torch
 from PIL import Image
 
-from .. import memory
+from .. import memory, taesd
 from ..conditioning import ConditionedCall, conditioned_call, encode_prompts, model_calls
 from ..errors import AtelierError
 from ..infotext import Note
 from ..request import GenerationRequest
+from ..samplers import sampler_call_arguments
 from ..speedups import applied_speedups
 from .base import TaskRun
 
 
 def conditioned_arguments(task: TaskRun, reporter: Any, strength: float | None = None) -> ConditionedCall:
     """The pipeline call's arguments for ``task``: the prompts as A1111 reads them (encoded once per job for each
-    number of UNet calls), steps, CFG, one generator per image, latents out, and the step hook."""
+    number of UNet calls), steps, CFG, one generator per image, latents out, the sampler's own arguments (TCD's
+    gamma) and the step hook. CFG 1 (``uses_guidance`` False) is one UNet pass per step: diffusers leaves the
+    negative pass out, and the negative prompt is not even encoded."""
     request, pipe = task.request, task.pipe
     calls = model_calls(pipe, request.steps, strength)
-    key = ("conditioning", calls)
+    guidance = uses_guidance(pipe, request.cfg_scale)
+    key = ("conditioning", calls, guidance)
     conditioning = task.job_cache.get(key)
     if conditioning is None:
         conditioning = encode_prompts(pipe, task.loaded.family, task.prompts, calls, task.encode_options,
-                                      task.embeddings)
+                                      task.embeddings, guidance)
         task.job_cache[key] = conditioning
-    guidance = request.cfg_scale > 1 and getattr(pipe.unet.config, "time_cond_proj_dim", None) is None
     call = conditioned_call(pipe, conditioning, len(task.seeds), guidance, reporter, task.encode_options)
     call.kwargs.update(
         num_inference_steps=request.steps,
@@ -43,6 +46,7 @@ def conditioned_arguments(task: TaskRun, reporter: Any, strength: float | None =
         num_images_per_prompt=len(task.seeds),
         generator=task.generators(),
         output_type="latent",
+        **sampler_call_arguments(request.sampler),
     )
     call.notes.extend(Note.warn(f"Embedding {name} does not fit this checkpoint (made for another model): its "
                                 "name was read as text") for name in conditioning.skipped_embeddings)
@@ -50,6 +54,12 @@ def conditioned_arguments(task: TaskRun, reporter: Any, strength: float | None =
     if hashes:
         call.notes.append(Note.param("TI hashes", ", ".join(f"{name}: {digest}" for name, digest in hashes if digest)))
     return call
+
+
+def uses_guidance(pipe: Any, cfg_scale: float) -> bool:
+    """Classifier-free guidance, as diffusers' SD pipelines decide it (``do_classifier_free_guidance``): CFG above 1
+    and a UNet without a guidance embedding (LCM-distilled checkpoints carry ``time_cond_proj_dim``)."""
+    return cfg_scale > 1 and getattr(pipe.unet.config, "time_cond_proj_dim", None) is None
 
 
 def is_inpaint_model(pipe: Any) -> bool:
@@ -105,6 +115,30 @@ def decode(pipe: Any, latents: torch.Tensor, notes: list[Note], upcast: bool = F
             raise AtelierError("The VAE decoded to NaN (a black image) even in fp32. Choose another VAE.", field="vae")
         notes.append(Note.param("NaN guard", "VAE decoded in fp32"))
     return pipe.image_processor.postprocess(images.float(), output_type="pil")
+
+
+FAST_DECODE_NOTE = Note("Fast decode (TAESD): decoded by the tiny autoencoder, faster and slightly different from the "
+                        "full VAE's picture", "VAE", taesd.TAESD_VAE_NAME)
+
+
+def final_decode(task: TaskRun, pipe: Any, latents: torch.Tensor, notes: list[Note]) -> list[Image.Image]:
+    """The decode that makes the batch's pictures: TAESD when the request asks for ``fast_decode`` and one is
+    installed for the checkpoint (noted, and written into the infotext as ``VAE: taesd``), else the VAE with its NaN
+    guards (``decode``). A fast decode asked for without a TAESD file is said as a warning."""
+    if task.request.fast_decode:
+        if task.taesd is not None:
+            images = taesd.decode(task.taesd, latents)
+            if not bool(torch.isnan(images).any()):
+                if FAST_DECODE_NOTE not in notes:
+                    notes.append(FAST_DECODE_NOTE)
+                return pipe.image_processor.postprocess(images.float(), output_type="pil")
+        warning = Note.warn("Fast decode (TAESD) asked for, but no TAESD decoder for this model is installed "
+                            "(taesd_decoder / taesdxl_decoder in models/VAE-approx): decoded by the full VAE")
+        if task.taesd is not None:
+            warning = Note.warn("Fast decode (TAESD) gave NaN: decoded by the full VAE")
+        if warning not in notes:
+            notes.append(warning)
+    return decode(pipe, latents, notes, upcast=task.spec.is_xl)
 
 
 def encode(pipe: Any, pixels: torch.Tensor, notes: list[Note], upcast: bool = False) -> torch.Tensor:

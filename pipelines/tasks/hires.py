@@ -56,7 +56,7 @@ def run(task: TaskRun) -> BatchOutput:
             first_images = denoise.decode(pipe, latents, notes, upcast=task.spec.is_xl)
             init = upscale_pixels(task, first_images, size, reporter)
         if not steps[1]:  # denoising strength 0: the upscaled picture as it is
-            images = init if isinstance(init, list) else denoise.decode(pipe, init, notes, upcast=task.spec.is_xl)
+            images = init if isinstance(init, list) else denoise.final_decode(task, pipe, init, notes)
             return BatchOutput(images, notes)
         # 4. second pass: img2img at the large size, same seeds, its own steps, sampler and prompts
         reporter.next_pass(PHASE_HIRES, steps[0], batch_cost=steps[0] / ratio + steps[1])
@@ -68,11 +68,11 @@ def run(task: TaskRun) -> BatchOutput:
     except Cancelled:
         # Stop after the first pass finished: its picture is kept, with a plain txt2img's infotext
         if first_images is None:
-            first_images = denoise.decode(pipe, latents, first_notes, upcast=task.spec.is_xl)
+            first_images = denoise.final_decode(task, pipe, latents, first_notes)
         return BatchOutput(first_images, first_notes, cancelled=True,
                            request=request.model_copy(update={"enable_hr": False}))
     # 5. decode
-    images = denoise.decode(second.pipe, hires_latents, notes, upcast=task.spec.is_xl)
+    images = denoise.final_decode(second, second.pipe, hires_latents, notes)
     return BatchOutput(images, notes)
 
 

@@ -72,7 +72,7 @@ def run(task: TaskRun) -> BatchOutput:
     # 5. decode, composite over the picture, paste back
     kept = latent_mask.to(latents.device, latents.dtype)
     latents = latents * kept + start.to(latents.device, latents.dtype) * (1 - kept)
-    drawn = denoise.decode(pipe, latents, notes, upcast=task.spec.is_xl)
+    drawn = denoise.final_decode(task, pipe, latents, notes)
     images = [composite(plan, image) for image in drawn]
     return BatchOutput(images, notes, request=answered_request(request, plan))
 

@@ -53,7 +53,7 @@ def run(task: TaskRun) -> BatchOutput:
         tile_task = replace(task, seeds=seeds)
         crop = picture.crop((box.left, box.top, box.right, box.bottom))
         latents = img2img.redraw(tile_task, reporter, [crop] * images, request.denoising_strength, notes)
-        decoded = denoise.decode(pipe, latents, notes, upcast=task.spec.is_xl)
+        decoded = denoise.final_decode(task, pipe, latents, notes)
         return torch.cat([_to_tensor(image) for image in decoded])
 
     # 3. every tile, blended back into one picture per image of the batch

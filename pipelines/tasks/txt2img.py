@@ -22,7 +22,7 @@ def run(task: TaskRun) -> BatchOutput:
     notes: list[Note] = []
     latents = draw(task, reporter, notes)
     # 4. decode
-    images = denoise.decode(pipe, latents, notes, upcast=task.spec.is_xl)
+    images = denoise.final_decode(task, pipe, latents, notes)
     return BatchOutput(images, notes)
 
 
