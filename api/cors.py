@@ -88,20 +88,20 @@ class CorsPolicy:
 def same_origin(origin: str, request: Request) -> bool:
     """Whether ``origin`` is this server as the browser reached it (the ``Host``, or a proxy's
     ``X-Forwarded-Host``); the scheme is not compared, a TLS proxy in front changes it."""
-    parts = urlsplit(origin.strip())
-    if not parts.hostname:
-        return False
     try:
+        parts = urlsplit(origin.strip())
+        if not parts.hostname:
+            return False
         port = parts.port or DEFAULT_PORTS.get(parts.scheme)
-    except ValueError:  # a port that is not a number
+    except ValueError:  # a port that is not a number, a broken IPv6 literal ("http://[x")
         return False
     hosts = [request.headers.get("host", "")]
     forwarded = request.headers.get("x-forwarded-host")
     if forwarded:
         hosts.append(forwarded.split(",")[0])
     for host in hosts:
-        target = urlsplit(f"//{host.strip()}")
         try:
+            target = urlsplit(f"//{host.strip()}")
             target_port = target.port or DEFAULT_PORTS.get(parts.scheme)
         except ValueError:
             continue
@@ -122,7 +122,9 @@ def install(app: Any, policy: CorsPolicy) -> None:
             allow_origin_regex=policy.origin_regex,
             allow_methods=["*"],
             allow_headers=["*"],
-            allow_credentials=True,
+            # with "*" any page could read answers made with the browser's stored login: credentials only for
+            # origins named one by one
+            allow_credentials="*" not in policy.origins,
         ))
     app.user_middleware = kept
     app.middleware_stack = None

@@ -331,6 +331,23 @@ def test_a_page_of_another_origin_is_refused_unless_allowed(fake) -> None:
     assert fake.interrupted == 3
 
 
+def test_a_broken_origin_or_host_header_is_refused_not_a_server_error(fake) -> None:
+    client = client_for(fake)
+    for headers in ({"Origin": "http://[x"}, {"Origin": "http://[x]:99999"}, {"Origin": "http://a", "Host": "[zz"}):
+        answer = client.post(f"{API}/interrupt", headers=headers)
+        assert answer.status_code == 403 and "Refused" in answer.json()["detail"], (headers, answer.text)
+    assert fake.interrupted == 0
+
+
+def test_any_origin_allowed_never_comes_with_the_browsers_login(fake) -> None:
+    preflight = {"Origin": "http://any.example", "Access-Control-Request-Method": "POST"}
+    wide = client_for(fake, cors=CorsPolicy.from_flags("*", None)).options(f"{API}/txt2img", headers=preflight)
+    assert wide.status_code == 200 and "access-control-allow-credentials" not in wide.headers
+    named = client_for(fake, cors=CorsPolicy.from_flags("http://any.example", None)).options(
+        f"{API}/txt2img", headers=preflight)
+    assert named.headers["access-control-allow-credentials"] == "true"
+
+
 def test_with_no_cors_flag_no_other_origin_may_call(fake) -> None:
     client = client_for(fake)
     answer = client.options(f"{API}/txt2img", headers={"Origin": "http://localhost:3000",
