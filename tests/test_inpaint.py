@@ -223,6 +223,34 @@ def test_noise_multiplier_and_blur_keys_as_a1111_writes_them(manager):
     assert parse_infotext(base.infotexts[0])["Denoising strength"] == "0.75"
 
 
+def test_the_noise_multiplier_applies_once_also_at_full_strength(manager, monkeypatch):
+    """At strength 1 the starting latents already carry the multiplier, and diffusers' 4-channel path re-noises the
+    kept area with those same latents: the scheduler must not multiply them again (that would be the square)."""
+    factors: list[float] = []
+    real = inpaint.denoise.noise_multiplier
+
+    def spy(scheduler, factor):
+        factors.append(factor)
+        return real(scheduler, factor)
+
+    monkeypatch.setattr(inpaint.denoise, "noise_multiplier", spy)
+    manager.run(req(initial_noise_multiplier=0.5, denoising_strength=1.0))
+    manager.run(req(initial_noise_multiplier=0.5, denoising_strength=0.75))
+    assert factors == [1.0, 0.5]
+
+
+def test_the_mask_is_blurred_at_the_pictures_size_then_resized_as_a1111():
+    """A1111 (processing.py, img2img init) blurs the mask at the init image's size, then resizes it to width x
+    height: a 4 px blur on a 128 px picture drawn at 64 px is a 2 px blur there, not a 4 px one."""
+    request = req(init_image=picture(128), mask=square(128, (48, 48, 80, 80)))
+    plan = inpaint.make_plan(request, request.seed)
+    expected = masks.resize_image(masks.blur(request.mask, BLUR, BLUR), 64, 64)
+    assert plan.mask.size == (64, 64)
+    assert np.array_equal(np.asarray(plan.mask), np.asarray(expected))
+    assert not np.array_equal(np.asarray(plan.mask), np.asarray(masks.blur(masks.resize_image(request.mask, 64, 64),
+                                                                            BLUR, BLUR)))
+
+
 def test_plain_img2img_is_unchanged_by_the_inpaint_fields_it_does_not_use(manager):
     plain = dict(task="img2img", prompt="a red apple", steps=3, width=64, height=64, seed=5, init_image=picture())
     first = manager.run(GenerationRequest.create(**plain))

@@ -67,7 +67,10 @@ def run(task: TaskRun) -> BatchOutput:
     if request.noise_multiplier != 1.0 and request.denoising_strength == 1.0:  # diffusers draws pure noise then
         call.kwargs["latents"] = request.noise_multiplier * initial_noise(pipe, start, call.kwargs["generator"])
     # 4. denoise with the inpaint pipeline
-    with denoise.noise_multiplier(pipe.scheduler, request.noise_multiplier):
+    # the starting latents above already carry the multiplier: diffusers re-noises the unmasked area with that same
+    # noise (the 4-channel path), so the scheduler must not multiply it a second time
+    multiplier = 1.0 if "latents" in call.kwargs else request.noise_multiplier
+    with denoise.noise_multiplier(pipe.scheduler, multiplier):
         latents = denoise.denoise(pipe, call, request, task.seeds, notes)
     # 5. decode, composite over the picture, paste back
     kept = latent_mask.to(latents.device, latents.dtype)
@@ -83,11 +86,15 @@ def make_plan(request: GenerationRequest, seed: int) -> InpaintPlan:
     picture, user = request.init_image, request.mask
     if user is not None and request.inpainting_mask_invert:
         user = masks.invert(user)
+    blur_x, blur_y = request.mask_blur_xy
+    blurred = None  # the user's mask blurred at its own size, then resized (A1111's order in processing.py)
     if whole:  # drawn at width x height (plus the outpaint): resized first, as A1111 resizes image and mask
         picture = masks.resize_image(picture, request.width, request.height, request.resize_mode)
+        if user is not None and not sides:
+            blurred = masks.resize_image(masks.blur(user, blur_x, blur_y), request.width, request.height,
+                                         request.resize_mode)
         user = (masks.resize_image(user, request.width, request.height, request.resize_mode) if user is not None
                 else None)
-    blur_x, blur_y = request.mask_blur_xy
     if sides:
         offset = (sides.left, sides.up)
         picture, strips = masks.outpaint_canvas(picture, sides, seed)
@@ -96,7 +103,7 @@ def make_plan(request: GenerationRequest, seed: int) -> InpaintPlan:
         # "fill" paints the user's masked area; the new strips are already filled (edge colours plus noise)
         fill_mask = masks.blur(user, blur_x, blur_y) if user is not None else None
     else:
-        mask = fill_mask = masks.blur(user, blur_x, blur_y)
+        mask = fill_mask = blurred if blurred is not None else masks.blur(user, blur_x, blur_y)
     if whole:
         box, overlay, image, drawn_mask = None, masks.doubled(mask), picture, mask
     else:  # "only masked": the mask's box plus padding, grown to the request's aspect, drawn at width x height
