@@ -30,7 +30,7 @@ from pipelines.request import (
 )
 from pipelines.settings import Settings
 
-from .lenient import drawn_schedule, unknown_field_warnings
+from .lenient import as_bool, drawn_schedule, unknown_field_warnings
 from .models import ExtrasBaseRequest, GenerationFields, Img2ImgRequest, Txt2ImgRequest
 
 log = logging.getLogger("atelier.api")
@@ -59,15 +59,16 @@ UPSCALE_FIELD_NAMES = {
     "upscale_height": "upscaling_resize_h",
 }
 SECOND_UPSCALER_FIELD_NAMES = {**UPSCALE_FIELD_NAMES, "upscaler": "upscaler_2"}
-# The hires fix's default strength (A1111's UI and webuiapi send 0.7); img2img's is the request's own 0.75.
-HIRES_DENOISING_STRENGTH = 0.7
+# The hires fix's strength when a client sends none: A1111's API default (StableDiffusionProcessingTxt2Img's 0.75;
+# its UI and webuiapi send 0.7 themselves).
+HIRES_DENOISING_STRENGTH = 0.75
 # A1111's "same checkpoint" values of hr_checkpoint_name
 SAME_CHECKPOINT = ("", "none", "use same checkpoint")
 
 # override_settings keys that Atelier honours for one request, and the GenerationRequest field they set.
 _OVERRIDES = {"sd_model_checkpoint": "checkpoint", "sd_vae": "vae"}
 # Opt-in speed-ups that trade a little fidelity (A1111's key for token merging; ours for DeepCache).
-_SPEEDUP_OVERRIDES = {"token_merging_ratio": "token_merging", "deep_cache": "deep_cache",
+SPEEDUP_OVERRIDES = {"token_merging_ratio": "token_merging", "deep_cache": "deep_cache",
                       "deep_cache_interval": "deep_cache_interval", "fast_decode": "fast_decode"}
 # The prompt language's options (A1111's keys): checked here, so that an error names the key the client sent.
 PROMPT_OPTIONS = {"CLIP_stop_at_last_layers": "clip_skip", "emphasis": "emphasis"}
@@ -170,12 +171,8 @@ def inpaint_fields(body: Img2ImgRequest) -> dict[str, Any]:
 
 
 def _flag(value: bool | int | None, default: bool, name: str) -> bool:
-    """A1111's boolean fields, sent as ``true``/``false`` or ``1``/``0``."""
-    if value is None:
-        return default
-    if isinstance(value, bool) or value in (0, 1):
-        return bool(value)
-    raise InvalidRequest(f"{name} must be true or false (or 1 or 0); got {value!r}.", name)
+    """A1111's boolean fields, sent as ``true``/``false`` or ``1``/``0`` (``default`` when not sent)."""
+    return default if value is None else as_bool(value, name)
 
 
 def script_fields(script: str, script_args: list[Any] | None, upscaler_names: list[str]) -> dict[str, Any]:
@@ -267,9 +264,9 @@ def override_fields(override_settings: dict[str, Any] | None) -> dict[str, Any]:
         if key in PROMPT_OPTIONS and value is not None:
             out[PROMPT_OPTIONS[key]] = checked_option(f"override_settings.{key}", PROMPT_OPTIONS[key], value)
             continue
-        if key in _SPEEDUP_OVERRIDES and value is not None:
+        if key in SPEEDUP_OVERRIDES and value is not None:
             # GenerationRequest validates type and range (token_merging 0-0.75) and names the field.
-            out[_SPEEDUP_OVERRIDES[key]] = value
+            out[SPEEDUP_OVERRIDES[key]] = value
             continue
         if key not in _OVERRIDES:
             log.debug("override_settings: ignoring %r (Atelier does not honour it)", key)

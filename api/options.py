@@ -29,7 +29,7 @@ from typing import Any
 from pipelines.errors import AtelierError, InvalidRequest, ModelNotFound
 from pipelines.settings import MEMORY_MODES
 
-from .convert import json_safe
+from .convert import PROMPT_OPTIONS, SPEEDUP_OVERRIDES, json_safe
 from .lenient import as_bool, as_number, as_text
 
 log = logging.getLogger("atelier.api")
@@ -38,15 +38,11 @@ MAX_KEPT_KEYS = 2000  # unknown keys kept for the round trip (A1111 has ~400 opt
 
 # Settings fields a POST may set, by option key (A1111's name; Atelier's own where A1111 has none)
 SETTING_OPTIONS: dict[str, str] = {
-    "CLIP_stop_at_last_layers": "clip_skip",
-    "emphasis": "emphasis",
-    "token_merging_ratio": "token_merging",
-    "deep_cache": "deep_cache",
-    "deep_cache_interval": "deep_cache_interval",
+    **PROMPT_OPTIONS,
+    **SPEEDUP_OVERRIDES,  # token merging, DeepCache, fast_decode: also override_settings keys
     "memory_mode": "memory_mode",
     "send_seed": "send_seed",
     "send_size": "send_size",
-    "fast_decode": "fast_decode",  # Atelier's own: the final decode by TAESD
     "threads": "threads",  # Atelier's own: CPU threads for torch and OpenVINO (0: all physical cores)
 }
 SETTING_CHOICES: dict[str, tuple[str, ...]] = {"memory_mode": MEMORY_MODES}  # text options with a fixed set of values

@@ -816,9 +816,10 @@ def test_a1111s_hires_request_with_its_defaults_doubles_the_picture(client: Test
     # PNG Info reads the hires keys back as A1111 writes them
     fields = client.post(f"{API}/png-info", json={"image": resp.json()["images"][0]}).json()["parameters"]
     assert (fields["Hires upscale"], fields["Hires upscaler"], fields["Denoising strength"]) == ("2", "Latent", "0.7")
-    # without denoising_strength the hires pass takes A1111's 0.7 too
+    # without denoising_strength the hires pass takes A1111's API default (StableDiffusionProcessingTxt2Img: 0.75;
+    # 0.7 is what its UI and webuiapi send)
     client.post(f"{API}/txt2img", json={**BASE, "enable_hr": True})
-    assert manager.submitted[-1].denoising_strength == 0.7
+    assert manager.submitted[-1].denoising_strength == 0.75
 
 
 def test_every_hires_field_reaches_the_request_and_the_infotext(client: TestClient, manager) -> None:
