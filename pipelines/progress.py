@@ -118,7 +118,6 @@ class StepReporter:
         self.started = time.monotonic()
         self.last_preview = 0.0
         self.preview_s = 0.0  # time spent on TAESD previews in this batch
-        self.taesd_previews = 0
         self.done_steps = 0
         self.first_step: tuple[int, float] | None = None  # (steps done, when) at the first reported step
         self.offset = 0
@@ -137,6 +136,7 @@ class StepReporter:
         self.phase, self.offset = phase, offset
         self.pass_end, self.pending_cost, self.batch_cost = pass_end, pending_cost, batch_cost
         self.started, self.first_step = time.monotonic(), None
+        self.preview_s = 0.0  # the previews' budget is a share of this pass's sampling time
 
     def check_cancel(self) -> None:
         """Raise ``Cancelled`` when Stop was pressed (never ``pipe._interrupt``: it would still decode), ``Skipped``
@@ -215,7 +215,6 @@ class StepReporter:
             return self._preview(latents, done, now, total)
         finally:
             self.preview_s += time.monotonic() - started
-        self.taesd_previews += 1
         self.last_preview = now
         return preview
 

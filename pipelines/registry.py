@@ -378,6 +378,7 @@ class ModelRegistry:
         self._cache = _DiskCache(self.cache_dir)
         self._lock = threading.RLock()
         self._hash_lock = threading.Lock()
+        self._metadata: dict[tuple[str, int, int], dict[str, str]] = {}  # safetensors metadata by file version
         self._hashing: dict[str, concurrent.futures.Future[str]] = {}  # real path -> its short hash, being read
         self._hash_all_running = self._hash_all_again = False  # hash_all_soon's one background thread
         self._overrides: dict[str, str] = self._load_overrides()
@@ -810,10 +811,16 @@ class ModelRegistry:
         """A safetensors file's ``__metadata__`` (kohya's ``ss_*`` keys for a LoRA); {} for other formats."""
         if info.format != "safetensors":
             return {}
-        try:
-            return dict(read_safetensors_header(info.path)[1])
-        except (ModelLoadError, OSError):
+        stat = self._stat(Path(info.path))
+        if stat is None:
             return {}
+        if (known := self._metadata.get(stat)) is None:  # read once per file version (the UI asks per keystroke)
+            try:
+                known = dict(read_safetensors_header(info.path)[1])
+            except (ModelLoadError, OSError):
+                known = {}
+            self._metadata[stat] = known
+        return dict(known)
 
     def network_hash(self, info: ModelInfo) -> str:
         """A1111's 12-digit hash of a LoRA or an embedding (``Lora hashes``, ``TI hashes``): a LoRA's own

@@ -955,9 +955,8 @@ def automatic_preset(manager: Any, settings: Settings, prompt: str | None, check
     A few-step model found (``manager.suggest_preset``) that was not found before: its preset, said in the note. The
     same finding again: nothing (the user may have chosen otherwise since). The model gone while its preset is still
     chosen: ``Standard`` again, said so."""
-    suggest = getattr(manager, "suggest_preset", None)
     try:
-        choice = suggest(checkpoint, prompt or "") if callable(suggest) else None
+        choice = manager.suggest_preset(checkpoint, prompt or "")
     except Exception as exc:  # a lookup must never break typing in the prompt box
         log.debug("preset suggestion failed: %s", exc)
         return None

@@ -16,7 +16,8 @@ from typing import Any
 import gradio as gr
 from PIL import Image, ImageChops
 
-from pipelines.masks import MASKED_CONTENT, SIDES, read_mask, resize_image
+from pipelines.masks import MASK_THRESHOLD, MASKED_CONTENT, SIDES, read_mask, resize_image
+from pipelines.request import MAX_INPAINT_PADDING, MAX_MASK_BLUR
 
 from .common import (
     GenerationForm,
@@ -40,10 +41,7 @@ TAB = "inpaint"
 TASK = "img2img"  # an inpaint is an img2img request with a mask; its pictures go to outputs/img2img/, as A1111's
 AREAS = ("Whole picture", "Only masked")  # A1111's "Inpaint area"
 MASK_MODES = ("Inpaint masked", "Inpaint not masked")  # A1111's "Mask mode"
-MAX_MASK_BLUR = 64  # A1111's sliders
-MAX_PADDING = 256
 MAX_OUTPAINT = 512  # px a side from the sliders (the request allows more; the picture's size limit decides)
-LAYER_THRESHOLD = 128  # A1111's ``create_binary_mask``: a brush layer's pixel repaints when its alpha is above this
 BRUSH_COLORS = ["#ffffff", "#000000", "#ff3366"]  # opaque: a stroke's alpha is the mask, whatever its colour
 NO_PICTURE = "Inpaint needs a picture: drop one into the editor (or send one here from another tab), then paint over " \
              "what to redraw."
@@ -95,7 +93,7 @@ def editor_mask(value: dict[str, Any] | None) -> Image.Image | None:
         if channel.size != size:
             channel = channel.resize(size, Image.Resampling.BILINEAR)
         alpha = ImageChops.lighter(alpha, channel)
-    return alpha.point(lambda v: 255 if v > LAYER_THRESHOLD else 0)
+    return alpha.point(lambda v: 255 if v > MASK_THRESHOLD else 0)
 
 
 def combined_mask(painted: Image.Image | None, uploaded: Any, size: tuple[int, int]) -> Image.Image:
@@ -196,8 +194,9 @@ def build_inpaint_tab(ctx: UiContext) -> InpaintTab:
             with gr.Row(equal_height=True):
                 area = gr.Radio(list(AREAS), value=_choice(values.get("inpaint_area"), AREAS, AREAS[0]),
                                 label="Inpaint area", elem_id="inpaint-area", scale=3)
-                padding = labelled_slider(0, MAX_PADDING, value=int_or(values.get("inpaint_padding"), 32), step=4,
-                                          label="Only masked padding, pixels", elem_id="inpaint-padding", scale=2)
+                padding = labelled_slider(0, MAX_INPAINT_PADDING, value=int_or(values.get("inpaint_padding"), 32),
+                                          step=4, label="Only masked padding, pixels", elem_id="inpaint-padding",
+                                          scale=2)
             with gr.Accordion("Outpaint: extend the canvas", open=False, elem_id="inpaint-outpaint"), gr.Row():
                 outpaint = {side: labelled_slider(0, MAX_OUTPAINT, value=0, step=8, label=f"{side.capitalize()}, px",
                                                   elem_id=f"outpaint-{side}", min_width=120) for side in SIDES}
