@@ -132,6 +132,20 @@ class CacheEntry:
             self.pipelines[task] = build_pipeline(names[task], {**extra, **self.components})
         return self.pipelines[task]
 
+    def weight_readers(self) -> dict[str, Callable[[Any], dict[str, Any]]]:
+        """``{"unet": read, "vae": read}``: ``read(dtype)`` builds that module again from the checkpoint's file and
+        returns its tensors (``loaders.load_module_state``), so that ``--fast`` may drop torch's copy while OpenVINO
+        serves it. Only modules the file holds: no reader for an external VAE in use, none for a model not loaded
+        from a file (test stand-ins)."""
+        from .loaders import LoadedCheckpoint, load_module_state
+
+        if not isinstance(self.loaded, LoadedCheckpoint):
+            return {}
+        info = self.loaded.info
+        names = ["unet"] + (["vae"] if self.components.get("vae") is self.own_vae else [])
+        return {name: (lambda dtype, name=name: load_module_state(info, name, dtype)) for name in names
+                if self.components.get(name) is not None}
+
     def drop_pipelines(self) -> None:
         """Forget the pipeline objects (modules stay); they are rebuilt on next use. Whatever set them up for a
         device (``EntryKeeper.reset``) has undone that first."""

@@ -18,9 +18,12 @@ What it does depends on the device:
   512² 0.8x of eager's CPU time; channels_last ~0.97x (left out). One-off costs: conversion ~1.5-2.5 min for the
   UNet, ~1-2.5 min for the decoder, then a few seconds to compile the cached IRs at each start (and again after a
   switch between txt2img and img2img, since ``disable_fast`` frees the models). Memory: OpenVINO keeps its own
-  copy of the weights beside torch's (+3.2 GiB for SD1.5's UNet, +0.2 GiB for its decoder; the note says so): the
-  torch modules stay for the calls OpenVINO does not take (DeepCache, token merging, ControlNet/masks, odd latent
-  sizes), which fall back to eager per call. Without ``openvino`` installed, or when conversion fails, the note
+  copy of the weights (3.2 GiB for SD1.5's UNet, 0.2 GiB for its decoder), so torch's copies are dropped (moved to
+  ``meta``) while OpenVINO serves them, when the checkpoint file can give them back (``readers``). They are read
+  back from the file (``restore_weights``: the loader builds that module again) before any eager use: ``disable_fast``
+  (a LoRA, DeepCache, token merging or tiling switches ``--fast`` off for the request) and the calls OpenVINO does
+  not take (ControlNet/masks, odd latent sizes), which fall back to eager per call; the next OpenVINO call drops
+  them again. Without ``openvino`` installed, or when conversion fails, the note
   says so and images run as in default mode (a decoder that fails alone just decodes eagerly). See
   bench/README.md, "OpenVINO probe (CPU)".
 * **MPS / anything else**: nothing changes; the note says so.
@@ -37,6 +40,7 @@ import os
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -68,14 +72,19 @@ def cuda_fast_path_blocker(device: torch.device) -> str | None:
     return None
 
 
-def enable_fast(pipe: Any, device: torch.device | str, cache_dir: Path | None = None) -> list[str]:
-    """Switch ``pipe`` (already on ``device``) to the fast path. Returns notes for the log and the UI."""
+def enable_fast(pipe: Any, device: torch.device | str, cache_dir: Path | None = None,
+                readers: dict[str, Callable[[torch.dtype], dict[str, torch.Tensor]]] | None = None) -> list[str]:
+    """Switch ``pipe`` (already on ``device``) to the fast path. Returns notes for the log and the UI.
+
+    ``readers`` (``CacheEntry.weight_readers``: ``"unet"``/``"vae"`` → ``read(dtype)``, the module's tensors read
+    again from the checkpoint file): on CPU, torch's copy of each module OpenVINO serves is dropped while it does,
+    and read back with these before any eager use. Without them torch's copies stay."""
     device = torch.device(device)
     if getattr(pipe, _STATE_ATTR, None) is not None:
         return list(getattr(pipe, _STATE_ATTR)["notes"])
     state: dict[str, Any] = {"notes": [], "compiled": [], "channels_last": [], "fused": False, "openvino": []}
     if device.type == "cpu":
-        _enable_cpu(pipe, state, cache_dir)
+        _enable_cpu(pipe, state, cache_dir, readers or {})
     elif device.type == "cuda" and cuda_fast_path_blocker(device) is None:
         _enable_cuda(pipe, state, cache_dir)
     else:
@@ -88,10 +97,14 @@ def enable_fast(pipe: Any, device: torch.device | str, cache_dir: Path | None = 
 
 def disable_fast(pipe: Any) -> None:
     """Undo ``enable_fast``: eager modules, contiguous memory format, separate QKV projections, and on CPU the
-    UNet's own ``forward`` back with the OpenVINO model (and its copy of the weights) freed."""
+    UNet's own ``forward`` back with the OpenVINO model (and its copy of the weights) freed, torch's dropped
+    weights read back from the checkpoint first."""
     state = getattr(pipe, _STATE_ATTR, None)
     if state is None:
         return
+    for runner in state.get("openvino", ()):
+        restore_weights(runner.module)  # torch runs this module again: whole before anything else happens
+        _forget_dropped(runner.module)
     for runner in state.get("openvino", ()):
         runner.remove()
     for module in state["compiled"]:
@@ -109,18 +122,24 @@ def is_fast(pipe: Any) -> bool:
     return getattr(pipe, _STATE_ATTR, None) is not None
 
 
-def _enable_cpu(pipe: Any, state: dict[str, Any], cache_dir: Path | None) -> None:
-    """Serve the UNet, then the VAE decoder, from OpenVINO models (converted once each, cached on disk)."""
+def _enable_cpu(pipe: Any, state: dict[str, Any], cache_dir: Path | None,
+                readers: dict[str, Callable[[torch.dtype], dict[str, torch.Tensor]]]) -> None:
+    """Serve the UNet, then the VAE decoder, from OpenVINO models (converted once each, cached on disk); drop
+    torch's copy of each that ``readers`` can read back (before compiling when the IR came from the cache, so that
+    the two copies never sit side by side)."""
     unet = getattr(pipe, "unet", None)
     blocker = openvino_blocker(unet)
     if blocker is not None:
         state["notes"].append(blocker)
         return
     ir_dir = None if cache_dir is None else Path(cache_dir) / OPENVINO_DIR
+    restore_weights(unet)  # left dropped by a pipeline that was thrown away: the fingerprint reads the weights
     try:
-        runner = OpenVinoUNet.build(unet, ir_dir)
+        runner = OpenVinoUNet.build(unet, ir_dir, _dropper(unet, readers.get("unet")))
     except Exception as exc:  # a model OpenVINO cannot convert or compile: the image still runs, eagerly
         log.warning("--fast: OpenVINO could not take the UNet", exc_info=True)
+        restore_weights(unet)
+        _forget_dropped(unet)
         state["notes"].append(f"--fast on CPU: OpenVINO could not convert this UNet ({type(exc).__name__}: {exc}); "
                               "running in default mode")
         return
@@ -129,16 +148,138 @@ def _enable_cpu(pipe: Any, state: dict[str, Any], cache_dir: Path | None) -> Non
     state["notes"].extend(runner.notes)
     vae = getattr(pipe, "vae", None)
     if decoder_blocker(vae) is not None:
+        _note_dropped(state, (unet,))
         return  # no AutoencoderKL decoder, or not fp32: it decodes eagerly, as in default mode (nothing to say)
+    restore_weights(vae.decoder)
+    read_vae = readers.get("vae")
+    read_decoder = None if read_vae is None else _submodule_reader(read_vae, "decoder.")
     try:
-        decoding = OpenVinoDecoder.build(vae.decoder, vae.config, ir_dir)
+        decoding = OpenVinoDecoder.build(vae.decoder, vae.config, ir_dir, _dropper(vae.decoder, read_decoder))
     except Exception as exc:  # the UNet is the part that matters: keep it, decode eagerly
         log.warning("--fast: OpenVINO could not take the VAE decoder", exc_info=True)
+        restore_weights(vae.decoder)
+        _forget_dropped(vae.decoder)
         state["notes"].append(f"--fast on CPU: the VAE decoder stays in torch ({type(exc).__name__}: {exc})")
+        _note_dropped(state, (unet,))
         return
     decoding.install()
     state["openvino"].append(decoding)
     state["notes"].extend(decoding.notes)
+    _note_dropped(state, (unet, vae.decoder))
+
+
+def _dropper(module: Any, read: Callable[[torch.dtype], dict[str, torch.Tensor]] | None) -> Callable[[], Any] | None:
+    return None if read is None else (lambda: drop_weights(module, read))
+
+
+def _note_dropped(state: dict[str, Any], modules: tuple[Any, ...]) -> None:
+    dropped = sum(_weights_gib(m) for m in modules if weights_dropped(m)) * 2**30
+    if dropped:
+        state["notes"].append(f"--fast on CPU: torch's copy of those weights is dropped while OpenVINO serves them "
+                              f"(-{dropped / 2**30:.1f} GiB RAM); it is read back from the checkpoint file when "
+                              "a LoRA, DeepCache, token merging, tiling or an eager-only call needs it")
+
+
+def _submodule_reader(read: Callable[[torch.dtype], dict[str, torch.Tensor]],
+                      prefix: str) -> Callable[[torch.dtype], dict[str, torch.Tensor]]:
+    """A component's reader narrowed to one submodule's tensors (the VAE's ``decoder.``), keys without the prefix."""
+    def read_submodule(dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        return {key[len(prefix):]: value for key, value in read(dtype).items() if key.startswith(prefix)}
+    return read_submodule
+
+
+# --------------------------------------------------------------------------------------------------------------
+# CPU memory: torch's copy of a module OpenVINO serves is dropped (meta tensors) and read back before eager use
+
+_DROPPED_ATTR = "_atelier_dropped"  # on the torch module: its DroppedWeights
+
+
+class DroppedWeights:
+    """What ``drop_weights`` took out of a module and how to read it back (``read(dtype)``: the module's tensors,
+    as the checkpoint's loader builds them). ``slots`` is empty while the module is whole."""
+
+    def __init__(self, read: Callable[[torch.dtype], dict[str, torch.Tensor]]):
+        self.read = read
+        # (owning submodule, attribute, state-dict key, is a parameter, dtype, requires_grad)
+        self.slots: list[tuple[torch.nn.Module, str, str, bool, torch.dtype, bool]] = []
+
+
+def _is_adapter(module_name: str) -> bool:
+    """peft's LoRA layers (``lora_A``, ``lora_B``, ``lora_magnitude_vector``, ...): not in the checkpoint file, so
+    never dropped."""
+    return any(part.startswith("lora_") for part in module_name.split("."))
+
+
+def drop_weights(module: torch.nn.Module, read: Callable[[torch.dtype], dict[str, torch.Tensor]]) -> int:
+    """Replace ``module``'s parameters and persistent buffers with ``meta`` tensors (no memory); ``read`` gives them
+    back (``restore_weights``). LoRA adapter layers stay. Returns the bytes dropped (0 when already dropped)."""
+    record = getattr(module, _DROPPED_ATTR, None)
+    if record is not None and record.slots:
+        return 0
+    record = DroppedWeights(read)
+    dropped = 0
+    for prefix, owner in module.named_modules():
+        if _is_adapter(prefix):
+            continue
+        for is_param, table in ((True, owner._parameters), (False, owner._buffers)):
+            for name, tensor in list(table.items()):
+                if tensor is None or tensor.is_meta or (not is_param and name in owner._non_persistent_buffers_set):
+                    continue
+                key = f"{prefix}.{name}" if prefix else name
+                record.slots.append((owner, name, key, is_param, tensor.dtype, tensor.requires_grad))
+                dropped += tensor.numel() * tensor.element_size()
+                empty = tensor.detach().to("meta")
+                table[name] = torch.nn.Parameter(empty, requires_grad=tensor.requires_grad) if is_param else empty
+    setattr(module, _DROPPED_ATTR, record)
+    return dropped
+
+
+def weights_dropped(module: Any) -> bool:
+    """True while ``module``'s torch weights are dropped (``drop_weights``) and not read back yet."""
+    record = getattr(module, _DROPPED_ATTR, None)
+    return record is not None and bool(record.slots)
+
+
+def restore_weights(module: Any) -> bool:
+    """Read ``module``'s dropped tensors back from the checkpoint (a peft-wrapped layer's ``base_layer`` from the
+    layer's own key); True when something was read. The record stays, so that ``drop_weights_again`` can drop
+    them once OpenVINO serves the module again."""
+    record = getattr(module, _DROPPED_ATTR, None)
+    if record is None or not record.slots:
+        return False
+    started = time.perf_counter()
+    source = record.read(record.slots[0][4])
+    missing = [key for _o, _n, key, *_ in record.slots if _source_key(key) not in source]
+    if missing:
+        raise RuntimeError(f"--fast: the checkpoint file no longer holds {missing[0]} of the "
+                           f"{type(module).__name__} ({len(missing)} tensors missing); reload the checkpoint")
+    for owner, name, key, is_param, dtype, requires_grad in record.slots:
+        tensor = source[_source_key(key)].to(dtype)
+        if is_param:
+            owner._parameters[name] = torch.nn.Parameter(tensor, requires_grad=requires_grad)
+        else:
+            owner._buffers[name] = tensor
+    record.slots = []
+    log.info("--fast: %s weights read back from the checkpoint in %.1f s", type(module).__name__,
+             time.perf_counter() - started)
+    return True
+
+
+def drop_weights_again(module: Any) -> int:
+    """Drop a module's weights again after an eager call read them back (OpenVINO serves the module again)."""
+    record = getattr(module, _DROPPED_ATTR, None)
+    if record is None or record.slots:
+        return 0
+    return drop_weights(module, record.read)
+
+
+def _forget_dropped(module: Any) -> None:
+    if getattr(module, _DROPPED_ATTR, None) is not None:
+        delattr(module, _DROPPED_ATTR)
+
+
+def _source_key(key: str) -> str:
+    return key.replace(".base_layer.", ".")
 
 
 def _enable_cuda(pipe: Any, state: dict[str, Any], cache_dir: Path | None) -> None:
@@ -329,20 +470,31 @@ def _compile_config() -> dict[str, Any]:
             "INFERENCE_NUM_THREADS": max(1, torch.get_num_threads())}
 
 
-def _compiled_model(label: str, module: Any, xml: Path | None, convert: Any, notes: list[str]) -> tuple[Any, float]:
-    """The compiled OpenVINO model of ``module``: its cached IR at ``xml`` (or a conversion, then cached)."""
+def _compiled_model(label: str, module: Any, xml: Path | None, convert: Any, notes: list[str],
+                    drop: Callable[[], Any] | None = None) -> tuple[Any, float]:
+    """The compiled OpenVINO model of ``module``: its cached IR at ``xml`` (or a conversion, then cached).
+
+    ``drop`` (torch's weights out) runs before compiling when the IR was read from disk (it holds its own weights),
+    after compiling when it was just converted (a converted model may share torch's tensors)."""
     import openvino as ov
 
     core = ov.Core()
     model = _read_cached_ir(core, label, xml, notes)
-    if model is None:
+    converted = model is None
+    if converted:
+        restore_weights(module)  # tracing runs the torch module
         model = _convert_and_cache(label, module, convert, xml, notes)
     if xml is not None:
         _prune_ir_dir(xml)
+    if drop is not None and not converted:
+        drop()
     started = time.perf_counter()
     compiled = core.compile_model(model, "CPU", _compile_config())
+    seconds = time.perf_counter() - started
     del model  # the compiled model holds its own (repacked) weights; drop the mapped/converted ones
-    return compiled, time.perf_counter() - started
+    if drop is not None and converted:
+        drop()
+    return compiled, seconds
 
 
 class _OpenVinoRunner:
@@ -400,6 +552,7 @@ class _OpenVinoRunner:
             self._logged.add(reason)
             log.info("--fast: %s call runs eagerly: %s", type(self.module).__name__, reason)
         self.eager_calls += 1
+        restore_weights(self.module)  # dropped while OpenVINO served it: torch needs them whole now
         return self._eager(*args, **kwargs)
 
     def _common_reason(self, tensors: tuple[Any, ...]) -> str | None:
@@ -417,6 +570,7 @@ class _OpenVinoRunner:
         return None
 
     def _infer(self, *arrays: Any) -> torch.Tensor:
+        drop_weights_again(self.module)  # read back for an eager call before: OpenVINO serves this one
         with self._lock:  # one infer request; the manager runs one job at a time, this is a guard
             self._request.infer(list(arrays), share_inputs=True)
             # The request reuses its output buffer on the next call: copy out.
@@ -440,14 +594,15 @@ class OpenVinoUNet(_OpenVinoRunner):
         return self.module
 
     @classmethod
-    def build(cls, unet: Any, ir_dir: Path | None) -> OpenVinoUNet:
-        """Read the UNet's cached IR from ``ir_dir`` (or convert it, then cache it there) and compile it."""
+    def build(cls, unet: Any, ir_dir: Path | None, drop: Callable[[], Any] | None = None) -> OpenVinoUNet:
+        """Read the UNet's cached IR from ``ir_dir`` (or convert it, then cache it there) and compile it; ``drop``
+        takes torch's weights out on the way (``_compiled_model``)."""
         xml = None if ir_dir is None else ir_dir / f"unet-{unet_fingerprint(unet)}.xml"
         notes: list[str] = []
         # A lambda, not ``_convert`` itself: the name is looked up at call time, so tests can monkeypatch it.
-        compiled, seconds = _compiled_model("UNet", unet, xml, lambda module: _convert(module), notes)
+        compiled, seconds = _compiled_model("UNet", unet, xml, lambda module: _convert(module), notes, drop)
         notes.append(f"--fast on CPU: UNet runs through OpenVINO (exact fp32; compiled in {seconds:.0f} s). It keeps "
-                     f"its own copy of the UNet weights beside torch's (+{_weights_gib(unet):.1f} GiB RAM); "
+                     f"its own copy of the UNet weights (+{_weights_gib(unet):.1f} GiB RAM); "
                      "DeepCache, token merging and ControlNet calls use the torch copy")
         return cls(unet, compiled, notes)
 
@@ -492,12 +647,13 @@ class OpenVinoDecoder(_OpenVinoRunner):
     fallbacks: ``latent_embeds`` (spatially conditioned decoders), gradients, non-fp32 tensors, hooks."""
 
     @classmethod
-    def build(cls, decoder: Any, vae_config: Any, ir_dir: Path | None) -> OpenVinoDecoder:
+    def build(cls, decoder: Any, vae_config: Any, ir_dir: Path | None,
+              drop: Callable[[], Any] | None = None) -> OpenVinoDecoder:
         xml = None if ir_dir is None else ir_dir / f"vae-decoder-{decoder_fingerprint(decoder, vae_config)}.xml"
         notes: list[str] = []
         # As in OpenVinoUNet.build: looked up at call time, for the tests' monkeypatch.
         compiled, seconds = _compiled_model("VAE decoder", decoder, xml, lambda module: _convert_decoder(module),
-                                            notes)
+                                            notes, drop)
         notes.append(f"--fast on CPU: VAE decoder runs through OpenVINO too (exact fp32; compiled in {seconds:.0f} s, "
                      f"+{_weights_gib(decoder):.1f} GiB RAM)")
         return cls(decoder, compiled, notes)

@@ -191,30 +191,38 @@ def _build(what: str, info: ModelInfo, spec: FamilySpec, build) -> Any:
         ) from None
 
 
-def _load_single_file(info: ModelInfo, spec: FamilySpec, dtype, notes: list[str]) -> tuple[dict, dict]:
+def _single_file_builders(info: ModelInfo, spec: FamilySpec, state_dict: dict, cfg: Path, dtype) -> dict[str, Any]:
+    """One builder per component of a single file (``unet``, ``vae``, ``text_encoder``[, ``text_encoder_2``])."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
+    common = {"torch_dtype": dtype, "local_files_only": True}
+    builders: dict[str, Any] = {
+        "unet": lambda: UNet2DConditionModel.from_single_file(state_dict, config=str(cfg), subfolder="unet",
+                                                              **common),
+        "vae": lambda: AutoencoderKL.from_single_file(state_dict, config=str(cfg), subfolder="vae", **common),
+        "text_encoder": lambda: create_diffusers_clip_model_from_ldm(
+            CLIPTextModel, checkpoint=state_dict, config=str(cfg), subfolder="text_encoder", **common),
+    }
+    if spec.is_xl:
+        builders["text_encoder_2"] = lambda: create_diffusers_clip_model_from_ldm(
+            CLIPTextModelWithProjection, checkpoint=state_dict, config=str(cfg), subfolder="text_encoder_2", **common)
+    return builders
+
+
+_COMPONENT_LABELS = {"unet": "UNet", "vae": "VAE", "text_encoder": "text encoder",
+                     "text_encoder_2": "second text encoder"}
+
+
+def _load_single_file(info: ModelInfo, spec: FamilySpec, dtype, notes: list[str]) -> tuple[dict, dict]:
     if spec.config_dir is None:
         raise ModelLoadError(f"{info.name}: {spec.label} cannot be loaded from a single file; use its diffusers "
                              "folder.")
     state_dict = read_state_dict(info.path)
-    common = {"torch_dtype": dtype, "local_files_only": True}
     with config_dir_for(info.path, spec.config_dir, notes) as cfg:
-        components: dict[str, Any] = {
-            "unet": _build("UNet", info, spec, lambda: UNet2DConditionModel.from_single_file(
-                state_dict, config=str(cfg), subfolder="unet", **common)),
-            "vae": _build("VAE", info, spec, lambda: AutoencoderKL.from_single_file(
-                state_dict, config=str(cfg), subfolder="vae", **common)),
-            "text_encoder": _build("text encoder", info, spec, lambda: create_diffusers_clip_model_from_ldm(
-                CLIPTextModel, checkpoint=state_dict, config=str(cfg), subfolder="text_encoder", **common)),
-        }
-        if spec.is_xl:
-            components["text_encoder_2"] = _build("second text encoder", info, spec,
-                                                  lambda: create_diffusers_clip_model_from_ldm(
-                                                      CLIPTextModelWithProjection, checkpoint=state_dict,
-                                                      config=str(cfg), subfolder="text_encoder_2", **common))
+        components = {name: _build(_COMPONENT_LABELS[name], info, spec, build)
+                      for name, build in _single_file_builders(info, spec, state_dict, cfg, dtype).items()}
         scheduler_config = _json(cfg / "scheduler" / "scheduler_config.json")
     return components, scheduler_config
 
@@ -231,26 +239,33 @@ def _variant(folder: Path) -> str | None:
     return None
 
 
-def _load_diffusers_folder(info: ModelInfo, spec: FamilySpec, dtype, notes: list[str]) -> tuple[dict, dict, dict]:
+def _folder_component(info: ModelInfo, spec: FamilySpec, index: dict[str, Any], name: str, dtype) -> Any | None:
+    """Component ``name`` of a diffusers folder (``from_pretrained``, local files only), or None when it has none."""
     import diffusers
     import transformers
 
     folder = info.path
+    entry = index.get(name)
+    if not isinstance(entry, list) or entry[0] is None:
+        return None
+    library, class_name = entry[0], entry[1]
+    module = diffusers if library == "diffusers" else transformers
+    cls = getattr(module, class_name, None)
+    if cls is None:
+        raise ModelLoadError(f"{info.name}: component {name} uses {library}.{class_name}, which is not available.")
+    kwargs: dict[str, Any] = {"subfolder": name, "local_files_only": True, "variant": _variant(folder / name)}
+    kwargs["torch_dtype" if module is diffusers else "dtype"] = dtype
+    return _build(name, info, spec, lambda: cls.from_pretrained(str(folder), **kwargs))
+
+
+def _load_diffusers_folder(info: ModelInfo, spec: FamilySpec, dtype, notes: list[str]) -> tuple[dict, dict, dict]:
+    folder = info.path
     index = _json(folder / "model_index.json")
     components: dict[str, Any] = {}
     for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
-        entry = index.get(name)
-        if not isinstance(entry, list) or entry[0] is None:
-            continue
-        library, class_name = entry[0], entry[1]
-        module = diffusers if library == "diffusers" else transformers
-        cls = getattr(module, class_name, None)
-        if cls is None:
-            raise ModelLoadError(f"{info.name}: component {name} uses {library}.{class_name}, which is not available.")
-        kwargs: dict[str, Any] = {"subfolder": name, "local_files_only": True, "variant": _variant(folder / name)}
-        kwargs["torch_dtype" if module is diffusers else "dtype"] = dtype
-        components[name] = _build(name, info, spec, lambda cls=cls, kwargs=kwargs: cls.from_pretrained(
-            str(folder), **kwargs))
+        module = _folder_component(info, spec, index, name, dtype)
+        if module is not None:
+            components[name] = module
     for name in ("tokenizer", "tokenizer_2"):
         if any((folder / name / fn).is_file() for fn in ("vocab.json", "tokenizer.json")):
             from transformers import CLIPTokenizer
@@ -356,6 +371,30 @@ def load_components(info: ModelInfo, dtype, vae: ModelInfo | None = None) -> Loa
             module.eval()
     return LoadedCheckpoint(info, spec.key, components, scheduler_config, _module_bytes(components),
                             spec.prediction_type, notes, extra)
+
+
+def load_module_state(info: ModelInfo, component: str, dtype) -> dict[str, Any]:
+    """The tensors of one component (``unet``, ``vae``) of checkpoint ``info`` (as ``load_components`` left it:
+    a resolved hub id is a diffusers folder), built again from its file exactly as the first load built it, in
+    ``dtype``: what ``--fast`` puts back into a torch module whose weights it dropped. Only that component is
+    built; ``ModelLoadError`` when the file is gone or no longer fits."""
+    if info.family is None or info.family not in FAMILIES:
+        raise ModelLoadError(f"{info.name}: unknown model family; its {component} cannot be read again.")
+    spec = FAMILIES[info.family]
+    if info.format == "diffusers":
+        module = _folder_component(info, spec, _json(info.path / "model_index.json"), component, dtype)
+    else:
+        if not info.path.is_file():
+            raise ModelLoadError(f"{info.path} no longer exists.", field="checkpoint")
+        if spec.config_dir is None:
+            raise ModelLoadError(f"{info.name}: {spec.label} cannot be loaded from a single file.")
+        state_dict = read_state_dict(info.path)
+        with config_dir_for(info.path, spec.config_dir, []) as cfg:
+            build = _single_file_builders(info, spec, state_dict, cfg, dtype)[component]
+            module = _build(_COMPONENT_LABELS[component], info, spec, build)
+    if module is None:
+        raise ModelLoadError(f"{info.name} has no {component}.")
+    return dict(module.state_dict())
 
 
 # ---------------------------------------------------------------------------------------------------------------

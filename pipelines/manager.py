@@ -300,10 +300,12 @@ class PipelineManager:
                  prompts: JobPrompts | None = None, task: str | None = None) -> Any:
         """The pipeline of ``task`` (default: the request's) set up for ``rung`` with the request's LoRAs switched
         on (the others off); a fresh ``--fast`` switch-on is announced first (it can take minutes) and what it said
-        goes into the result's notes. A request with LoRAs, or with seamless tiling, runs without ``--fast``: their
-        layers live in the torch modules, which a converted or compiled copy would bypass."""
+        goes into the result's notes. A request with LoRAs, seamless tiling, DeepCache or token merging runs
+        without ``--fast``: they live in the torch modules, which a converted or compiled copy would bypass (and
+        whose weights ``--fast`` drops on CPU; switching it off reads them back)."""
         loras = prompts.loras if prompts is not None else []
-        fast_allowed = not loras and not job.request.tiling
+        request = job.request
+        fast_allowed = not (loras or request.tiling or request.deep_cache or request.token_merging)
         task = task or job.request.task
         if self.placement.fast_pending(entry, task, fast_allowed):
             job.emit(ProgressEvent(
@@ -424,10 +426,11 @@ class PipelineManager:
         self.registry.hash_all_soon()
 
     def sha256(self, info: Any) -> str | None:
-        """The full sha256 of a model file once it is known; None before (the read is started in the background)."""
+        """The full sha256 of a model file once it is known; None before (the reads of every file not hashed yet
+        are started in one background thread, one file after another: a listing never reads files in parallel)."""
         digest = self.registry.sha256(info)
         if digest is None:
-            self.registry.hash_soon(info)
+            self.registry.hash_all_soon()
         return digest
 
     def memory(self) -> dict[str, Any]:

@@ -120,7 +120,9 @@ class Placement:
             if other is not want and fast.is_fast(other):
                 fast.disable_fast(other)
         if want is not None and not fast.is_fast(want):
-            self._fast_notes.extend(fast.enable_fast(want, self.choice.device, self.settings.cache_dir))
+            # On CPU torch's UNet/decoder weights are dropped while OpenVINO serves them, read back from the file.
+            self._fast_notes.extend(fast.enable_fast(want, self.choice.device, self.settings.cache_dir,
+                                                     readers=entry.weight_readers()))
 
     # --- the device choice ----------------------------------------------------------------------------------
     def use_xformers(self, wanted: bool) -> DeviceChoice:

@@ -324,3 +324,113 @@ def test_odd_latent_size_runs_eagerly(fast_pipe):
     factor = 2 ** pipe.unet.num_upsamplers
     generate(pipe, size=8 * (4 * factor + 1))  # latent side not a multiple of the up factor
     assert runner(pipe).eager_calls == STEPS and runner(pipe).ov_calls == 0
+
+
+# --- torch's copies dropped while OpenVINO serves them ---------------------------------------------------------
+
+
+def all_meta(module) -> bool:
+    return all(t.is_meta for t in [*module.parameters(), *module.buffers()] if t is not None)
+
+
+def test_dropped_weights_are_read_back_for_an_eager_call_and_dropped_again(default_image, tmp_path, quick_convert):
+    """The weights come back from the reader before an eager-only call (here: an odd latent size), OpenVINO's next
+    call drops them again, and after ``disable_fast`` the torch pipeline draws exactly its old pixels."""
+    pipe, source = make_pipe(), make_pipe()
+    reads: list[str] = []
+
+    def reader(name):
+        def read(dtype):
+            reads.append(name)
+            return {k: v.to(dtype) for k, v in getattr(source, name).state_dict().items()}
+        return read
+
+    factor = 2 ** pipe.unet.num_upsamplers
+    odd = 8 * (4 * factor + 1)
+    eager_odd = generate(source, size=odd)
+    notes = fast.enable_fast(pipe, "cpu", tmp_path, readers={"unet": reader("unet"), "vae": reader("vae")})
+    try:
+        assert any("dropped while OpenVINO serves them" in n for n in notes), notes
+        assert all_meta(pipe.unet) and all_meta(pipe.vae.decoder) and not all_meta(pipe.vae.encoder)
+        np.testing.assert_allclose(generate(pipe), default_image, atol=1e-4)
+        assert reads == [] and runner(pipe).ov_calls == STEPS
+        np.testing.assert_allclose(generate(pipe, size=odd), eager_odd, atol=1e-4)  # eager UNet, read back once
+        assert reads == ["unet"] and runner(pipe).eager_calls == STEPS and not fast.weights_dropped(pipe.unet)
+        generate(pipe)
+        assert fast.weights_dropped(pipe.unet) and all_meta(pipe.unet)
+    finally:
+        fast.disable_fast(pipe)
+    assert not fast.weights_dropped(pipe.unet) and not all_meta(pipe.unet) and not all_meta(pipe.vae.decoder)
+    np.testing.assert_array_equal(generate(pipe), generate(source))
+
+
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory, tiny_models_dir) -> Path:
+    """A models folder with the tiny SD 1.x single file and a kohya LoRA for it (read by the real loaders)."""
+    import shutil
+
+    from test_prompt_language import write_kohya_lora
+
+    root = tmp_path_factory.mktemp("studio")
+    (root / "models" / "checkpoints").mkdir(parents=True)
+    (root / "models" / "Lora").mkdir()
+    shutil.copy(tiny_models_dir / "checkpoints" / "tiny-sd15.safetensors", root / "models" / "checkpoints")
+    write_kohya_lora(root / "models" / "Lora" / "style.safetensors", seed=1)
+    return root
+
+
+def studio_manager(studio: Path, tmp_path: Path, **settings):
+    from manager_fixtures import make_settings
+
+    from pipelines.manager import PipelineManager
+    from pipelines.registry import ModelRegistry
+
+    return PipelineManager(make_settings(tmp_path, models_dir=studio / "models", **settings),
+                           ModelRegistry(studio / "models", tmp_path / "registry"))
+
+
+def studio_request(prompt: str = "a red apple on a table", **fields):
+    from pipelines.request import GenerationRequest
+
+    base = dict(prompt=prompt, negative_prompt="blurry", steps=3, width=64, height=64, seed=99, cfg_scale=7.0,
+                checkpoint="tiny-sd15")
+    return GenerationRequest.create(**{**base, **fields})
+
+
+def image_pixels(result) -> np.ndarray:
+    return np.asarray(result.images[0], dtype=np.int16)
+
+
+def test_a_lora_or_deep_cache_after_fast_draws_what_a_manager_that_never_used_fast_draws(studio, tmp_path,
+                                                                                         quick_convert):
+    lora = "a red apple on a table <lora:style:1>"
+    plain_manager = studio_manager(studio, tmp_path / "plain")
+    try:
+        plain = image_pixels(plain_manager.run(studio_request()))
+        with_lora = image_pixels(plain_manager.run(studio_request(lora)))
+        deep = image_pixels(plain_manager.run(studio_request(deep_cache=True)))
+    finally:
+        plain_manager.close()
+    assert not np.array_equal(with_lora, plain)
+
+    manager = studio_manager(studio, tmp_path / "fast", fast=True)
+    try:
+        first = manager.run(studio_request())
+        entry = manager.cache.current()
+        unet, decoder = entry.components["unet"], entry.components["vae"].decoder
+        assert all_meta(unet) and all_meta(decoder), first.notes  # OpenVINO serves them: torch's copies dropped
+        assert any("dropped while OpenVINO serves them" in n for n in first.notes), first.notes
+        assert int(np.abs(image_pixels(first) - plain).max()) <= 1
+        # A LoRA switches --fast off: the UNet is read back whole before the LoRA goes in, the pixels exact.
+        assert np.array_equal(image_pixels(manager.run(studio_request(lora))), with_lora)
+        assert not fast.weights_dropped(unet) and not all_meta(unet)
+        # A plain request goes back to OpenVINO (and drops the weights again).
+        again = manager.run(studio_request())
+        pipe = entry.pipelines["txt2img"]
+        assert fast.is_fast(pipe) and runner(pipe).ov_calls == 3 and fast.weights_dropped(unet)
+        assert int(np.abs(image_pixels(again) - plain).max()) <= 1
+        # DeepCache needs the torch UNet: --fast is off for it, and the picture is exactly default mode's.
+        assert np.array_equal(image_pixels(manager.run(studio_request(deep_cache=True))), deep)
+        assert not all_meta(unet)
+    finally:
+        manager.close()
