@@ -128,6 +128,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     perf.add_argument("--xformers", action="store_true", help="use xformers attention when installed")
     perf.add_argument("--fast", action="store_true", help="compiled fast path on NVIDIA GPUs")
+    pool = p.add_argument_group("pool (several GPUs or machines, on Ray Serve; requirements-pool.txt)")
+    pool.add_argument(
+        "--pool", metavar="auto|ray://HOST:PORT",
+        help="run the engine on a pool of replicas: 'auto' starts Ray here (one replica per GPU), ray://HOST:PORT "
+             "joins a Ray cluster (one replica per GPU of the cluster); the UI and the API stay here",
+    )
+    pool.add_argument(
+        "--pool-replicas", type=int, metavar="N",
+        help="replicas to start (default: one per GPU; on a machine without a GPU 2, sharing its CPU cores)",
+    )
     # Test-only: slows each denoising step so that a test can press Stop mid-run.
     perf.add_argument("--step-delay", type=float, metavar="SECONDS", help=argparse.SUPPRESS)
     return p
@@ -297,8 +307,9 @@ def display_url(host: str, port: int) -> str:
     return f"http://{shown}:{port}"
 
 
-def build_manager(settings):  # -> pipelines.manager.PipelineManager
-    """Registry (plus the demo models with --demo) and the pipeline manager, started."""
+def build_manager(settings, pool: str | None = None, pool_replicas: int | None = None):  # -> interface.Engine
+    """Registry (plus the demo models with --demo) and the pipeline manager, started; with ``pool`` (--pool) the
+    pool's engine, whose replicas run the jobs (Ray is imported only then)."""
     from pipelines.manager import PipelineManager
     from pipelines.registry import ModelRegistry
 
@@ -309,9 +320,41 @@ def build_manager(settings):  # -> pipelines.manager.PipelineManager
         print("Preparing the demo models (tiny random weights: they draw noise)...", flush=True)
         extra_dirs.append(Path(ensure_demo_models(settings.cache_dir)))
     registry = ModelRegistry(settings.models_dir, settings.cache_dir, extra_dirs=tuple(extra_dirs))
-    manager = PipelineManager(settings, registry)
+    if pool:
+        manager = build_pool_engine(settings, registry, pool, pool_replicas, extra_dirs)
+    else:
+        manager = PipelineManager(settings, registry)
     manager.start()
     return manager
+
+
+def build_pool_engine(settings, registry, address: str, replicas: int | None, extra_dirs: list[Path]):
+    """Start or join the Ray cluster and its replicas (``--pool``); the front's engine over them."""
+    if replicas is not None and replicas < 1:
+        raise StartupError("--pool-replicas must be 1 or more")
+    if address != "auto" and not (address.startswith("ray://") or ":" in address):
+        raise StartupError(f"--pool {address}: give 'auto' or the cluster's address, ray://HOST:PORT")
+    try:
+        from pipelines.pool.cluster import PoolCluster
+    except ImportError as exc:
+        raise StartupError(f"--pool needs Ray ({exc}): start with ./launch.sh --pool ..., which installs "
+                           "requirements-pool.txt, or pip install -r requirements-pool.txt") from None
+    from pipelines.pool.engine import PoolEngine
+
+    config = {"settings": settings.to_json(), "demo": settings.demo, "step_delay_s": settings.step_delay_s,
+              "styles_file": str(settings.styles_file) if settings.styles_file else None,
+              "extra_dirs": [str(d) for d in extra_dirs]}
+    cluster = PoolCluster(address, replicas, config)
+    where = "here" if address == "auto" else f"on {address}"
+    print(f"Starting the pool {where} (Ray Serve)...", flush=True)
+    try:
+        plan = cluster.start()
+    except Exception as exc:
+        cluster.close()
+        raise StartupError(f"--pool {address}: the pool could not start ({type(exc).__name__}: {exc})") from None
+    each = "one GPU each" if plan.gpus else f"{plan.threads} CPU thread(s) each"
+    print(f"Pool ready: {plan.replicas} replica(s), {each}.", flush=True)
+    return PoolEngine(settings, registry, cluster)
 
 
 def preload_checkpoint(manager, name: str) -> None:
@@ -425,7 +468,7 @@ def serve(args: argparse.Namespace) -> int:
         )
         share = False
 
-    manager = build_manager(settings)
+    manager = build_manager(settings, args.pool, args.pool_replicas)
     try:
         import ui
 

@@ -85,11 +85,13 @@ if "%MODE%"=="exit" (
 )
 if "%MODE%"=="test" (
     call :install_requirements test-requirements requirements-test.txt || exit /b 1
+    call :install_requirements pool-requirements requirements-pool.txt || exit /b 1
     set "HF_HUB_OFFLINE=1"
     echo Atelier: running the tests: python -m pytest!ARGS!
     "%VENV_PY%" -m pytest !ARGS!
     exit /b !errorlevel!
 )
+echo !ARGS! | findstr /C:"--pool" >nul && (call :install_requirements pool-requirements requirements-pool.txt || exit /b 1)
 "%VENV_PY%" "%ROOT%\app.py" !ARGS!
 exit /b !errorlevel!
 

@@ -217,11 +217,15 @@ case "$MODE" in
         ;;
     test)
         install_requirements test-requirements requirements-test.txt
+        install_requirements pool-requirements requirements-pool.txt  # the pool's tests run a local Ray cluster
         export HF_HUB_OFFLINE=1
         say "running the tests: python -m pytest${ARGS[*]:+ ${ARGS[*]}}"
         exec "$VENV_PY" -m pytest ${ARGS[@]+"${ARGS[@]}"}
         ;;
     *)
+        for arg in ${ARGS[@]+"${ARGS[@]}"}; do
+            case "$arg" in --pool | --pool=*) install_requirements pool-requirements requirements-pool.txt ;; esac
+        done
         exec "$VENV_PY" "$ROOT/app.py" ${ARGS[@]+"${ARGS[@]}"}
         ;;
 esac

@@ -198,6 +198,9 @@ class ProgressResponse(BaseModel):
     current_image: str | None = Field(None, description="Base64 PNG preview of the current step, or null.")
     textinfo: str | None = None
     current_task: str | None = None
+    pool: list[dict[str, Any]] | None = Field(
+        None, description="Atelier with --pool: each replica (name, node, pid, the job it runs, its checkpoint, "
+                          "jobs done); null without a pool.")
 
 
 class ExtrasBaseRequest(_Lenient):

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
@@ -22,10 +23,12 @@ def progress_response(manager: Any, skip_current_image: bool = False) -> Progres
     """The running job's progress, or the queue's, in A1111's shape."""
     job = manager.current_job()
     waiting = manager.queue_length()
+    pool = pool_report(manager)
     if job is None:
         if waiting:  # between two jobs: not idle yet
-            return ProgressResponse(state=ProgressState(job_count=waiting), textinfo=f"{waiting} job(s) queued")
-        return ProgressResponse()
+            return ProgressResponse(state=ProgressState(job_count=waiting), textinfo=f"{waiting} job(s) queued",
+                                    pool=pool)
+        return ProgressResponse(pool=pool)
     event = job.progress
     preview = None
     if not skip_current_image and event.preview is not None:
@@ -48,7 +51,17 @@ def progress_response(manager: Any, skip_current_image: bool = False) -> Progres
         current_image=preview,
         textinfo=progress_text(event),
         current_task=job.id,
+        pool=pool,
     )
+
+
+def pool_report(manager: Any) -> list[dict[str, Any]] | None:
+    """With ``--pool``: each replica as the status bar shows it; None without a pool."""
+    try:
+        replicas = manager.status().pool
+    except Exception:  # the progress poll must answer whatever the status does
+        return None
+    return None if replicas is None else [asdict(replica) for replica in replicas]
 
 
 def progress_text(event: Any) -> str:

@@ -15,6 +15,19 @@ from .request import GenerationRequest, Result
 
 
 @dataclass(frozen=True)
+class ReplicaStatus:
+    """One replica of a pool (``--pool``): where it runs and what it does, as the front process last heard."""
+
+    name: str
+    node: str = ""
+    pid: int | None = None  # its process on that node
+    job: str | None = None  # the job it runs now
+    task: str = ""
+    checkpoint: str | None = None  # the checkpoint of its running or last job
+    jobs_done: int = 0
+
+
+@dataclass(frozen=True)
 class EngineStatus:
     """What the status bar shows: the device, the memory mode, what is loaded, the queue."""
 
@@ -32,6 +45,7 @@ class EngineStatus:
     running: bool = False
     xformers: bool = False
     xformers_available: bool = False
+    pool: tuple[ReplicaStatus, ...] | None = None  # with --pool: the replicas up now and what each runs
 
 
 @runtime_checkable

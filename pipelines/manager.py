@@ -83,6 +83,8 @@ class PipelineManager:
         self.tiny_decoders = TinyDecoders()  # TAESD (models/VAE-approx): previews, and the opt-in fast decode
         self.last_rung: str | None = None
         self.threads_applied: int | None = None  # the Settings' ``threads`` last given to torch (None: untouched)
+        # where finished pictures go: the outputs folder here; a pool replica keeps them for the front process
+        self.image_writer: Callable[[Any, str, str, int], Path | None] = self._write_image
         self.jobs = JobQueue(self._run_job, lambda: self.settings.queue_size)
 
     @property
@@ -107,14 +109,19 @@ class PipelineManager:
     # --- jobs -----------------------------------------------------------------------------------------------
     def submit(self, request: GenerationRequest, on_progress: Callable[[ProgressEvent], Any] | None = None) -> Job:
         """Check model names and queue ``request``. Raises ``InvalidRequest``/``ModelNotFound``/``QueueFull``."""
+        return self.jobs.put(Job(self.jobs, self.checked_request(request), on_progress))
+
+    def checked_request(self, request: GenerationRequest) -> GenerationRequest:
+        """What ``submit`` queues: ``request`` with its model names, prompt syntax and LoRAs checked (422 now, not
+        after the wait) and the Settings' speed-up switches filled in where it left them unset."""
         if not isinstance(request, GenerationRequest):
             raise InvalidRequest("submit() takes a GenerationRequest.")
         targets = self.catalog.resolve(request)
         self.catalog.check_runs(targets, request)  # a depth checkpoint asked to inpaint: 422 now
-        if request.task in PROMPT_TASKS:  # prompt syntax and LoRAs for another model: 422 now, not after the wait
+        if request.task in PROMPT_TASKS:
             prompts = job_prompts(request, self.settings, self.catalog.styles(), self.registry)
             networks.check_family(prompts.loras, targets.checkpoint.family)
-        return self.jobs.put(Job(self.jobs, self._with_speedup_defaults(request), on_progress))
+        return self._with_speedup_defaults(request)
 
     def run(self, request: GenerationRequest, on_progress: Callable[[ProgressEvent], Any] | None = None) -> Result:
         """Submit and wait: for scripts, the benchmark and tests."""
@@ -364,7 +371,6 @@ class PipelineManager:
         request = output.request or job.request
         postprocess = request.task == "upscale" and getattr(targets.checkpoint, "family", None) != UPSCALER_SD_X4
         job.emit(replace(job.latest, state=ProgressState.SAVING, message=""))
-        folder = outputs.output_folder(self.settings.outputs_dir, request.task)
         vae = targets.vae
         notes = [*(prompts.notes if prompts is not None else []), *output.notes]
         texts = {} if prompts is None else dict(prompt=prompts.plan.infotext_prompt,
@@ -376,7 +382,7 @@ class PipelineManager:
                 vae_hash=self._short_hash(vae) if vae is not None else None, notes=notes, postprocess=postprocess,
                 **texts,
             )
-            path = outputs.write_png_with_parameters(image, infotext, folder, seed)
+            path = self.image_writer(image, infotext, request.task, seed)
             result.images.append(image)
             result.seeds.append(seed)
             result.infotexts.append(infotext)
@@ -385,6 +391,11 @@ class PipelineManager:
             said = result.warnings if note.warning else result.notes
             if note.text not in said:
                 said.append(note.text)
+
+    def _write_image(self, image: Any, infotext: str, task: str, seed: int) -> Path | None:
+        """Save one picture with its infotext in ``outputs/<task>/<date>/``; return its path."""
+        return outputs.write_png_with_parameters(image, infotext, outputs.output_folder(self.settings.outputs_dir,
+                                                                                      task), seed)
 
     # --- models ---------------------------------------------------------------------------------------------
     def _with_speedup_defaults(self, request: GenerationRequest) -> GenerationRequest:

@@ -50,6 +50,24 @@ def status_items(status: EngineStatus | None) -> list[tuple[str, str]]:
         items.append(("Upscaler", status.loaded_upscaler))
     if status.queue:
         items.append(("Queue", f"{status.queue} waiting"))
+    if status.pool is not None:
+        items.extend(pool_items(status.pool))
+    return items
+
+
+def pool_items(replicas: Any) -> list[tuple[str, str]]:
+    """With ``--pool``: how many replicas are up, then each one: where it runs and what it does."""
+    busy = sum(1 for replica in replicas if replica.job)
+    items = [("Pool", f"{len(replicas)} replica(s), {busy} busy")]
+    for replica in replicas:
+        where = f"{replica.name} @ {replica.node}" if replica.node else replica.name
+        if replica.job:
+            doing = f"running {replica.task} ({replica.checkpoint})"
+        elif replica.jobs_done:
+            doing = f"idle · {replica.jobs_done} job(s) done · holds {replica.checkpoint}"
+        else:
+            doing = "idle, no job yet"
+        items.append(("Replica", f"{where}: {doing}"))
     return items
 
 
