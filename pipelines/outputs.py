@@ -83,8 +83,13 @@ def write_png_with_parameters(image: Image.Image, parameters: str | None, folder
 
     Raises ``OutputWriteError`` with advice when the folder cannot be created or written.
     """
+    return write_png_bytes(encode_png(image, parameters), folder, seed)
+
+
+def write_png_bytes(data: bytes, folder: Path, seed: int) -> Path:
+    """Save an encoded PNG (``encode_png``'s bytes, made elsewhere: a pool replica's) as ``folder/NNNNN-<seed>.png``;
+    return the path. Raises ``OutputWriteError`` as ``write_png_with_parameters`` does."""
     folder = Path(folder)
-    data = encode_png(image, parameters)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with _LOCK:

@@ -24,6 +24,7 @@ from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import DeploymentUnavailableError, ReplicaUnavailableError
 
+from ..settings import physical_cores
 from .replica import EngineReplica
 
 log = logging.getLogger(__name__)
@@ -59,15 +60,6 @@ class PoolPlan:
     replicas: int
     gpus: bool  # one GPU per replica (else CPU threads)
     threads: int  # CPU threads per replica (0: the replica's own default)
-
-
-def physical_cores() -> int:
-    try:
-        import psutil
-
-        return psutil.cpu_count(logical=False) or os.cpu_count() or 1
-    except ImportError:
-        return os.cpu_count() or 1
 
 
 def plan(gpus: int, replicas: int | None, cores: int) -> PoolPlan:

@@ -319,10 +319,9 @@ class PoolEngine(PipelineManager):
     def _save(self, job: PoolJob, result: Result, pictures: list[dict[str, Any]]) -> None:  # type: ignore[override]
         """Write the pictures a replica sent into this process's outputs folder (the pool's one folder)."""
         job.emit(replace(job.latest, state=ProgressState.SAVING, message=""))
-        for picture, record in zip(result.images, pictures, strict=True):
+        for record in pictures:  # the replica's PNG file as it is: the pixels and the infotext are already in it
             folder = outputs.output_folder(self.settings.outputs_dir, record["task"])
-            result.paths.append(outputs.write_png_with_parameters(picture, record["infotext"], folder,
-                                                                  int(record["seed"])))
+            result.paths.append(outputs.write_png_bytes(record["png"], folder, int(record["seed"])))
 
     # --- what the front knows of each replica ---------------------------------------------------------------
     def _replica_busy(self, job: PoolJob, checkpoint: str) -> None:

@@ -13,6 +13,7 @@ fewest (Serve's ``PowerOfTwoChoicesRequestRouter``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -26,7 +27,9 @@ from . import wire
 
 log = logging.getLogger(__name__)
 
-POLL_S = 0.2  # how often the replica looks at its job's progress and at the board (Stop, Skip)
+# How often the replica reads its job's steps and the board (Stop, Skip); a new state (loading, saving, the end) wakes
+# it at once. Not every step: the replica's event loop would take the CPU from its own and the other replicas' steps.
+POLL_S = 0.2
 CHECKPOINTS_PER_REPLICA = 4  # Serve's multiplexing memory of which checkpoints a replica holds (a routing hint)
 
 class EngineReplica:
@@ -72,23 +75,28 @@ class EngineReplica:
         if model:
             await self.checkpoint(model)
         yield wire.started(self.name, self.node, os.getpid())
+        loop, changed = asyncio.get_running_loop(), asyncio.Event()
         try:
             self._sync_settings(job["settings"])
-            local = self.manager.submit(job["request"])
+            self.tasks = []
+            local = self.manager.submit(job["request"], on_progress=lambda event: (
+                event.state != "running" and loop.call_soon_threadsafe(changed.set)))  # steps: read each POLL_S
         except Exception as exc:  # a checkpoint this node cannot see, a Settings value it refuses
             yield wire.error(self._where(exc))
             return
-        self.tasks = []
         board, job_id = job["board"], job["id"]
         last = None
         while not local.done:
-            await asyncio.sleep(POLL_S)
+            with contextlib.suppress(TimeoutError):  # woken by a new state or the end; else every POLL_S
+                await asyncio.wait_for(changed.wait(), POLL_S)
+            changed.clear()
             for flag in await board.take.remote(job_id):
                 (local.cancel if flag == "stop" else local.skip)()
             event = local.latest
-            if event is not last and event.state in ("loading", "running", "saving"):
-                last = event
-                yield wire.progress(event)
+            if event is last or event.state not in ("loading", "running", "saving"):
+                continue
+            last = event
+            yield wire.progress(event)
         try:
             result = local.wait(0)
         except Exception as exc:

@@ -67,8 +67,9 @@ def progress_event(message: dict[str, Any], job_id: str) -> ProgressEvent:
 
 
 def result(result: Result, tasks: list[str]) -> dict[str, Any]:
-    """A finished job: each picture as PNG with its infotext, seed and the task folder it belongs in."""
-    pictures = [{"png": png(picture), "infotext": infotext, "seed": seed, "task": task}
+    """A finished job: each picture as the PNG file the outputs folder gets (infotext inside, encoded once, here),
+    with its infotext, seed and the task folder it belongs in."""
+    pictures = [{"png": encode_png(picture, infotext), "infotext": infotext, "seed": seed, "task": task}
                 for picture, infotext, seed, task in zip(result.images, result.infotexts, result.seeds, tasks,
                                                          strict=True)]
     return {"kind": RESULT, "images": pictures, "mode": result.mode, "notes": list(result.notes),
@@ -77,7 +78,7 @@ def result(result: Result, tasks: list[str]) -> dict[str, Any]:
 
 
 def result_of(message: dict[str, Any], request: GenerationRequest) -> tuple[Result, list[dict[str, Any]]]:
-    """The ``Result`` (pictures decoded, no paths yet) and the pictures' records (infotext, seed, task) to save."""
+    """The ``Result`` (pictures decoded, no paths yet) and the pictures' records (PNG file, infotext, seed, task)."""
     pictures = message["images"]
     done = Result(images=[image(p["png"]) for p in pictures], seeds=[int(p["seed"]) for p in pictures],
                   infotexts=[p["infotext"] for p in pictures], mode=message["mode"], notes=list(message["notes"]),
