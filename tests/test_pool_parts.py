@@ -149,3 +149,15 @@ def test_the_plan_gives_one_replica_per_gpu_and_shares_the_cpu_otherwise() -> No
     cpu = plan(gpus=0, replicas=None, cores=8)
     assert (cpu.replicas, cpu.gpus, cpu.threads) == (2, False, 4)
     assert plan(0, 3, 2).threads == 1  # never below one thread
+
+
+def test_a_replica_names_the_model_file_its_machine_cannot_see(tmp_path) -> None:
+    pytest.importorskip("ray", reason="requirements-pool.txt is not installed")
+    from pipelines.pool.replica import unreachable
+
+    here = tmp_path / "seen.safetensors"
+    here.write_bytes(b"x")
+    assert unreachable([str(here)], "node-b") is None
+    missing = unreachable([str(here), "/shared/models/checkpoints/other.safetensors"], "node-b")
+    assert isinstance(missing, ModelNotFound)
+    assert "node-b cannot see /shared/models/checkpoints/other.safetensors" in str(missing)

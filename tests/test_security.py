@@ -276,7 +276,7 @@ def start_up_output(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixtu
                     *flags: str) -> str:
     """What app.py prints before it builds the manager (the password and warnings come first)."""
 
-    def stop(_settings: Any) -> None:
+    def stop(_settings: Any, *_pool: Any) -> None:
         raise _StopHere
 
     monkeypatch.setattr(atelier_app, "build_manager", stop)

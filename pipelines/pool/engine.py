@@ -272,8 +272,11 @@ class PoolEngine(PipelineManager):
         from .cluster import REPLICA_LOST
 
         request = job.request
-        checkpoint = self.catalog.resolve(request).checkpoint.name
-        payload = {"id": job.id, "request": request,
+        targets = self.catalog.resolve(request)
+        checkpoint = targets.checkpoint.name
+        files = [str(info.path) for info in (targets.checkpoint, targets.vae, targets.upscaler, targets.depth)
+                 if getattr(info, "path", None) is not None]  # built-ins (Lanczos) have none
+        payload = {"id": job.id, "request": request, "files": files,
                    "settings": {name: getattr(self.settings, name) for name in wire.SYNCED_SETTINGS}}
         notes: list[str] = []
         for attempt in (1, 2):

@@ -77,6 +77,9 @@ class EngineReplica:
         yield wire.started(self.name, self.node, os.getpid())
         loop, changed = asyncio.get_running_loop(), asyncio.Event()
         try:
+            missing = unreachable(job.get("files", ()), self.node)
+            if missing is not None:
+                raise missing
             self._sync_settings(job["settings"])
             self.tasks = []
             local = self.manager.submit(job["request"], on_progress=lambda event: (
@@ -124,3 +127,14 @@ class EngineReplica:
         """Serve's health check: the manager's worker must be alive."""
         if self.manager.jobs.closed():
             raise RuntimeError("the replica's pipeline manager is closed")
+
+
+def unreachable(files: Any, node: str) -> Exception | None:
+    """``ModelNotFound`` naming the first of the front's model files this node cannot see at the same path."""
+    from ..errors import ModelNotFound
+
+    for path in files:
+        if not Path(path).exists():
+            return ModelNotFound(f"The pool replica on {node} cannot see {path}. Every machine of the pool needs the "
+                                 "models at the same path as the machine running the UI (a shared folder, or a copy).")
+    return None
