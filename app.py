@@ -334,6 +334,10 @@ def build_pool_engine(settings, registry, address: str, replicas: int | None, ex
         raise StartupError("--pool-replicas must be 1 or more")
     if address != "auto" and not (address.startswith("ray://") or ":" in address):
         raise StartupError(f"--pool {address}: give 'auto' or the cluster's address, ray://HOST:PORT")
+    if address != "auto":
+        from pipelines.pool import use_cluster_token
+
+        use_cluster_token()  # before Ray is imported
     try:
         from pipelines.pool.cluster import PoolCluster
     except ImportError as exc:

@@ -144,10 +144,11 @@ class PoolCluster:
     # --- jobs -----------------------------------------------------------------------------------------------
     def stream(self, job: dict[str, Any], checkpoint: str | None) -> Iterator[dict[str, Any]]:
         """Send one job (``wire``'s messages come back) to a replica: one holding ``checkpoint`` when one is free."""
-        options: dict[str, Any] = {"stream": True}
-        if checkpoint:
-            options["multiplexed_model_id"] = checkpoint
-        return iter(self.handle.options(**options).generate.remote({**job, "board": self.board}))
+        options: dict[str, Any] = {"multiplexed_model_id": checkpoint} if checkpoint else {}
+        job = {**job, "board": self.board}
+        if self.address.startswith("ray://"):  # Ray Client cannot stream: the messages come when the job ends
+            return iter(self.handle.options(**options).run.remote(job).result())
+        return iter(self.handle.options(stream=True, **options).generate.remote(job))
 
     def post(self, job_id: str, flag: str) -> None:
         """Stop ("stop") or Skip ("skip") a job where it runs."""
@@ -168,3 +169,4 @@ def _local_gpus() -> int:
     import torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
+

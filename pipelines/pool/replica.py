@@ -107,6 +107,11 @@ class EngineReplica:
             return
         yield wire.result(result, self.tasks)
 
+    async def run(self, job: dict[str, Any]) -> list[dict[str, Any]]:
+        """``generate`` without the stream, for a front connected through Ray Client (which cannot stream): the
+        same messages but the steps', returned when the job ends."""
+        return [message async for message in self.generate(job) if message["kind"] != wire.PROGRESS]
+
     def _sync_settings(self, wanted: dict[str, Any]) -> None:
         changes = {name: value for name, value in wanted.items()
                    if name in wire.SYNCED_SETTINGS and getattr(self.manager.settings, name) != value}
