@@ -14,6 +14,7 @@ The queue knows nothing of models or devices: the manager hands it one function,
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -150,6 +151,20 @@ class Job:
         self._done.set()
 
 
+def run_to_end(job: Job, work: Callable[[], Any]) -> None:
+    """Run ``work()`` and finish ``job`` with its result or error; a bug (not an ``AtelierError``) is logged and
+    said in words, so that the worker that runs jobs stays alive."""
+    try:
+        job.finish(result=work())
+    except AtelierError as exc:
+        job.finish(error=exc)
+    except Exception as exc:
+        log.exception("job %s failed", job.id)
+        err = AtelierError(f"Generation failed unexpectedly ({type(exc).__name__}: {exc}). See the log.")
+        err.__cause__ = exc
+        job.finish(error=err)
+
+
 class JobQueue:
     """The FIFO queue, its condition variable and the worker thread that runs ``run(job)`` for each job."""
 
@@ -280,14 +295,7 @@ class JobQueue:
                 job.state = JobState.RUNNING
                 job.started = time.time()
             try:
-                job.finish(result=job.work() if job.work is not None else self._run(job))
-            except AtelierError as exc:
-                job.finish(error=exc)
-            except Exception as exc:  # a bug: say so in words, keep the worker alive
-                log.exception("job %s failed", job.id)
-                err = AtelierError(f"Generation failed unexpectedly ({type(exc).__name__}: {exc}). See the log.")
-                err.__cause__ = exc
-                job.finish(error=err)
+                run_to_end(job, job.work if job.work is not None else functools.partial(self._run, job))
             finally:
                 with self._cond:
                     self._current = None

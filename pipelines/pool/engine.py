@@ -14,6 +14,7 @@ second loss is an error. Stop and Skip are posted to the board and reach the rep
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -25,7 +26,7 @@ from typing import Any
 from .. import outputs
 from ..errors import AtelierError, Cancelled, QueueFull
 from ..interface import EngineStatus, ReplicaStatus
-from ..jobs import Job
+from ..jobs import Job, run_to_end
 from ..manager import PipelineManager
 from ..progress import JobState, ProgressEvent, ProgressState
 from ..request import GenerationRequest, Result
@@ -177,14 +178,7 @@ class PoolQueue:
 
     def _follow(self, job: PoolJob) -> None:
         try:
-            job.finish(result=self._run(job))
-        except AtelierError as exc:
-            job.finish(error=exc)
-        except Exception as exc:  # a bug: say so in words, keep the pool going
-            log.exception("pool job %s failed", job.id)
-            err = AtelierError(f"Generation failed unexpectedly ({type(exc).__name__}: {exc}). See the log.")
-            err.__cause__ = exc
-            job.finish(error=err)
+            run_to_end(job, functools.partial(self._run, job))
         finally:
             with self._cond:
                 self._running.remove(job)
@@ -313,13 +307,13 @@ class PoolEngine(PipelineManager):
                 job.emit(wire.progress_event(message, job.id))
             elif kind == wire.RESULT:
                 result, pictures = wire.result_of(message, job.request)
-                self._save(job, result, pictures)
+                self._save_pictures(job, result, pictures)
                 return result
             elif kind == wire.ERROR:
                 raise wire.error_of(message)
         raise AtelierError("The pool replica ended the job without a result; see its log.")
 
-    def _save(self, job: PoolJob, result: Result, pictures: list[dict[str, Any]]) -> None:  # type: ignore[override]
+    def _save_pictures(self, job: PoolJob, result: Result, pictures: list[dict[str, Any]]) -> None:
         """Write the pictures a replica sent into this process's outputs folder (the pool's one folder)."""
         job.emit(replace(job.latest, state=ProgressState.SAVING, message=""))
         for record in pictures:  # the replica's PNG file as it is: the pixels and the infotext are already in it
