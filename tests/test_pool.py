@@ -188,6 +188,17 @@ def test_a_repeated_checkpoint_goes_to_the_replica_that_holds_it(pool_app) -> No
     assert after[holders[0]]["jobs_done"] - before.get(holders[0], 0) == 4, (before, after)
 
 
+def test_a_checkpoint_added_after_the_start_runs_after_refresh(pool_app) -> None:
+    small = {"prompt": "scan", "width": 64, "height": 64, "steps": 2}
+    in_parallel(pool_app, [small, small])  # both replicas have read the models folder before the file comes
+    added = pool_app.workdir / "models" / "checkpoints" / "added later.safetensors"
+    shutil.copyfile(_demo_checkpoint(), added)
+    assert requests.post(sdapi(pool_app, "refresh-checkpoints"), timeout=60).status_code == 200
+    body = txt2img(pool_app, prompt="new", width=64, height=64, steps=2, seed=8,
+                   override_settings={"sd_model_checkpoint": "added later"})
+    assert "Model: added later" in json.loads(body["info"])["infotexts"][0]
+
+
 def test_stop_reaches_the_replica_running_the_job(pool_app) -> None:
     long_job = {**HEAVY, "n_iter": 8, "seed": 9}
     answer: dict[str, Any] = {}

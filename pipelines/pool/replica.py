@@ -80,9 +80,8 @@ class EngineReplica:
             missing = unreachable(job.get("files", ()), self.node)
             if missing is not None:
                 raise missing
-            self._sync_settings(job["settings"])
             self.tasks = []
-            local = self.manager.submit(job["request"], on_progress=lambda event: (
+            local = self._submit(job, on_progress=lambda event: (
                 event.state != "running" and loop.call_soon_threadsafe(changed.set)))  # steps: read each POLL_S
         except Exception as exc:  # a checkpoint this node cannot see, a Settings value it refuses
             yield wire.error(self._where(exc))
@@ -111,6 +110,19 @@ class EngineReplica:
         """``generate`` without the stream, for a front connected through Ray Client (which cannot stream): the
         same messages but the steps', returned when the job ends."""
         return [message async for message in self.generate(job) if message["kind"] != wire.PROGRESS]
+
+    def _submit(self, job: dict[str, Any], on_progress: Any) -> Any:
+        """The front's Settings, then the request, on this replica's manager. A model name this replica does not know
+        (whose file it can see) was added after its scan, when the front's Refresh rescanned: look again, once."""
+        from ..errors import ModelNotFound
+
+        try:
+            self._sync_settings(job["settings"])
+            return self.manager.submit(job["request"], on_progress=on_progress)
+        except ModelNotFound:
+            self.manager.registry.refresh()  # not refresh_models(): the front's registry hashes the files already
+            self._sync_settings(job["settings"])
+            return self.manager.submit(job["request"], on_progress=on_progress)
 
     def _sync_settings(self, wanted: dict[str, Any]) -> None:
         changes = {name: value for name, value in wanted.items()
