@@ -57,10 +57,7 @@ def progress_response(manager: Any, skip_current_image: bool = False) -> Progres
 
 def pool_report(manager: Any) -> list[dict[str, Any]] | None:
     """With ``--pool``: each replica as the status bar shows it; None without a pool."""
-    try:
-        replicas = manager.status().pool
-    except Exception:  # the progress poll must answer whatever the status does
-        return None
+    replicas = manager.replicas()
     return None if replicas is None else [asdict(replica) for replica in replicas]
 
 

@@ -118,5 +118,6 @@ class Engine(Protocol):
 
     # status and settings
     def status(self) -> EngineStatus: ...
+    def replicas(self) -> tuple[ReplicaStatus, ...] | None: ...  # with --pool: each replica; None without a pool
     def memory(self) -> dict[str, Any]: ...  # A1111's /memory: {"ram": {...}, "cuda": {...}}
     def apply_settings(self, changes: dict[str, Any]) -> list[str]: ...

@@ -546,6 +546,10 @@ class PipelineManager:
             xformers_available=device.type == "cuda" and devices.xformers_installed(),
         )
 
+    def replicas(self) -> tuple[Any, ...] | None:
+        """A pool's replicas (``pool.engine.PoolEngine``); None: this manager runs its jobs itself."""
+        return None
+
     def apply_settings(self, changes: dict[str, Any]) -> list[str]:
         """Apply live changes (memory mode, cache slots, xformers, default checkpoint/VAE); returns names changed.
 

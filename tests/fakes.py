@@ -696,6 +696,9 @@ class FakeManager:
                             demo=bool(self.settings.demo), queue=self.queue_length(),
                             running=self.current_job() is not None)
 
+    def replicas(self) -> None:
+        return None  # no pool
+
     def apply_settings(self, changes: dict[str, Any]) -> list[str]:
         """The real manager's range checks on the speed-up switches, then the shared Settings; returns names changed."""
         from pipelines.manager import check_request_defaults

@@ -234,17 +234,20 @@ class PoolEngine(PipelineManager):
     def queue_length(self) -> int:
         return self.pool.waiting()
 
-    def status(self) -> EngineStatus:
-        """The front's status with the pool's replicas: those that ran a job (where, what now) and those not yet."""
+    def replicas(self) -> tuple[ReplicaStatus, ...]:
+        """The pool's replicas: those that ran a job (where, what now), then those up that have not yet."""
         with self._lock:
             known = list(self._replicas.values())
-        up = max(self._replicas_up, 0)
-        unseen = [ReplicaStatus(name=f"replica {i + 1}") for i in range(len(known), up)]  # up, no job yet
-        base = super().status()
-        running = self.pool.running()
-        return replace(base, pool=tuple(known + unseen), running=bool(running), queue=self.pool.waiting(),
-                       loaded_checkpoint=next((r.checkpoint for r in known if r.checkpoint), None),
-                       loaded_checkpoints=sorted({r.checkpoint for r in known if r.checkpoint}))
+        unseen = [ReplicaStatus(name=f"replica {i + 1}") for i in range(len(known), self._replicas_up)]
+        return tuple(known + unseen)
+
+    def status(self) -> EngineStatus:
+        """The front's status with the pool's replicas and the checkpoints they hold."""
+        replicas = self.replicas()
+        held = [replica.checkpoint for replica in replicas if replica.checkpoint]
+        return replace(super().status(), pool=replicas, running=bool(self.pool.running()),
+                       queue=self.pool.waiting(), loaded_checkpoint=held[0] if held else None,
+                       loaded_checkpoints=sorted(set(held)))
 
     def _capacity(self) -> int:
         return max(1, self._replicas_up)
